@@ -1,8 +1,74 @@
-"""Timing analysis over time-tag arrays: count rates (more kernels to come)."""
+"""Timing analysis over time-tag arrays: stream merging, count rates, rate time series,
+coincidences, cross-correlation, clock recovery from the sync channel and pulse assignment.
+
+Conventions (see DESIGN.md, Data): timestamps are int64 picoseconds sorted ascending, channels
+uint8; channel 0 carries one sync tag every ``sync_divider`` pulses, channels 1..4 are the
+detectors H, V, D, A. All functions are pure: arrays in, arrays or dataclasses out.
+
+Typical chain from a capture to pulse indices::
+
+    clock = recover_clock(timestamps_ps, channels, sync_divider, clock_hz)
+    pulses = assign_pulses(timestamps_ps, channels, clock, delays_ps, gate_width_ps)
+    index, channel = pulses.assigned()          # ask the source about `index`, then sifting.sift
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+
+from hil.analysis import _kernels as k
+
+SYNC_CHANNEL = 0
+DETECTOR_CHANNELS = 5  # channels 0 (sync) .. 4 (A): the length of a per-channel delay array
+
+
+def _check_stream(timestamps_ps: np.ndarray, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    timestamps_ps = np.asarray(timestamps_ps)
+    channels = np.asarray(channels)
+    if timestamps_ps.ndim != 1 or channels.ndim != 1:
+        raise ValueError("timestamps_ps and channels must be one-dimensional arrays")
+    if len(timestamps_ps) != len(channels):
+        raise ValueError(
+            f"timestamps_ps ({len(timestamps_ps)}) and channels ({len(channels)}) differ in length"
+        )
+    return timestamps_ps.astype(np.int64, copy=False), channels.astype(np.uint8, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams and rates
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_channels(
+    per_channel_ps: Sequence[np.ndarray], channel_ids: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-channel sorted timestamp arrays into one sorted (timestamps_ps, channels) stream.
+
+    ``channel_ids[r]`` labels run r (default: its position). The merge is stable: tags with equal
+    timestamps appear in the order of ``per_channel_ps``.
+    """
+    runs = [np.asarray(a, dtype=np.int64) for a in per_channel_ps]
+    if channel_ids is None:
+        channel_ids = list(range(len(runs)))
+    if len(channel_ids) != len(runs):
+        raise ValueError(f"channel_ids has {len(channel_ids)} entries for {len(runs)} arrays")
+    labels = np.asarray(channel_ids, dtype=np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError("channel_ids must lie in 0..255 (channels are uint8)")
+    for r, a in enumerate(runs):
+        if a.ndim != 1 or (len(a) > 1 and np.any(a[1:] < a[:-1])):
+            raise ValueError(f"per_channel_ps[{r}] must be a sorted one-dimensional array")
+    lengths = np.array([len(a) for a in runs], dtype=np.int64)
+    starts = np.zeros(len(runs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    flat = np.concatenate(runs) if runs else np.empty(0, dtype=np.int64)
+    out_ps = np.empty(len(flat), dtype=np.int64)
+    out_ch = np.empty(len(flat), dtype=np.uint8)
+    k.merge_sorted_streams(flat, starts, labels.astype(np.uint8), out_ps, out_ch)
+    return out_ps, out_ch
 
 
 def count_rates(
@@ -16,5 +82,387 @@ def count_rates(
         raise ValueError(f"duration_ps must be positive, got {duration_ps}")
     if len(timestamps_ps) != len(channels):
         raise ValueError("timestamps_ps and channels differ in length")
-    counts = np.bincount(np.asarray(channels, dtype=np.intp), minlength=n_channels)[:n_channels]
+    counts = k.count_per_channel(np.asarray(channels, dtype=np.uint8), n_channels)
     return counts / (duration_ps * 1e-12)
+
+
+def rate_timeseries(
+    timestamps_ps: np.ndarray,
+    channels: np.ndarray,
+    n_channels: int,
+    bin_width_ps: int,
+    start_ps: int | None = None,
+    stop_ps: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Count tags per channel in consecutive time bins of width ``bin_width_ps``.
+
+    Bins start at ``start_ps`` (default: first tag) and cover up to ``stop_ps`` (default: last
+    tag, included); a last partial bin is kept. Returns (bin_start_ps int64 [n_bins],
+    counts int64 [n_bins, n_channels]); divide counts by the bin width in s for rates.
+    """
+    timestamps_ps, channels = _check_stream(timestamps_ps, channels)
+    if bin_width_ps <= 0:
+        raise ValueError(f"bin_width_ps must be positive, got {bin_width_ps}")
+    if start_ps is None:
+        start_ps = int(timestamps_ps[0]) if len(timestamps_ps) else 0
+    if stop_ps is None:
+        stop_ps = int(timestamps_ps[-1]) + 1 if len(timestamps_ps) else start_ps
+    n_bins = max(0, -(-(stop_ps - start_ps) // bin_width_ps))
+    counts = k.rate_histogram(timestamps_ps, channels, n_channels, start_ps, bin_width_ps, n_bins)
+    return start_ps + bin_width_ps * np.arange(n_bins, dtype=np.int64), counts
+
+
+def coincidences(a_ps: np.ndarray, b_ps: np.ndarray, window_ps: int) -> int:
+    """Count pairs of tags (one from each sorted array) with |t_b - t_a| <= window_ps."""
+    if window_ps < 0:
+        raise ValueError(f"window_ps must be >= 0, got {window_ps}")
+    return int(
+        k.count_coincidences(
+            np.asarray(a_ps, dtype=np.int64), np.asarray(b_ps, dtype=np.int64), window_ps
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Cross-correlation histogram: bin k covers [lag_ps[k], lag_ps[k] + bin_width_ps)."""
+
+    lag_ps: np.ndarray  # int64 left bin edges
+    counts: np.ndarray  # int64 raw pair counts
+    normalised: np.ndarray  # float64, 1 for uncorrelated streams
+    bin_width_ps: int
+
+
+def cross_correlation(
+    start_ps: np.ndarray,
+    click_ps: np.ndarray,
+    bin_width_ps: int,
+    range_ps: int,
+    duration_ps: int | None = None,
+) -> Correlation:
+    """Histogram of t_click - t_start over [-range_ps, +range_ps) in bins of ``bin_width_ps``.
+
+    Normalised as the Swabian ``Correlation`` measurement: counts / (bin_width * N_start *
+    N_click / duration), so that two uncorrelated Poisson streams give 1 in every bin. The
+    duration defaults to the span from the first to the last tag of either stream. The sign is
+    click minus start; check it against the vendor manual before comparing with a Swabian file.
+    """
+    start_ps = np.asarray(start_ps, dtype=np.int64)
+    click_ps = np.asarray(click_ps, dtype=np.int64)
+    if bin_width_ps <= 0 or range_ps <= 0 or range_ps % bin_width_ps:
+        raise ValueError(
+            f"range_ps ({range_ps}) must be a positive multiple of bin_width_ps ({bin_width_ps})"
+        )
+    n_bins = 2 * range_ps // bin_width_ps
+    counts = k.correlation_histogram(start_ps, click_ps, range_ps, bin_width_ps, n_bins)
+    if duration_ps is None:
+        both = [a for a in (start_ps, click_ps) if len(a)]
+        duration_ps = max(int(a[-1]) for a in both) - min(int(a[0]) for a in both) if both else 0
+    expected = bin_width_ps * len(start_ps) * len(click_ps) / duration_ps if duration_ps else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalised = counts / expected if expected else np.full(n_bins, np.nan)
+    lags = -range_ps + bin_width_ps * np.arange(n_bins, dtype=np.int64)
+    return Correlation(lags, counts, normalised, bin_width_ps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clock recovery
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """What a monitor needs to flag loss of sync.
+
+    A gap is a pair of successive accepted sync tags more than one sync period apart;
+    ``gap_missing[g]`` sync tags are missing between ``gap_start_ps[g]`` and ``gap_end_ps[g]``.
+    ``n_rejected`` counts sync tags off the period grid by more than the tolerance (glitches),
+    which were ignored. ``max_residual_ps`` is the largest |deviation| of an accepted sync tag
+    from the grid predicted by the preceding ones (jitter plus unmodelled drift changes).
+    """
+
+    n_syncs: int
+    n_rejected: int
+    gap_start_ps: np.ndarray
+    gap_end_ps: np.ndarray
+    gap_missing: np.ndarray
+    max_residual_ps: float
+
+    @property
+    def n_gaps(self) -> int:
+        return len(self.gap_start_ps)
+
+    @property
+    def in_sync(self) -> bool:
+        """True when at least two syncs were seen, none missing and none rejected."""
+        return self.n_syncs >= 2 and self.n_gaps == 0 and self.n_rejected == 0
+
+
+@dataclass(frozen=True)
+class ClockRecovery:
+    """Recovered tagger clock: a table of sync tags with their absolute pulse indices.
+
+    ``table_ps[i]`` is the tagger time of pulse ``table_pulse[i]``; ``table_period_ps[i]`` is the
+    pulse period between table rows i and i + 1 (its last entry repeats the one before, for
+    extrapolation). Summary figures: ``period_ps`` and ``drift_ppm`` are averages over the
+    whole table; ``offset_ps`` is the tagger time of pulse 0 extrapolated with the
+    sync period estimated over the first (up to 1024) sync intervals.
+    """
+
+    table_ps: np.ndarray
+    table_pulse: np.ndarray
+    table_period_ps: np.ndarray
+    clock_hz: float
+    sync_divider: int
+    period_ps: float
+    offset_ps: float
+    drift_ppm: float
+    status: SyncStatus
+
+    def local_drift_ppm(self, window_syncs: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """Drift in ppm over windows of ``window_syncs`` table rows: (window start ps, drift).
+
+        Long windows average the sync jitter down (single intervals are too noisy to show
+        drift), short ones resolve a change of drift in time.
+        """
+        step = max(1, int(window_syncs))
+        idx = np.arange(0, len(self.table_ps), step)
+        if len(idx) < 2 or idx[-1] != len(self.table_ps) - 1:
+            idx = np.append(idx, len(self.table_ps) - 1)
+        dt = np.diff(self.table_ps[idx]).astype(np.float64)
+        dn = np.diff(self.table_pulse[idx]).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drift = (dt / dn / (1e12 / self.clock_hz) - 1.0) * 1e6
+        return self.table_ps[idx[:-1]], drift
+
+
+def _initial_sync_period(sync_ps: np.ndarray, nominal_ps: float) -> float:
+    """Median tagger sync period over the first intervals (robust to a few gaps and glitches)."""
+    dt = np.diff(sync_ps[:1025]).astype(np.float64)
+    steps = np.floor(dt / nominal_ps + 0.5)
+    good = steps >= 1
+    if not np.any(good):
+        raise ValueError(
+            "sync tags are closer than half the nominal sync period: check clock_hz and "
+            "sync_divider"
+        )
+    return float(np.median(dt[good] / steps[good]))
+
+
+def recover_clock(
+    timestamps_ps: np.ndarray,
+    channels: np.ndarray,
+    sync_divider: int,
+    clock_hz: float,
+    sync_channel: int = SYNC_CHANNEL,
+    smoothing: float = 1.0 / 16.0,
+    max_residual_fraction: float = 0.25,
+) -> ClockRecovery:
+    """Recover the pulse clock from the sync channel: table of (tagger time, pulse index).
+
+    Design: the tagger time of a pulse is interpolated linearly between the two neighbouring
+    sync tags instead of being taken from one global linear fit. A change of drift mid-capture
+    then only affects the interval in which it happens, and the timing error of a pulse stays
+    below the jitter of its two sync tags whatever the capture length; a global fit would
+    accumulate (change of drift) x (time) into the residuals.
+
+    Sync tags are numbered sequentially: each interval is divided by a running estimate of the
+    sync period (exponentially smoothed with weight ``smoothing``, so it follows drift) and
+    rounded, so a gap of missing syncs adds the right number of periods as long as the drift
+    changes by less than half a period over the gap. Tags farther than
+    ``max_residual_fraction`` of a period from the grid are rejected and counted. The absolute
+    index of the first sync is round(t_first / sync period): valid when the offset is below
+    half a sync period (data convention in DESIGN.md) and the drift was constant before it.
+    """
+    timestamps_ps, channels = _check_stream(timestamps_ps, channels)
+    if sync_divider < 1:
+        raise ValueError(f"sync_divider must be >= 1, got {sync_divider}")
+    if clock_hz <= 0:
+        raise ValueError(f"clock_hz must be positive, got {clock_hz}")
+    sync_ps = k.select_channel(timestamps_ps, channels, sync_channel)
+    return recover_clock_from_sync(
+        sync_ps, sync_divider, clock_hz, smoothing=smoothing,
+        max_residual_fraction=max_residual_fraction,
+    )  # fmt: skip
+
+
+def recover_clock_from_sync(
+    sync_ps: np.ndarray,
+    sync_divider: int,
+    clock_hz: float,
+    smoothing: float = 1.0 / 16.0,
+    max_residual_fraction: float = 0.25,
+) -> ClockRecovery:
+    """As recover_clock, from the sync tags' timestamps alone (sorted int64 ps)."""
+    sync_ps = np.asarray(sync_ps, dtype=np.int64)
+    if len(sync_ps) < 2:
+        raise ValueError(
+            f"clock recovery needs at least 2 sync tags, found {len(sync_ps)}: check the sync "
+            "cable and the sync channel number"
+        )
+    nominal_ps = sync_divider * 1e12 / clock_hz
+    period0 = _initial_sync_period(sync_ps, nominal_ps)
+    count, residual, accepted = k.number_sync_tags(
+        sync_ps, period0, smoothing, max_residual_fraction
+    )
+    table_ps = sync_ps[accepted]
+    steps = np.diff(count[accepted])
+    first_sync = int(np.floor(table_ps[0] / period0 + 0.5))
+    table_pulse = (first_sync + count[accepted]) * np.int64(sync_divider)
+    if len(table_ps) < 2:
+        raise ValueError("fewer than 2 sync tags lie on a common period grid: sync is unusable")
+    interval_period = np.diff(table_ps) / np.diff(table_pulse).astype(np.float64)
+    table_period = np.append(interval_period, interval_period[-1])
+    gap = steps > 1
+    status = SyncStatus(
+        n_syncs=len(table_ps),
+        n_rejected=int(len(sync_ps) - len(table_ps)),
+        gap_start_ps=table_ps[:-1][gap],
+        gap_end_ps=table_ps[1:][gap],
+        gap_missing=steps[gap] - 1,
+        max_residual_ps=float(np.max(np.abs(residual[accepted]))),
+    )
+    period = float(table_ps[-1] - table_ps[0]) / float(table_pulse[-1] - table_pulse[0])
+    nominal_pulse_ps = 1e12 / clock_hz
+    return ClockRecovery(
+        table_ps=table_ps,
+        table_pulse=table_pulse,
+        table_period_ps=table_period,
+        clock_hz=float(clock_hz),
+        sync_divider=int(sync_divider),
+        period_ps=period,
+        offset_ps=float(table_ps[0] - table_pulse[0] * (period0 / sync_divider)),
+        drift_ppm=(period / nominal_pulse_ps - 1.0) * 1e6,
+        status=status,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pulse assignment
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PulseAssignment:
+    """Pulse index per detection (in stream order), -1 for detections outside every gate.
+
+    ``n_outside[c]`` counts channel c's detections outside every gate window (noise: dark
+    counts, afterpulses, stray light); they are kept in ``pulse_index`` as -1, never dropped.
+    ``n_outside_table`` counts detections before the first or after the last usable sync
+    tag, whose pulse index was extrapolated (a monitor may treat them as out of sync).
+    """
+
+    pulse_index: np.ndarray  # int64 [n_detections]
+    channels: np.ndarray  # uint8 [n_detections]
+    n_outside: np.ndarray  # int64 [n_channels]
+    n_outside_table: int
+
+    def assigned(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pulse_index, channel) of the detections inside a gate window."""
+        keep = self.pulse_index >= 0
+        return self.pulse_index[keep], self.channels[keep]
+
+
+def _delays(delays_ps: Sequence[int] | np.ndarray | None, n_channels: int) -> np.ndarray:
+    if delays_ps is None:
+        return np.zeros(n_channels, dtype=np.int64)
+    delays = np.asarray(delays_ps, dtype=np.int64)
+    if delays.ndim != 1 or len(delays) < 2:
+        raise ValueError("delays_ps must list one delay per channel, index = channel number")
+    return delays
+
+
+def assign_pulses(
+    timestamps_ps: np.ndarray,
+    channels: np.ndarray,
+    clock: ClockRecovery,
+    delays_ps: Sequence[int] | np.ndarray | None = None,
+    gate_width_ps: float | None = None,
+    sync_channel: int = SYNC_CHANNEL,
+) -> PulseAssignment:
+    """Give each detector tag the absolute index of the pulse whose gate window contains it.
+
+    ``delays_ps[c]`` is channel c's delay relative to the sync (index = channel number, the
+    sync's own entry is unused; default zeros for channels 0..4); channels at or beyond
+    ``len(delays_ps)`` are ignored (markers). Pulse i's window is
+    [t_i - gate/2, t_i + gate/2) around its interpolated tagger time t_i plus the delay. The
+    gate defaults to the full pulse period; it may not exceed it (windows would overlap).
+    """
+    timestamps_ps, channels = _check_stream(timestamps_ps, channels)
+    delays = _delays(delays_ps, DETECTOR_CHANNELS)
+    nominal_pulse_ps = 1e12 / clock.clock_hz
+    if gate_width_ps is None:
+        gate_width_ps = nominal_pulse_ps
+    if not 0 < gate_width_ps <= nominal_pulse_ps * (1 + 1e-3):
+        raise ValueError(
+            f"gate_width_ps ({gate_width_ps}) must be positive and at most the pulse period "
+            f"({nominal_pulse_ps:.1f} ps)"
+        )
+    pulse, det_ch, n_outside, n_outside_table = k.assign_pulses_gated(
+        timestamps_ps,
+        channels,
+        sync_channel,
+        delays,
+        clock.table_ps,
+        clock.table_pulse,
+        clock.table_period_ps,
+        gate_width_ps / 2.0,
+    )
+    return PulseAssignment(pulse, det_ch, n_outside, int(n_outside_table))
+
+
+def pulse_residuals(
+    timestamps_ps: np.ndarray,
+    channels: np.ndarray,
+    clock: ClockRecovery,
+    delays_ps: Sequence[int] | np.ndarray | None = None,
+    sync_channel: int = SYNC_CHANNEL,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest pulse index, residual to that pulse's time (ps, in [-period/2, period/2)) and
+    channel of every detector tag, ungated; for timing histograms and delay calibration."""
+    timestamps_ps, channels = _check_stream(timestamps_ps, channels)
+    delays = _delays(delays_ps, DETECTOR_CHANNELS)
+    pulse, residual, det_ch, _ = k.nearest_pulse(
+        timestamps_ps,
+        channels,
+        sync_channel,
+        delays,
+        clock.table_ps,
+        clock.table_pulse,
+        clock.table_period_ps,
+    )
+    return pulse, residual, det_ch
+
+
+def estimate_delays(
+    timestamps_ps: np.ndarray,
+    channels: np.ndarray,
+    clock: ClockRecovery,
+    n_channels: int = DETECTOR_CHANNELS,
+    bin_width_ps: int = 10,
+    sync_channel: int = SYNC_CHANNEL,
+) -> np.ndarray:
+    """Estimate each channel's delay modulo the pulse period from its residual histogram peak.
+
+    With zero delays every detection's residual to its nearest pulse is histogrammed over one
+    period; the peak bin's centre is the delay, in [-period/2, period/2). Only the fraction of a
+    period is observable here: a delay of whole pulses (fibre length) needs a correlation with
+    the source's answers. Channels without detections (and the sync) get 0. int64 [n_channels].
+    """
+    _, residual, det_ch = pulse_residuals(
+        timestamps_ps, channels, clock, np.zeros(n_channels, dtype=np.int64), sync_channel
+    )
+    period = 1e12 / clock.clock_hz * (1 + clock.drift_ppm * 1e-6)
+    n_bins = max(1, int(np.ceil(period / bin_width_ps)))
+    delays = np.zeros(n_channels, dtype=np.int64)
+    for c in range(n_channels):
+        r = residual[det_ch == c]
+        if c == sync_channel or len(r) == 0:
+            continue
+        hist = np.bincount(
+            np.clip(((r + period / 2) // bin_width_ps).astype(np.int64), 0, n_bins - 1),
+            minlength=n_bins,
+        )
+        peak = int(np.argmax(hist))
+        delays[c] = int(round(-period / 2 + (peak + 0.5) * bin_width_ps))
+    return delays
