@@ -1,0 +1,540 @@
+"""The emulated instruments of the default bench, each a command set over one shared Link.
+
+Command sets are documented in ``emulator/README.md``: the attenuator follows the Keysight
+8156A/8157xA manual, the power meter the Thorlabs PM100 manual, the switch the Thorlabs OSW
+serial protocol; the QKD source, the four-channel detector unit, the time tagger and the
+emulator's control instrument have command sets of this project's own.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+
+from .link import PS, Link
+from .physics import dark_count_rate_hz, pulse_choices
+from .scpi import Block, Bool, Choice, Num, Optional, ScpiDevice, ScpiError, Str, block
+
+N_DETECTORS = 4
+N_TAGGER_CHANNELS = 9  # 0 sync, 1..4 detectors, 5..7 spare, 8 software marker
+MARKER_CHANNEL = 8
+MAX_FETCH_TAGS = 1_000_000  # a fetch never returns more than this many tags in one block
+MAX_SIFT_INDICES = 1_000_000
+H_PLANCK = 6.62607015e-34  # J s (SI 2019, exact)
+C_LIGHT = 299_792_458.0  # m/s (exact)
+
+
+class LinkDevice(ScpiDevice):
+    """A SCPI device that acts on the shared link; ``lock`` serialises its clients."""
+
+    def __init__(self, link: Link):
+        self.link = link
+        self.lock = threading.RLock()
+        super().__init__()
+        self.reset()
+
+    def execute(self, message: bytes) -> bytes | None:
+        with self.lock:
+            return super().execute(message)
+
+
+# ----------------------------------------------------------------------------- attenuator
+
+
+class Attenuator(LinkDevice):
+    """Keysight 8156A / 8157xA variable optical attenuator (one channel, INP1/OUTP1)."""
+
+    IDN = ("Keysight Technologies", "N7764A-EMU", "EMU0001", "1.0")
+    ATT_MAX_DB = 60.0
+
+    def reset(self) -> None:
+        self.offset_db = 0.0
+        self.wavelength_m = 1550e-9
+        self.speed_db_per_s = 12.0
+        self.target_db = 0.0
+        self.link.set("attenuation_db", 0.0)
+        self.link.set("attenuator_shutter_open", False)  # *RST state: shutter closed
+
+    def __init__(self, link: Link):
+        super().__init__(link)
+        c = self.command
+        sfx = {"suffix_range": (1, 1)}
+        c("INPut#:ATTenuation", self._set_att, Num(unit="DB"), **sfx)
+        c("INPut#:ATTenuation?", self._get_att, Optional(Choice(("MINimum", "MAXimum", "DEFault"))), **sfx)
+        c("INPut#:ATTenuation:SPEed", self._set_speed, Num(0.1, 12.0, unit="DB"), **sfx)
+        c("INPut#:ATTenuation:SPEed?", lambda s: self.speed_db_per_s, **sfx)
+        c("INPut#:OFFSet", self._set_offset, Num(-200.0, 200.0, unit="DB", default=0.0), **sfx)
+        c("INPut#:OFFSet?", lambda s: self.offset_db, **sfx)
+        c("INPut#:WAVelength", self._set_wav, Num(1200e-9, 1700e-9, unit="M", default=1550e-9), **sfx)
+        c("INPut#:WAVelength?", lambda s: self.wavelength_m, **sfx)
+        c("OUTPut#[:STATe]", self._set_shutter, Bool(), **sfx)
+        c("OUTPut#[:STATe]?", lambda s: self.link.get("attenuator_shutter_open"), **sfx)
+
+    # The displayed attenuation is the filter attenuation plus the offset (8157xA manual,
+    # "INPut:OFFSet"): att = filter + offset, and the filter spans 0 .. ATT_MAX_DB.
+    def _limits(self) -> tuple[float, float]:
+        return self.offset_db, self.offset_db + self.ATT_MAX_DB
+
+    def _set_att(self, s, value) -> None:
+        lo, hi = self._limits()
+        if isinstance(value, float) and value in (-math.inf, math.inf):
+            value = lo if value < 0 else hi
+        if not (lo <= value <= hi):
+            raise ScpiError(-222, f"attenuation {value:g} dB not in [{lo:g}, {hi:g}]")
+        self.target_db = float(value)
+        self.link.ramp("attenuation_db", self.target_db - self.offset_db, self.speed_db_per_s)
+        self.pending.append(_until(self.link, self.link.ramp_end_ps("attenuation_db")))
+
+    def _get_att(self, s, which: str | None = None):
+        lo, hi = self._limits()
+        return {None: self.target_db, "MINIMUM": lo, "MAXIMUM": hi, "DEFAULT": lo}[which]
+
+    def _set_speed(self, s, v) -> None:
+        self.speed_db_per_s = v
+
+    def _set_offset(self, s, v) -> None:
+        self.target_db += v - self.offset_db
+        self.offset_db = v
+
+    def _set_wav(self, s, v) -> None:
+        self.wavelength_m = v
+
+    def _set_shutter(self, s, v) -> None:
+        self.link.set("attenuator_shutter_open", bool(v))
+
+    def wait_pending(self) -> None:
+        _wait_link_pending(self)
+
+
+class _until:
+    """A pending operation done when the link clock reaches ``t_ps``."""
+
+    def __init__(self, link: Link, t_ps: int):
+        self.link, self.t_ps = link, t_ps
+
+    def done(self) -> bool:
+        return self.link.now_ps >= self.t_ps
+
+
+def _wait_link_pending(dev: LinkDevice, timeout_s: float = 600.0) -> None:
+    """*OPC?/*WAI: wait for pending transitions in link time. While an acquisition runs the
+    tagger moves the clock; otherwise nothing is recorded, so idle link time is skipped."""
+    deadline = time.monotonic() + timeout_s
+    for p in dev.pending:
+        while not p.done():
+            if not getattr(dev.link, "acquiring", False):
+                dev.link.idle_until(p.t_ps)
+            elif time.monotonic() > deadline:
+                raise ScpiError(-200, "pending operation timed out")
+            else:
+                time.sleep(0.001)
+    dev.pending = []
+
+
+# ----------------------------------------------------------------------------- source
+
+
+class Source(LinkDevice):
+    """Pulsed decoy-state BB84 transmitter (command set of this project; see README)."""
+
+    IDN = ("qkd-hil", "QKD-TX-EMU", "EMU0002", "1.0")
+
+    def reset(self) -> None:
+        from .physics import LinkParams
+
+        d = LinkParams()
+        for name in ("clock_hz", "mu", "p_mu", "p_z", "seed", "sync_divider", "disclose_fraction"):
+            self.link.set(name, getattr(d, name))
+        self.link.set("output_on", False)
+        self.wavelength_m = 1550e-9
+
+    def __init__(self, link: Link):
+        super().__init__(link)
+        c = self.command
+        c("SOURce:CLOCk[:FREQuency]", lambda s, v: self._set("clock_hz", v), Num(1e6, 5e9, unit="HZ"))
+        c("SOURce:CLOCk[:FREQuency]?", lambda s: float(self.link.get("clock_hz")))
+        c("SOURce:INTensity#", self._set_mu, Num(0.0, 10.0), suffix_range=(1, 3))
+        c("SOURce:INTensity#?", lambda s: float(self.link.get("mu", s[0] - 1)), suffix_range=(1, 3))
+        c("SOURce:INTensity#:PROBability", self._set_p, Num(0.0, 1.0), suffix_range=(1, 3))
+        c("SOURce:INTensity#:PROBability?", lambda s: float(self.link.get("p_mu", s[0] - 1)), suffix_range=(1, 3))
+        c("SOURce:BASis:PROBability", lambda s, v: self._set("p_z", v), Num(0.0, 1.0))
+        c("SOURce:BASis:PROBability?", lambda s: float(self.link.get("p_z")))
+        c("SOURce:SEED", lambda s, v: self._set("seed", v), Num(0, 2**63 - 1, integer=True))
+        c("SOURce:SEED?", lambda s: int(self.link.get("seed")))
+        c("SOURce:SYNC:DIVider", lambda s, v: self._set("sync_divider", v), Num(1, 2**20, integer=True))
+        c("SOURce:SYNC:DIVider?", lambda s: int(self.link.get("sync_divider")))
+        c("OUTPut[:STATe]", self._set_output, Bool())
+        c("OUTPut[:STATe]?", lambda s: bool(self.link.get("output_on")))
+        c("SIFT:DISClose:FRACtion", lambda s, v: self._set("disclose_fraction", v), Num(0.0, 1.0))
+        c("SIFT:DISClose:FRACtion?", lambda s: float(self.link.get("disclose_fraction")))
+        c("SIFT:QUERy?", self._sift, Block())
+
+    def _set(self, name, v) -> None:
+        if self.link.get("output_on") and name in ("seed", "sync_divider", "clock_hz"):
+            raise ScpiError(-221, f"{name} cannot change while the output is on")
+        self.link.set(name, v)
+
+    def _set_mu(self, s, v) -> None:
+        self.link.set("mu", v, s[0] - 1)
+
+    def _set_p(self, s, v) -> None:
+        self.link.set("p_mu", v, s[0] - 1)
+
+    def _set_output(self, s, on) -> None:
+        if on:
+            mu, p = self.link.get("mu"), self.link.get("p_mu")
+            if abs(sum(p) - 1.0) > 1e-9:
+                raise ScpiError(-221, f"intensity probabilities sum to {sum(p):g}, not 1")
+            if not (mu[0] > mu[1] + mu[2] and mu[1] > mu[2] >= 0):
+                raise ScpiError(-221, "intensities must satisfy mu1 > mu2 + mu3, mu2 > mu3 >= 0")
+        self.link.set("output_on", bool(on))
+
+    def _sift(self, s, payload: bytes) -> bytes:
+        """Sifting exchange: int64 little-endian pulse indices in; out a block of
+        3*N bytes: N bases (0 Z, 1 X), N intensity classes (0..2), N bits (255 = undisclosed)."""
+        if len(payload) % 8:
+            raise ScpiError(-224, "index block length is not a multiple of 8")
+        idx = np.frombuffer(payload, dtype="<i8")
+        if len(idx) > MAX_SIFT_INDICES:
+            raise ScpiError(-222, f"at most {MAX_SIFT_INDICES} indices per query")
+        if len(idx) and idx.min() < 0:
+            raise ScpiError(-222, "negative pulse index")
+        p = self.link.params
+        basis, intensity, bit, disclosed = pulse_choices(
+            p.seed, p.p_mu, p.p_z, p.disclose_fraction, idx
+        )
+        shown = np.where(disclosed, bit, 255).astype(np.uint8)
+        out = np.concatenate(
+            [basis.astype(np.uint8), intensity.astype(np.uint8), shown]
+        ).tobytes()
+        return block(out)
+
+
+# ----------------------------------------------------------------------------- detectors
+
+
+class Detectors(LinkDevice):
+    """Four single-photon detector channels H, V, D, A (ID120-like; units SI)."""
+
+    IDN = ("qkd-hil", "SPD4-EMU", "EMU0003", "1.0")
+
+    def reset(self) -> None:
+        from .physics import LinkParams
+
+        d = LinkParams()
+        for name in ("efficiency", "dead_time_s", "temperature_c", "detector_on"):
+            self.link.set(name, getattr(d, name))
+        self.setpoint_c = list(d.temperature_c)
+        self.integration_s = 0.1
+
+    def __init__(self, link: Link):
+        super().__init__(link)
+        c = self.command
+        r = {"suffix_range": (1, N_DETECTORS)}
+        c("DETector#:EFFiciency", lambda s, v: self.link.set("efficiency", v, s[0] - 1), Num(0.01, 0.95), **r)
+        c("DETector#:EFFiciency?", lambda s: float(self.link.get("efficiency", s[0] - 1)), **r)
+        c("DETector#:DEADtime", lambda s, v: self.link.set("dead_time_s", v, s[0] - 1), Num(1e-9, 100e-6, unit="S"), **r)
+        c("DETector#:DEADtime?", lambda s: float(self.link.get("dead_time_s", s[0] - 1)), **r)
+        c("DETector#:TEMPerature:SETPoint", self._set_temp, Num(-60.0, 25.0, unit="CEL"), **r)
+        c("DETector#:TEMPerature:SETPoint?", lambda s: float(self.setpoint_c[s[0] - 1]), **r)
+        c("DETector#:TEMPerature?", lambda s: float(self.link.get("temperature_c", s[0] - 1)), **r)
+        c("DETector#:RUN", lambda s, v: self.link.set("detector_on", bool(v), s[0] - 1), Bool(), **r)
+        c("DETector#:RUN?", lambda s: bool(self.link.get("detector_on", s[0] - 1)), **r)
+        c("DETector#:DARK?", lambda s: dark_count_rate_hz(self.link.params, s[0] - 1), **r)
+        c("COUNter:INTegration", self._set_integration, Num(1e-3, 60.0, unit="S"))
+        c("COUNter:INTegration?", lambda s: self.integration_s)
+        c("COUNter:DATA?", self._counts)
+
+    def _set_temp(self, s, v) -> None:
+        self.setpoint_c[s[0] - 1] = v
+        self.link.set("temperature_c", v, s[0] - 1)  # the regulator is ideal (see README)
+
+    def _set_integration(self, s, v) -> None:
+        self.integration_s = v
+
+    def _counts(self, s) -> str:
+        """Counts of the four channels over one integration time of link time."""
+        if getattr(self.link, "acquiring", False):
+            raise ScpiError(-221, "counters unavailable while the tagger acquires")
+        t_stop = self.link.now_ps + int(self.integration_s * PS)
+        counts = np.zeros(N_DETECTORS, dtype=np.int64)
+        while self.link.now_ps < t_stop:
+            _, ch = self.link.step(t_stop)
+            counts += np.bincount(ch, minlength=N_TAGGER_CHANNELS)[1 : 1 + N_DETECTORS]
+        return ",".join(str(int(x)) for x in counts)
+
+
+# ----------------------------------------------------------------------------- power meter
+
+
+class PowerMeter(LinkDevice):
+    """Thorlabs PM100-style power meter on a calibrated tap at the source output."""
+
+    IDN = ("Thorlabs", "PM100D-EMU", "EMU0004", "1.0")
+
+    def reset(self) -> None:
+        self.wavelength_m = 1550e-9
+        self.unit = "W"
+        self.noise_floor_w = 1e-12
+
+    def __init__(self, link: Link):
+        super().__init__(link)
+        c = self.command
+        c("MEASure[:SCALar]:POWer?", lambda s: self._power())
+        c("READ?", lambda s: self._power())
+        c("SENSe:CORRection:WAVelength", self._set_wav, Num(400.0, 1800.0, unit="NM"))
+        c("SENSe:CORRection:WAVelength?", self._get_wav, Optional(Choice(("MINimum", "MAXimum"))))
+        c("SENSe:POWer:UNIT", self._set_unit, Choice(("W", "DBM")))
+        c("SENSe:POWer:UNIT?", lambda s: self.unit)
+
+    def _set_wav(self, s, v) -> None:
+        self.wavelength_m = v * 1e-9
+
+    def _get_wav(self, s, which=None) -> float:
+        return {None: self.wavelength_m * 1e9, "MINIMUM": 400.0, "MAXIMUM": 1800.0}[which]
+
+    def _set_unit(self, s, v) -> None:
+        self.unit = v
+
+    def _power(self) -> float:
+        # mean optical power of the pulse train: f_clock * sum_k p_k mu_k * h c / lambda
+        p = self.link.params
+        watts = self.noise_floor_w
+        if p.output_on:
+            photon_j = H_PLANCK * C_LIGHT / self.wavelength_m
+            watts += p.clock_hz * sum(pk * mk for pk, mk in zip(p.p_mu, p.mu, strict=True)) * photon_j
+        return watts if self.unit == "W" else 10 * math.log10(watts / 1e-3)
+
+
+# ----------------------------------------------------------------------------- tagger
+
+
+class Tagger(LinkDevice):
+    """Time tagger: 9 inputs (0 sync, 1..4 detectors, 8 software marker), acquisition of link
+    time, tags fetched as bounded binary blocks (see README for the record layout)."""
+
+    IDN = ("qkd-hil", "TAGGER-EMU", "EMU0005", "1.0")
+    BUFFER_TAGS = 50_000_000  # on-board memory: beyond this, tags are lost (loss flag set)
+
+    def reset(self) -> None:
+        self.stop_acquisition()
+        from .physics import LinkParams
+
+        d = LinkParams()
+        for name in ("resolution_ps", "channel_delay_ps", "channel_enabled"):
+            self.link.set(name, getattr(d, name))
+        self.thresholds_v = [-0.1] * N_TAGGER_CHANNELS
+        self.duration_s = 1.0
+        self.pace = 0.0  # 0 = as fast as generation allows (with back-pressure, no loss)
+        self._buf_ts: list[np.ndarray] = []
+        self._buf_ch: list[np.ndarray] = []
+        self._buffered = 0
+        self.lost = False
+        self.state = "IDLE"
+
+    def __init__(self, link: Link):
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._buf_lock = threading.Lock()
+        self._room = threading.Condition(self._buf_lock)
+        super().__init__(link)
+        c = self.command
+        r = {"suffix_range": (0, N_TAGGER_CHANNELS - 1)}
+        c("INPut#:ENABle", self._enable, Bool(), **r)
+        c("INPut#:ENABle?", lambda s: self._enabled(s[0]), **r)
+        c("INPut#:THReshold", lambda s, v: self.thresholds_v.__setitem__(s[0], v), Num(-2.5, 2.5, unit="V"), **r)
+        c("INPut#:THReshold?", lambda s: float(self.thresholds_v[s[0]]), **r)
+        c("INPut#:DELay", self._set_delay, Num(-1e-6, 1e-6, unit="S"), **r)
+        c("INPut#:DELay?", lambda s: self._get_delay(s[0]), **r)
+        c("DEVice:RESolution?", lambda s: self.link.get("resolution_ps") * 1e-12)
+        c("ACQuire:DURation", lambda s, v: setattr(self, "duration_s", v), Num(1e-6, 86400.0, unit="S"))
+        c("ACQuire:DURation?", lambda s: float(self.duration_s))
+        c("ACQuire:PACE", lambda s, v: setattr(self, "pace", v), Num(0.0, 1e6))
+        c("ACQuire:PACE?", lambda s: float(self.pace))
+        c("ACQuire:STARt", lambda s: self.start_acquisition())
+        c("ACQuire:STOP", lambda s: self.stop_acquisition())
+        c("ACQuire:STATus?", lambda s: self.state)
+        c("ACQuire:LOSS?", lambda s: self.lost)
+        c("ACQuire:TIME?", lambda s: self.link.now_ps * 1e-12)
+        c("ACQuire:MARKer", lambda s: self._mark())
+        c("FETCh:COUNt?", lambda s: self._buffered)
+        c("FETCh:TAGS?", self._fetch, Optional(Num(1, MAX_FETCH_TAGS, integer=True)))
+
+    def _enabled(self, ch: int) -> bool:
+        if ch >= len(self.link.params.channel_enabled):
+            return ch == MARKER_CHANNEL
+        return bool(self.link.get("channel_enabled", ch))
+
+    def _enable(self, s, v) -> None:
+        if s[0] >= len(self.link.params.channel_enabled):
+            raise ScpiError(-241, f"input {s[0]} has no physical input")
+        self.link.set("channel_enabled", bool(v), s[0])
+
+    def _set_delay(self, s, v) -> None:
+        if s[0] >= len(self.link.params.channel_delay_ps):
+            raise ScpiError(-241, f"input {s[0]} has no physical input")
+        self.link.set("channel_delay_ps", int(round(v * PS)), s[0])
+
+    def _get_delay(self, ch: int) -> float:
+        if ch >= len(self.link.params.channel_delay_ps):
+            return 0.0
+        return self.link.get("channel_delay_ps", ch) * 1e-12
+
+    # -- acquisition -------------------------------------------------------------------------
+    def start_acquisition(self) -> None:
+        if self.state == "RUNNING":
+            raise ScpiError(-221, "acquisition already running")
+        with self._buf_lock:
+            self._buf_ts, self._buf_ch, self._buffered = [], [], 0
+        self.lost = False
+        self._stop.clear()
+        self.state = "RUNNING"
+        self.link.acquiring = True
+        self._thread = threading.Thread(target=self._run, name="tagger-acquisition", daemon=True)
+        self._thread.start()
+
+    def stop_acquisition(self) -> None:
+        t = getattr(self, "_thread", None)
+        if t is not None and t.is_alive():
+            self._stop.set()
+            with self._room:
+                self._room.notify_all()
+            t.join()
+        self._thread = None
+        if getattr(self, "state", "IDLE") == "RUNNING":
+            self.state = "DONE"
+        self.link.acquiring = False
+
+    def _run(self) -> None:
+        t_stop = self.link.now_ps + int(self.duration_s * PS)
+        wall0, link0 = time.monotonic(), self.link.now_ps
+        try:
+            while self.link.now_ps < t_stop and not self._stop.is_set():
+                if self.pace > 0:  # hold link time to pace x wall time
+                    ahead = (self.link.now_ps - link0) / PS - self.pace * (time.monotonic() - wall0)
+                    if ahead > 0:
+                        time.sleep(min(ahead / self.pace, 0.05))
+                        continue
+                ts, ch = self.link.step(t_stop)
+                keep = np.asarray(self.link.params.channel_enabled, dtype=bool)[ch]
+                ts, ch = ts[keep], ch[keep]
+                with self._room:
+                    if self.pace == 0:
+                        while self._buffered > self.BUFFER_TAGS and not self._stop.is_set():
+                            self._room.wait(0.1)
+                    if self._buffered + len(ts) > self.BUFFER_TAGS:
+                        self.lost = True
+                        continue
+                    self._buf_ts.append(ts)
+                    self._buf_ch.append(ch)
+                    self._buffered += len(ts)
+        finally:
+            self.state = "DONE"
+            self.link.acquiring = False
+
+    def _mark(self) -> None:
+        if self.state != "RUNNING":
+            raise ScpiError(-221, "no acquisition running")
+        with self.link.lock, self._room:
+            self._buf_ts.append(np.array([self.link.now_ps], dtype=np.int64))
+            self._buf_ch.append(np.array([MARKER_CHANNEL], dtype=np.uint8))
+            self._buffered += 1
+
+    def _fetch(self, s, max_tags: int = MAX_FETCH_TAGS) -> bytes:
+        """Block of N tags, structure of arrays: N int64 LE timestamps (ps), then N uint8
+        channels. Tags come in time order; a marker may share a chunk with later tags."""
+        with self._room:
+            if not self._buffered:
+                return block(b"")
+            ts = np.concatenate(self._buf_ts)
+            ch = np.concatenate(self._buf_ch)
+            if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):  # a marker placed between chunks
+                order = np.argsort(ts, kind="stable")
+                ts, ch = ts[order], ch[order]
+            out_ts, out_ch = ts[:max_tags], ch[:max_tags]
+            rest_ts, rest_ch = ts[max_tags:], ch[max_tags:]
+            self._buf_ts = [rest_ts] if len(rest_ts) else []
+            self._buf_ch = [rest_ch] if len(rest_ch) else []
+            self._buffered = len(rest_ts)
+            self._room.notify_all()
+        return block(out_ts.astype("<i8").tobytes() + out_ch.astype(np.uint8).tobytes())
+
+
+# ----------------------------------------------------------------------------- control
+
+
+class Control(LinkDevice):
+    """The emulator's own control instrument: link clock and fault injection (emulated bench
+    only). Faults act on the same link parameters the physics model reads."""
+
+    IDN = ("qkd-hil", "EMULATOR-CONTROL", "EMU0000", "1.0")
+
+    def reset(self) -> None:
+        self.base_insertion_db = self.link.get("insertion_loss_db")
+        self.extra_loss_db = 0.0
+
+    def __init__(self, link: Link, instruments: dict | None = None):
+        super().__init__(link)
+        self.instruments = instruments if instruments is not None else {}
+        c = self.command
+        d = {"suffix_range": (1, N_DETECTORS)}
+        c("LINK:TIME?", lambda s: self.link.now_ps * 1e-12)
+        c("LINK:PARameter?", self._param, Str())
+        c("FAULt:LOSS", lambda s, v: self.link.set("insertion_loss_db", self.base_insertion_db + v), Num(0.0, 100.0, unit="DB"))
+        c("FAULt:LOSS:RAMP", lambda s, v, r: self.link.ramp("insertion_loss_db", self.base_insertion_db + v, r), Num(0.0, 100.0, unit="DB"), Num(1e-6, 1e3))
+        c("FAULt:EMISalignment", lambda s, v: self.link.set("e_mis", v), Num(0.0, 0.5))
+        c("FAULt:EMISalignment:RAMP", lambda s, v, r: self.link.ramp("e_mis", v, r), Num(0.0, 0.5), Num(1e-9, 10.0))
+        c("FAULt:TEMPerature#:RAMP", lambda s, v, r: self.link.ramp("temperature_c", v, r, s[0] - 1), Num(-80.0, 40.0, unit="CEL"), Num(1e-6, 100.0), **d)
+        c("FAULt:DETector#:DEAD", lambda s, v: self.link.set("detector_on", not v, s[0] - 1), Bool(), **d)
+        c("FAULt:LASer:OFF", lambda s, v: self.link.set("output_on", not v), Bool())
+        c("FAULt:EVE", lambda s, v: self.link.set("eve_fraction", v), Num(0.0, 1.0))
+        c("FAULt:DRIFt", lambda s, v: self.link.set("drift_ppm", v), Num(-1000.0, 1000.0))
+        c("FAULt:SYNC:LOSS", lambda s, v: self.link.set("sync_enabled", not v), Bool())
+        c("FAULt:SCHedule", self._schedule, Num(0.0, 1e6, unit="S"), Str())
+
+    def _param(self, s, name: str) -> str:
+        if not hasattr(self.link.params, name):
+            raise ScpiError(-224, f"no link parameter {name!r}")
+        return repr(self.link.get(name))
+
+    def _schedule(self, s, t_s: float, command: str) -> None:
+        """Run a control command at link time ``t_s`` (a fault at an exact link time)."""
+        if "FAUL" not in command.upper() or "SCH" in command.upper():
+            raise ScpiError(-224, "only FAULt commands (not SCHedule) may be scheduled")
+
+        def action() -> None:
+            self.execute(command.encode("ascii"))
+
+        self.link.at(int(round(t_s * PS)), action)
+
+
+# ----------------------------------------------------------------------------- switch
+
+
+class Switch:
+    """Thorlabs OSW-style 1x2 optical switch on a serial line (ASCII, ``\\n`` in, ``\\r\\n``
+    out). Position 1 is the link fiber (through); position 2 leaves the receiver dark."""
+
+    IDN = "Thorlabs OSW12-EMU v1.0"
+
+    def __init__(self, link: Link):
+        self.link = link
+        self.position = 1
+        self.link.set("link_connected", True)
+
+    def handle(self, line: bytes) -> bytes | None:
+        cmd = line.strip().decode("ascii", "replace").upper()
+        if cmd in ("S 1", "S1", "S 2", "S2"):
+            self.position = int(cmd[-1])
+            self.link.set("link_connected", self.position == 1)
+            return None
+        if cmd == "S?":
+            return f"{self.position}\r\n".encode()
+        if cmd in ("I?", "*IDN?"):
+            return f"{self.IDN}\r\n".encode()
+        if not cmd:
+            return None
+        return b"CMD_NOT_DEFINED\r\n"

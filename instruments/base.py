@@ -1,0 +1,279 @@
+"""Instrument base: a PyVISA session with declared, validated properties and error checking.
+
+A driver declares each setting once::
+
+    attenuation_db = control("INP1:ATT?", "INP1:ATT {:.3f}",
+        "Control the attenuation in dB (float, 0 to 60).", validator=strict_range, values=(0, 60))
+
+Out-of-range values are rejected before anything is sent. After a setter the instrument's error
+queue is read (``SYST:ERR?``, configurable per driver with ``check_errors``); an instrument error
+raises :class:`InstrumentError` naming the instrument, the command and the error text, and a
+timeout raises :class:`InstrumentTimeout` naming the instrument and its resource.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyvisa
+from pyvisa import constants as vc
+
+_RM_LOCK = threading.Lock()
+_RM: pyvisa.ResourceManager | None = None
+
+
+def resource_manager() -> pyvisa.ResourceManager:
+    """The process-wide pyvisa-py ResourceManager (never closed while sessions use it)."""
+    global _RM
+    with _RM_LOCK:
+        if _RM is None:
+            _RM = pyvisa.ResourceManager("@py")
+        return _RM
+
+
+class InstrumentError(RuntimeError):
+    """The instrument reported an error (or could not be reached)."""
+
+    def __init__(self, instrument: str, command: str, message: str):
+        super().__init__(f"{instrument}: {command!r} -> {message}")
+        self.instrument, self.command, self.message = instrument, command, message
+
+
+class InstrumentTimeout(InstrumentError):
+    """No answer within the timeout."""
+
+
+# ----------------------------------------------------------------------------- validators
+
+
+def strict_range(value: float, values: tuple[float, float]) -> float:
+    """Accept a number within [lo, hi], reject anything else (no clipping)."""
+    lo, hi = values
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number in [{lo}, {hi}], got {value!r}")
+    if not (lo <= value <= hi):
+        raise ValueError(f"{value!r} is out of range [{lo}, {hi}]")
+    return value
+
+
+def strict_discrete_set(value: Any, values: Sequence) -> Any:
+    if value not in values:
+        raise ValueError(f"{value!r} is not one of {list(values)}")
+    return value
+
+
+def to_bool(text: str) -> bool:
+    t = text.strip().upper()
+    if t in ("1", "ON", "TRUE", "+1"):
+        return True
+    if t in ("0", "OFF", "FALSE", "+0"):
+        return False
+    raise ValueError(f"not a boolean answer: {text!r}")
+
+
+def control(
+    get_cmd: str | None,
+    set_cmd: str | None,
+    doc: str,
+    *,
+    validator: Callable | None = None,
+    values: Any = None,
+    get_process: Callable[[str], Any] = float,
+    set_process: Callable[[Any], Any] = lambda v: v,
+) -> property:
+    """Declare a property read with ``get_cmd`` and written with ``set_cmd.format(value)``.
+
+    Commands may contain ``{ch}``, filled from the driver's ``channel`` attribute.
+    """
+
+    def fget(self):
+        if get_cmd is None:
+            raise AttributeError("write-only property")
+        return get_process(self.query(get_cmd.format(ch=getattr(self, "channel", 1))))
+
+    def fset(self, value):
+        if set_cmd is None:
+            raise AttributeError("read-only property")
+        if validator is not None:
+            try:
+                value = validator(value, values)
+            except (TypeError, ValueError) as exc:
+                name = _prop_name(self, fset)
+                raise ValueError(f"{self.name}.{name}: {exc}") from None
+        cmd = set_cmd.format(set_process(value), ch=getattr(self, "channel", 1))
+        self.write(cmd)
+        if self.check_errors:
+            self.raise_errors(cmd)
+
+    return property(fget if get_cmd else None, fset if set_cmd else None, doc=doc)
+
+
+def measurement(get_cmd: str, doc: str, get_process: Callable[[str], Any] = float) -> property:
+    """Declare a read-only measured quantity."""
+    return control(get_cmd, None, doc, get_process=get_process)
+
+
+def _prop_name(obj, fset) -> str:
+    for klass in type(obj).__mro__:
+        for k, v in vars(klass).items():
+            if isinstance(v, property) and v.fset is fset:
+                return k
+    return "property"
+
+
+# ----------------------------------------------------------------------------- instrument
+
+
+class Instrument:
+    """A SCPI instrument on any VISA resource (TCPIP SOCKET, INSTR, ASRL, USB, GPIB).
+
+    ``check_errors``: read ``SYST:ERR?`` after every setter (default True).
+    """
+
+    read_termination = "\n"
+    write_termination = "\n"
+
+    def __init__(
+        self,
+        resource: str,
+        name: str | None = None,
+        *,
+        timeout_s: float = 5.0,
+        check_errors: bool = True,
+        on_action: Callable[[str, str], None] | None = None,
+        **visa_kwargs: Any,
+    ):
+        self.resource_name = resource
+        self.name = name or type(self).__name__.lower()
+        self.check_errors = check_errors
+        self.on_action = on_action  # called with (instrument name, command) for every write
+        self._lock = threading.RLock()
+        try:
+            self.session = resource_manager().open_resource(
+                resource,
+                read_termination=self.read_termination,
+                write_termination=self.write_termination,
+                timeout=int(timeout_s * 1000),
+                **visa_kwargs,
+            )
+        except pyvisa.errors.VisaIOError as exc:
+            raise InstrumentError(self.name, f"open {resource}", exc.description) from None
+        except ValueError as exc:  # malformed resource string
+            raise InstrumentError(self.name, f"open {resource}", str(exc)) from None
+
+    # -- raw I/O -------------------------------------------------------------------------------
+    def _io(self, command: str, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            try:
+                return fn()
+            except pyvisa.errors.VisaIOError as exc:
+                if exc.error_code == vc.StatusCode.error_timeout:
+                    self._recover_after_timeout()
+                    raise InstrumentTimeout(
+                        self.name, command,
+                        f"no answer within {self.session.timeout / 1000:g} s "
+                        f"from {self.resource_name}",
+                    ) from None
+                raise InstrumentError(self.name, command, f"{exc.description} "
+                                      f"({self.resource_name})") from None
+            except (ConnectionError, OSError) as exc:
+                raise InstrumentError(self.name, command,
+                                      f"connection lost ({self.resource_name}): {exc}") from None
+
+    def _recover_after_timeout(self) -> None:
+        # pyvisa-py keeps a late reply buffered and hands it to the next query (#376): clear.
+        try:
+            self.session.clear()
+        except Exception:  # noqa: BLE001 - best effort on a link that already failed
+            pass
+
+    def write(self, command: str) -> None:
+        if self.on_action is not None:
+            self.on_action(self.name, command)
+        self._io(command, lambda: self.session.write(command))
+
+    def query(self, command: str) -> str:
+        return self._io(command, lambda: self.session.query(command)).strip()
+
+    def query_block(self, command: str) -> bytes:
+        """Query that answers with an IEEE 488.2 definite-length block; returns the payload."""
+        return self._io(
+            command,
+            lambda: bytes(
+                self.session.query_binary_values(
+                    command, datatype="B", container=bytearray, header_fmt="ieee",
+                    expect_termination=True,
+                )
+            ),
+        )
+
+    def write_block(self, command: str, payload: bytes) -> None:
+        """Write ``command`` followed by ``payload`` as a definite-length block."""
+        ln = str(len(payload)).encode()
+        data = command.encode("ascii") + b" #" + str(len(ln)).encode() + ln + payload + b"\n"
+        self._io(command, lambda: self.session.write_raw(data))
+
+    # -- IEEE 488.2 ----------------------------------------------------------------------------
+    @property
+    def idn(self) -> str:
+        """Get the identification string (``*IDN?``)."""
+        return self.query("*IDN?")
+
+    def errors(self, limit: int = 64) -> list[str]:
+        """Get and clear the error queue (``SYST:ERR?`` until ``0,...``)."""
+        out = []
+        for _ in range(limit):
+            text = self.query("SYST:ERR?")
+            code = text.split(",", 1)[0].strip()
+            if int(code) == 0:
+                break
+            out.append(text)
+        return out
+
+    def raise_errors(self, command: str) -> None:
+        errs = self.errors()
+        if errs:
+            raise InstrumentError(self.name, command, "; ".join(errs))
+
+    def reset(self) -> None:
+        """Reset to defaults (``*RST``), clear status (``*CLS``) and wait (``*OPC?``)."""
+        self.write("*RST")
+        self.write("*CLS")
+        self.wait()
+
+    def wait(self) -> None:
+        """Wait until pending operations complete (``*OPC?``)."""
+        self.query("*OPC?")
+
+    def round_trip_s(self, n: int = 100) -> float:
+        """Measure the median SCPI round-trip time of ``*OPC?`` over ``n`` queries, in s."""
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.query("*OPC?")
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        return times[len(times) // 2]
+
+    def settings(self) -> dict[str, Any]:
+        """Get every declared property's current value (the snapshot of this instrument)."""
+        out: dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):
+            for k, v in vars(klass).items():
+                if isinstance(v, property) and v.fget is not None and k not in ("idn",):
+                    if getattr(v.fget, "__name__", "") != "fget":
+                        continue  # only declared controls, not computed properties
+                    out[k] = getattr(self, k)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.session.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} at {self.resource_name}>"

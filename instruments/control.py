@@ -1,0 +1,67 @@
+"""Driver for the emulator's own control instrument: link clock and fault injection.
+
+Exists only on the emulated bench; tests that need it are marked ``emulator_only``.
+"""
+
+from __future__ import annotations
+
+from .base import Instrument, strict_range
+
+
+class EmulatorControl(Instrument):
+    """Fault injection into the emulated link (each call takes effect at the current link time,
+    or at ``at_s`` when given)."""
+
+    def _do(self, command: str, at_s: float | None = None) -> None:
+        if at_s is not None:
+            strict_range(at_s, (0.0, 1e6))
+            command = f'FAUL:SCH {at_s:.12g},"{command}"'
+        self.write(command)
+        if self.check_errors:
+            self.raise_errors(command)
+
+    def link_time_s(self) -> float:
+        return float(self.query("LINK:TIME?"))
+
+    def extra_loss(self, loss_db: float, rate_db_per_s: float | None = None, at_s=None) -> None:
+        """Add ``loss_db`` of fiber loss, at once or as a ramp at ``rate_db_per_s``."""
+        strict_range(loss_db, (0.0, 100.0))
+        if rate_db_per_s is None:
+            self._do(f"FAUL:LOSS {loss_db:.6g}", at_s)
+        else:
+            self._do(f"FAUL:LOSS:RAMP {loss_db:.6g},{rate_db_per_s:.6g}", at_s)
+
+    def misalignment(self, e_mis: float, rate_per_s: float | None = None, at_s=None) -> None:
+        """Set the optical misalignment error (polarization drift), at once or as a ramp."""
+        strict_range(e_mis, (0.0, 0.5))
+        if rate_per_s is None:
+            self._do(f"FAUL:EMIS {e_mis:.6g}", at_s)
+        else:
+            self._do(f"FAUL:EMIS:RAMP {e_mis:.6g},{rate_per_s:.6g}", at_s)
+
+    def temperature_runaway(self, detector: int, target_c: float, rate_c_per_s: float,
+                            at_s=None) -> None:
+        strict_range(detector, (1, 4))
+        self._do(f"FAUL:TEMP{detector}:RAMP {target_c:.6g},{rate_c_per_s:.6g}", at_s)
+
+    def detector_dead(self, detector: int, dead: bool = True, at_s=None) -> None:
+        strict_range(detector, (1, 4))
+        self._do(f"FAUL:DET{detector}:DEAD {int(dead)}", at_s)
+
+    def laser_off(self, off: bool = True, at_s=None) -> None:
+        self._do(f"FAUL:LAS:OFF {int(off)}", at_s)
+
+    def eavesdropper(self, fraction: float, at_s=None) -> None:
+        """Intercept-resend on ``fraction`` of the pulses (0 removes Eve)."""
+        strict_range(fraction, (0.0, 1.0))
+        self._do(f"FAUL:EVE {fraction:.6g}", at_s)
+
+    def clock_drift(self, ppm: float, at_s=None) -> None:
+        strict_range(ppm, (-1000.0, 1000.0))
+        self._do(f"FAUL:DRIF {ppm:.6g}", at_s)
+
+    def sync_loss(self, lost: bool = True, at_s=None) -> None:
+        self._do(f"FAUL:SYNC:LOSS {int(lost)}", at_s)
+
+    def parameter(self, name: str) -> str:
+        return self.query(f'LINK:PAR? "{name}"')

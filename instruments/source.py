@@ -1,0 +1,111 @@
+"""QKD transmitter driver: the pulsed decoy-state BB84 source (command set in emulator/README).
+
+The sifting exchange sends the detected pulse indices as a binary block and gets back, per
+index, the basis, the intensity class and the bit where the source discloses it (all X-basis
+bits, a sample of Z-basis bits); undisclosed key bits never leave the source.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Instrument, control, strict_range, to_bool
+
+UNDISCLOSED = 255
+MAX_SIFT_INDICES = 1_000_000
+
+
+class QKDSource(Instrument):
+    """Pulsed QKD transmitter with three intensities (signal, decoy, vacuum)."""
+
+    clock_hz = control(
+        "SOUR:CLOC?", "SOUR:CLOC {:.6g}",
+        "Control the pulse clock in Hz (float, 1e6 to 5e9).",
+        validator=strict_range, values=(1e6, 5e9),
+    )
+    z_probability = control(
+        "SOUR:BAS:PROB?", "SOUR:BAS:PROB {:.6g}",
+        "Control the probability of the Z basis (float, 0 to 1).",
+        validator=strict_range, values=(0.0, 1.0),
+    )
+    seed = control(
+        "SOUR:SEED?", "SOUR:SEED {:d}",
+        "Control the pattern seed (int, 0 to 2**63-1).",
+        validator=strict_range, values=(0, 2**63 - 1), get_process=int,
+    )
+    sync_divider = control(
+        "SOUR:SYNC:DIV?", "SOUR:SYNC:DIV {:d}",
+        "Control the sync divider: one sync pulse every N pulses (int, 1 to 2**20).",
+        validator=strict_range, values=(1, 2**20), get_process=int,
+    )
+    disclose_fraction = control(
+        "SIFT:DISC:FRAC?", "SIFT:DISC:FRAC {:.6g}",
+        "Control the fraction of Z-basis bits disclosed for QBER estimation (float, 0 to 1).",
+        validator=strict_range, values=(0.0, 1.0),
+    )
+    output_enabled = control(
+        "OUTP?", "OUTP {}",
+        "Control the optical output (bool).",
+        validator=lambda v, _: bool(v), get_process=to_bool, set_process=int,
+    )
+
+    @property
+    def intensities(self) -> tuple[float, float, float]:
+        """Control the mean photon numbers (signal, decoy, vacuum)."""
+        return tuple(float(self.query(f"SOUR:INT{k}?")) for k in (1, 2, 3))
+
+    @intensities.setter
+    def intensities(self, mus) -> None:
+        mus = tuple(float(m) for m in mus)
+        if len(mus) != 3 or not (mus[0] > mus[1] + mus[2] and mus[1] > mus[2] >= 0):
+            raise ValueError(f"{self.name}.intensities: need mu1 > mu2 + mu3, mu2 > mu3 >= 0, "
+                             f"got {mus}")
+        for k, m in enumerate(mus, 1):
+            self.write(f"SOUR:INT{k} {m:.6g}")
+        if self.check_errors:
+            self.raise_errors("SOUR:INT")
+
+    @property
+    def probabilities(self) -> tuple[float, float, float]:
+        """Control the probabilities of the three intensities (sum 1)."""
+        return tuple(float(self.query(f"SOUR:INT{k}:PROB?")) for k in (1, 2, 3))
+
+    @probabilities.setter
+    def probabilities(self, ps) -> None:
+        ps = tuple(float(p) for p in ps)
+        if len(ps) != 3 or min(ps) < 0 or abs(sum(ps) - 1) > 1e-9:
+            raise ValueError(f"{self.name}.probabilities: need three values >= 0 summing to 1, "
+                             f"got {ps}")
+        for k, p in enumerate(ps, 1):
+            self.write(f"SOUR:INT{k}:PROB {p:.9g}")
+        if self.check_errors:
+            self.raise_errors("SOUR:INT:PROB")
+
+    def sift(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Get (basis, intensity class, bit or 255) for each detected pulse index."""
+        idx = np.ascontiguousarray(indices, dtype="<i8")
+        parts = []
+        for start in range(0, len(idx), MAX_SIFT_INDICES):
+            chunk = idx[start : start + MAX_SIFT_INDICES]
+            self.write_block("SIFT:QUER?", chunk.tobytes())
+            raw = self._io("SIFT:QUER?", self._read_block)
+            parts.append(np.frombuffer(raw, dtype=np.uint8).reshape(3, len(chunk)))
+        if not parts:
+            e = np.empty(0, np.uint8)
+            return e, e.copy(), e.copy()
+        out = np.concatenate(parts, axis=1)
+        return out[0].copy(), out[1].copy(), out[2].copy()
+
+    def _read_block(self) -> bytes:
+        return bytes(self.session.read_binary_values(
+            datatype="B", container=bytearray, header_fmt="ieee", expect_termination=True))
+
+    def safe_state(self) -> None:
+        """Switch the optical output off."""
+        self.output_enabled = False
+
+    def settings(self) -> dict:
+        out = super().settings()
+        out["intensities"] = self.intensities
+        out["probabilities"] = self.probabilities
+        return out
