@@ -440,19 +440,23 @@ def estimate_delays(
     clock: ClockRecovery,
     n_channels: int = DETECTOR_CHANNELS,
     bin_width_ps: int = 10,
+    refine_half_width_ps: float = 100.0,
     sync_channel: int = SYNC_CHANNEL,
 ) -> np.ndarray:
     """Estimate each channel's delay modulo the pulse period from its residual histogram peak.
 
     With zero delays every detection's residual to its nearest pulse is histogrammed over one
-    period; the peak bin's centre is the delay, in [-period/2, period/2). Only the fraction of a
-    period is observable here: a delay of whole pulses (fibre length) needs a correlation with
-    the source's answers. Channels without detections (and the sync) get 0. int64 [n_channels].
+    period (bins of ``bin_width_ps``); the estimate is the mean residual within
+    ``refine_half_width_ps`` of the peak bin (taken on the circle, so a peak at +-period/2
+    is not split), which is finer than a bin and insensitive to a flat-topped peak. Only the
+    fraction of a period is observable: a delay of whole pulses (fibre length) needs a
+    correlation with the source's answers. Result in [-period/2, period/2); channels without
+    detections (and the sync) get 0. int64 [n_channels].
     """
     _, residual, det_ch = pulse_residuals(
         timestamps_ps, channels, clock, np.zeros(n_channels, dtype=np.int64), sync_channel
     )
-    period = 1e12 / clock.clock_hz * (1 + clock.drift_ppm * 1e-6)
+    period = clock.period_ps
     n_bins = max(1, int(np.ceil(period / bin_width_ps)))
     delays = np.zeros(n_channels, dtype=np.int64)
     for c in range(n_channels):
@@ -463,6 +467,9 @@ def estimate_delays(
             np.clip(((r + period / 2) // bin_width_ps).astype(np.int64), 0, n_bins - 1),
             minlength=n_bins,
         )
-        peak = int(np.argmax(hist))
-        delays[c] = int(round(-period / 2 + (peak + 0.5) * bin_width_ps))
+        peak = -period / 2 + (int(np.argmax(hist)) + 0.5) * bin_width_ps
+        around = (r - peak + period / 2) % period - period / 2  # circular distance to the peak
+        near = np.abs(around) <= refine_half_width_ps
+        estimate = peak + around[near].mean()
+        delays[c] = int(round((estimate + period / 2) % period - period / 2))
     return delays

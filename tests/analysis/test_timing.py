@@ -1,0 +1,369 @@
+"""Tests of hil.analysis.timing: numba kernels against the numpy references, and clock
+recovery / pulse assignment against synthetic captures with known offset, drift and delays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+
+from hil.analysis import _kernels as k
+from hil.analysis import timing
+
+CLOCK_HZ = 1e9  # 1000 ps pulse period
+PERIOD_PS = 1000.0
+DIVIDER = 100
+
+
+def make_capture(
+    rng,
+    n_pulses=400_000,
+    offset_ps=321,
+    drift_ppm=(15.0, 15.0),
+    drift_change_pulse=None,
+    delays_ps=(0, 130, -220, 3100, 45),
+    detect_prob=0.02,
+    gap_pulses=None,
+    sync_jitter_ps=10,
+    det_jitter_ps=40,
+    noise_per_channel=0,
+    channels_used=(1, 2, 3, 4),
+):
+    """Synthetic tags: pulse i at tagger time offset + i T (1 + drift), drift switching at
+    ``drift_change_pulse``; sync on channel 0 every DIVIDER pulses (none inside
+    ``gap_pulses``); detections at the pulse time + channel delay + uniform jitter; noise
+    tags 0.4 period after a pulse (outside a half-period gate). Jitter is uniform and bounded
+    so that the correct pulse index of every detection is certain."""
+    d1, d2 = (x * 1e-6 for x in drift_ppm)
+    change = n_pulses if drift_change_pulse is None else drift_change_pulse
+    t_change = offset_ps + change * PERIOD_PS * (1 + d1)
+
+    def tagger_time(i):
+        i = np.asarray(i, dtype=np.float64)
+        before = offset_ps + i * PERIOD_PS * (1 + d1)
+        after = t_change + (i - change) * PERIOD_PS * (1 + d2)
+        return np.where(i < change, before, after)
+
+    sync_idx = np.arange(0, n_pulses, DIVIDER)
+    if gap_pulses is not None:
+        sync_idx = sync_idx[(sync_idx < gap_pulses[0]) | (sync_idx >= gap_pulses[1])]
+    sync_t = tagger_time(sync_idx) + rng.uniform(-sync_jitter_ps, sync_jitter_ps, len(sync_idx))
+    det_idx = np.flatnonzero(rng.random(n_pulses) < detect_prob)
+    det_ch = rng.choice(np.array(channels_used, dtype=np.uint8), len(det_idx))
+    delays = np.asarray(delays_ps, dtype=np.int64)
+    det_t = (
+        tagger_time(det_idx)
+        + delays[det_ch]
+        + rng.uniform(-det_jitter_ps, det_jitter_ps, len(det_idx))
+    )
+    noise_idx = rng.integers(DIVIDER, n_pulses - DIVIDER, (5, noise_per_channel))
+    noise_t = [tagger_time(noise_idx[c]) + delays[c] + 0.4 * PERIOD_PS for c in range(5)]
+    ts = np.concatenate([sync_t, det_t] + [noise_t[c] for c in channels_used])
+    ch = np.concatenate(
+        [np.zeros(len(sync_t), np.uint8), det_ch]
+        + [np.full(noise_per_channel, c, np.uint8) for c in channels_used]
+    )
+    noise_truth = [np.full(noise_per_channel, -1)] * len(channels_used)
+    truth = np.concatenate([np.full(len(sync_t), -2), det_idx] + noise_truth)
+    ts = np.round(ts).astype(np.int64)
+    order = np.argsort(ts, kind="stable")
+    return ts[order], ch[order], truth[order], delays
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261128)
+
+
+# --------------------------------------------------------------------------- kernels vs reference
+
+
+def random_runs(rng, n_runs, max_len, t_max):
+    return [np.sort(rng.integers(0, t_max, rng.integers(0, max_len + 1))) for _ in range(n_runs)]
+
+
+@pytest.mark.parametrize("n_runs", [0, 1, 2, 5])
+def test_merge_matches_reference_with_ties(rng, n_runs):
+    for _ in range(20):
+        runs = random_runs(rng, n_runs, 30, 20)  # small time range: many equal timestamps
+        labels = list(rng.permutation(8)[:n_runs])
+        got_ps, got_ch = timing.merge_channels(runs, labels)
+        exp_ps, exp_ch = ref.merge_sorted_streams(runs, labels)
+        np.testing.assert_array_equal(got_ps, exp_ps)
+        np.testing.assert_array_equal(got_ch, exp_ch)
+
+
+def test_merge_keeps_channel_order_on_equal_timestamps():
+    ts, ch = timing.merge_channels([np.array([5, 7]), np.array([5]), np.array([5, 6])], [3, 1, 2])
+    np.testing.assert_array_equal(ts, [5, 5, 5, 6, 7])
+    np.testing.assert_array_equal(ch, [3, 1, 2, 2, 3])
+
+
+def test_merge_rejects_unsorted_input():
+    with pytest.raises(ValueError, match=r"per_channel_ps\[1\] must be a sorted"):
+        timing.merge_channels([np.array([1, 2]), np.array([3, 1])])
+
+
+def test_count_rates_matches_bincount(rng):
+    ch = rng.integers(0, 7, 1000).astype(np.uint8)
+    ts = np.sort(rng.integers(0, 10**9, 1000))
+    np.testing.assert_array_equal(k.count_per_channel(ch, 5), ref.count_per_channel(ch, 5))
+    rates = timing.count_rates(ts, ch, 5, 10**9)
+    np.testing.assert_allclose(rates, ref.count_per_channel(ch, 5) / 1e-3)
+    assert timing.count_rates(ts[:0], ch[:0], 3, 1).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="duration_ps must be positive"):
+        timing.count_rates(ts, ch, 5, 0)
+
+
+def test_rate_histogram_matches_reference(rng):
+    for _ in range(20):
+        n = int(rng.integers(0, 300))
+        ts = np.sort(rng.integers(-50, 1000, n))
+        ch = rng.integers(0, 5, n).astype(np.uint8)
+        start, width, n_bins = int(rng.integers(-20, 50)), int(rng.integers(1, 60)), 12
+        np.testing.assert_array_equal(
+            k.rate_histogram(ts, ch, 4, start, width, n_bins),
+            ref.rate_histogram(ts, ch, 4, start, width, n_bins),
+        )
+
+
+def test_rate_timeseries_bin_edges():
+    # tags exactly on bin edges belong to the bin they open
+    ts = np.array([0, 9, 10, 19, 20, 25])
+    ch = np.array([1, 1, 2, 2, 1, 0], dtype=np.uint8)
+    starts, counts = timing.rate_timeseries(ts, ch, 3, 10)
+    np.testing.assert_array_equal(starts, [0, 10, 20])
+    np.testing.assert_array_equal(counts, [[0, 2, 0], [0, 0, 2], [1, 1, 0]])
+    starts, counts = timing.rate_timeseries(ts[:0], ch[:0], 3, 10)
+    assert counts.shape == (0, 3)
+
+
+def test_coincidences_match_reference(rng):
+    for _ in range(30):
+        a = np.sort(rng.integers(0, 2000, rng.integers(0, 100)))
+        b = np.sort(rng.integers(0, 2000, rng.integers(0, 100)))
+        w = int(rng.integers(0, 40))
+        assert timing.coincidences(a, b, w) == ref.count_coincidences(a, b, w)
+    # both window edges are included
+    assert timing.coincidences(np.array([100]), np.array([90, 110, 111, 89]), 10) == 2
+
+
+def test_correlation_matches_reference(rng):
+    for _ in range(30):
+        s = np.sort(rng.integers(0, 5000, rng.integers(0, 80)))
+        c = np.sort(rng.integers(0, 5000, rng.integers(0, 80)))
+        rng_ps, bw = 200, int(rng.choice([1, 7, 20, 50]))
+        rng_ps -= rng_ps % bw
+        n_bins = 2 * rng_ps // bw
+        np.testing.assert_array_equal(
+            k.correlation_histogram(s, c, rng_ps, bw, n_bins),
+            ref.correlation_histogram(s, c, rng_ps, bw, n_bins),
+        )
+
+
+def test_correlation_range_edges():
+    # differences of exactly -range fall in bin 0, +range is outside, a bin edge opens its bin
+    corr = timing.cross_correlation(
+        np.array([1000]), np.array([900, 1000, 1049, 1050, 1100]), 50, 100, duration_ps=10**6
+    )
+    np.testing.assert_array_equal(corr.lag_ps, [-100, -50, 0, 50])
+    np.testing.assert_array_equal(corr.counts, [1, 0, 2, 1])
+
+
+def test_correlation_normalisation_uncorrelated_is_one(rng):
+    duration = 10**10
+    s = np.sort(rng.integers(0, duration, 20_000))
+    c = np.sort(rng.integers(0, duration, 20_000))
+    corr = timing.cross_correlation(s, c, 1000, 500_000, duration_ps=duration)
+    expected_total = len(corr.counts) * 1000 * len(s) * len(c) / duration
+    # total count is Poisson: allow 5 sigma of it (edge loss ~ range/duration is negligible)
+    assert abs(corr.counts.sum() - expected_total) < 5 * np.sqrt(expected_total)
+    assert abs(corr.normalised.mean() - 1) < 5 / np.sqrt(expected_total)
+
+
+def test_correlation_finds_known_delay(rng):
+    s = np.sort(rng.integers(0, 10**9, 2000))
+    c = np.sort(np.concatenate([s + 2345, rng.integers(0, 10**9, 2000)]))
+    corr = timing.cross_correlation(s, c, 10, 5000)
+    peak = int(np.argmax(corr.counts))
+    assert corr.lag_ps[peak] == 2340
+    # background: 10 ps x 2000 x 4000 / 1e9 ps = 0.08 per bin, so at most a few extra pairs
+    assert 2000 <= corr.counts[peak] < 2010
+
+
+def test_select_channel_matches_reference(rng):
+    ts = np.sort(rng.integers(0, 10**6, 500))
+    ch = rng.integers(0, 3, 500).astype(np.uint8)
+    for c in (0, 2, 7):
+        np.testing.assert_array_equal(k.select_channel(ts, ch, c), ref.select_channel(ts, ch, c))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"drift_ppm": (-40.0, 60.0), "drift_change_pulse": 200_000},
+        {"gap_pulses": (100_000, 160_000)},
+        {"sync_jitter_ps": 0},
+    ],
+)
+def test_number_sync_tags_matches_reference(rng, kw):
+    ts, ch, _, _ = make_capture(rng, detect_prob=0.0, **kw)
+    sync = ts[ch == 0]
+    sync = np.sort(np.append(sync, sync[10] + 37_000))  # a glitch between two syncs
+    args = (float(DIVIDER * PERIOD_PS), 1 / 16, 0.25)
+    got = k.number_sync_tags(sync, *args)
+    exp = ref.number_sync_tags(sync, *args)
+    for g, e in zip(got, exp, strict=True):
+        np.testing.assert_array_equal(g, e)
+    assert not got[2][11]  # the glitch is rejected
+    empty = k.number_sync_tags(sync[:0], *args)
+    assert all(len(a) == 0 for a in empty)
+
+
+def table_for(ts, ch):
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    return clock, (clock.table_ps, clock.table_pulse, clock.table_period_ps)
+
+
+@pytest.mark.parametrize("channels_used", [(1, 2, 3, 4), (3,)])
+def test_pulse_kernels_match_reference(rng, channels_used):
+    ts, ch, _, delays = make_capture(
+        rng,
+        n_pulses=100_000,
+        drift_ppm=(30.0, -20.0),
+        drift_change_pulse=50_000,
+        gap_pulses=(20_000, 30_000),
+        noise_per_channel=50,
+        channels_used=channels_used,
+    )
+    ch[rng.random(len(ch)) < 0.01] = 9  # marker channel: ignored
+    _, table = table_for(ts, ch)
+    got = k.nearest_pulse(ts, ch, 0, delays, *table)
+    exp = ref.nearest_pulse(ts, ch, 0, delays, *table)
+    for g, e in zip(got, exp, strict=True):
+        np.testing.assert_array_equal(g, e)
+    for half_gate in (100.0, 250.0, 500.0):
+        got = k.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
+        exp = ref.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
+        for g, e in zip(got, exp, strict=True):
+            np.testing.assert_array_equal(g, e)
+    # no detections at all
+    sync_only = ch == 0
+    got = k.assign_pulses_gated(ts[sync_only], ch[sync_only], 0, delays, *table, 250.0)
+    assert len(got[0]) == 0 and got[2].sum() == 0
+
+
+def test_gate_edges_exact():
+    # zero drift, integer period: arithmetic is exact, so tags on the edges test [-g/2, +g/2)
+    sync = np.arange(0, 10 * DIVIDER * 1000, DIVIDER * 1000, dtype=np.int64)
+    det = np.array([5000 - 200, 5000 + 200, 5000 + 199, 7000 - 201, 123_000 + 500])
+    ts = np.concatenate([sync, det])
+    ch = np.concatenate([np.zeros(len(sync), np.uint8), np.array([1, 2, 2, 1, 3], np.uint8)])
+    order = np.argsort(ts, kind="stable")
+    ts, ch = ts[order], ch[order]
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    res = timing.assign_pulses(ts, ch, clock, gate_width_ps=400)
+    pulses = dict(zip(ts[ch != 0].tolist(), res.pulse_index.tolist(), strict=True))
+    assert pulses == {4800: 5, 5200: -1, 5199: 5, 6799: -1, 123_500: -1}
+    np.testing.assert_array_equal(res.n_outside, [0, 1, 1, 1, 0])
+    # with a full-period gate the window [c - T/2, c + T/2) takes 123_500 for pulse 124
+    res = timing.assign_pulses(ts, ch, clock, gate_width_ps=1000)
+    assert res.pulse_index[np.flatnonzero(ts[ch != 0] == 123_500)[0]] == 124
+    assert kernel_matches_reference(ts, ch, clock, 200.0)
+
+
+def kernel_matches_reference(ts, ch, clock, half_gate):
+    table = (clock.table_ps, clock.table_pulse, clock.table_period_ps)
+    delays = np.zeros(5, dtype=np.int64)
+    got = k.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
+    exp = ref.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
+    return all(np.array_equal(g, e) for g, e in zip(got, exp, strict=True))
+
+
+# --------------------------------------------------------------------------- synthetic truth
+
+
+def check_assignment(ts, ch, truth, delays, gate=500.0):
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    res = timing.assign_pulses(ts, ch, clock, delays, gate)
+    det_truth = truth[ch != 0]
+    np.testing.assert_array_equal(res.pulse_index, det_truth)
+    return clock, res
+
+
+def test_known_offset_drift_delays_give_exact_pulse_indices(rng):
+    ts, ch, truth, delays = make_capture(rng, offset_ps=-321, drift_ppm=(25.0, 25.0))
+    clock, res = check_assignment(ts, ch, truth, delays)
+    # drift over 400 us of sync tags with +-10 ps jitter: error ~ 10 ps / 4e8 ps = 0.03 ppm
+    assert clock.drift_ppm == pytest.approx(25.0, abs=0.2)
+    assert clock.period_ps == pytest.approx(PERIOD_PS * (1 + 25e-6), abs=1e-3)
+    assert clock.offset_ps == pytest.approx(-321, abs=15)  # first-sync jitter (10 ps) dominates
+    assert clock.status.in_sync and clock.status.n_gaps == 0
+    assert clock.status.max_residual_ps < 30  # two tags of +-10 ps jitter plus smoothing lag
+    assert res.n_outside.sum() == 0
+
+
+def test_outside_window_count_is_exact(rng):
+    ts, ch, truth, delays = make_capture(rng, noise_per_channel=37)
+    _, res = check_assignment(ts, ch, truth, delays)
+    np.testing.assert_array_equal(res.n_outside, [0, 37, 37, 37, 37])
+    assert np.count_nonzero(res.pulse_index == -1) == 4 * 37  # kept as -1, not dropped
+    index, channel = res.assigned()
+    assert len(index) == len(res.pulse_index) - 4 * 37 and np.all(index >= 0)
+
+
+def test_drift_change_mid_capture(rng):
+    ts, ch, truth, delays = make_capture(rng, drift_ppm=(-80.0, 120.0), drift_change_pulse=190_000)
+    clock, _ = check_assignment(ts, ch, truth, delays)
+    starts, drift = clock.local_drift_ppm(window_syncs=500)
+    # windows well before / after the change (500 syncs = 50 us: error ~ 20 ps / 5e7 ps)
+    assert drift[0] == pytest.approx(-80.0, abs=1.0)
+    assert drift[-2] == pytest.approx(120.0, abs=1.0)
+    # a single global line would miss by several ns (200 ppm change x 100 us) near the ends,
+    # many pulse periods; the table interpolation gave every index exactly
+
+
+def test_sync_gap_is_reported_and_bridged(rng):
+    ts, ch, truth, delays = make_capture(rng, gap_pulses=(150_000, 230_050))
+    clock, _ = check_assignment(ts, ch, truth, delays)
+    st = clock.status
+    assert not st.in_sync
+    assert st.n_gaps == 1
+    # syncs at pulses 149_900 then 230_100: 802 sync periods apart, 801 syncs missing
+    assert st.gap_missing.tolist() == [801]
+    t_before = 321 + 149_900 * PERIOD_PS * (1 + 15e-6)
+    t_after = 321 + 230_100 * PERIOD_PS * (1 + 15e-6)
+    assert abs(st.gap_start_ps[0] - t_before) <= 11 and abs(st.gap_end_ps[0] - t_after) <= 11
+
+
+def test_glitch_tag_is_rejected(rng):
+    ts, ch, truth, delays = make_capture(rng, n_pulses=50_000)
+    glitch = ts[ch == 0][7] + 40_000  # 0.4 sync period after a sync
+    ts2 = np.insert(ts, np.searchsorted(ts, glitch), glitch)
+    ch2 = np.insert(ch, np.searchsorted(ts, glitch), 0)
+    truth2 = np.insert(truth, np.searchsorted(ts, glitch), -2)
+    clock, _ = check_assignment(ts2, ch2, truth2, delays)
+    assert clock.status.n_rejected == 1 and not clock.status.in_sync
+
+
+def test_estimate_delays_modulo_period(rng):
+    ts, ch, _, delays = make_capture(rng, det_jitter_ps=20, delays_ps=(0, 130, -220, 3100, 495))
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    est = timing.estimate_delays(ts, ch, clock, bin_width_ps=10)
+    wrapped = (delays + 500) % 1000 - 500  # 3100 -> 100; 495 sits at the wrap point
+    # mean of ~2000 residuals, each uniform +-20 ps (det) +-10 ps (sync): sigma < 0.3 ps;
+    # the bound adds 0.5 ps integer rounding of the estimate and 0.5 ps of tag rounding
+    assert np.all(np.abs(est[1:] - wrapped[1:]) <= 2), (est, wrapped)
+    assert est[0] == 0
+
+
+def test_clear_errors(rng):
+    ts, ch, _, delays = make_capture(rng, n_pulses=5_000)
+    with pytest.raises(ValueError, match="at least 2 sync tags"):
+        timing.recover_clock(ts, np.ones_like(ch), DIVIDER, CLOCK_HZ)
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    with pytest.raises(ValueError, match="gate_width_ps"):
+        timing.assign_pulses(ts, ch, clock, delays, 1500)
+    with pytest.raises(ValueError, match="differ in length"):
+        timing.recover_clock(ts, ch[:-1], DIVIDER, CLOCK_HZ)
