@@ -92,8 +92,8 @@ def sift(
         raise ValueError(
             "pulse_index, channels, basis, intensity and bit must be 1-D arrays of equal length"
         )
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed}")
     pulse = arrays[0].astype(np.int64, copy=False)
     ch, b, cls, bt = (a.astype(np.uint8, copy=False) for a in arrays[1:])
     if len(pulse) > 1 and np.any(pulse[1:] < pulse[:-1]):
