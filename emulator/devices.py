@@ -63,12 +63,22 @@ class Attenuator(LinkDevice):
         c = self.command
         sfx = {"suffix_range": (1, 1)}
         c("INPut#:ATTenuation", self._set_att, Num(unit="DB"), **sfx)
-        c("INPut#:ATTenuation?", self._get_att, Optional(Choice(("MINimum", "MAXimum", "DEFault"))), **sfx)
+        c(
+            "INPut#:ATTenuation?",
+            self._get_att,
+            Optional(Choice(("MINimum", "MAXimum", "DEFault"))),
+            **sfx,
+        )
         c("INPut#:ATTenuation:SPEed", self._set_speed, Num(0.1, 12.0, unit="DB"), **sfx)
         c("INPut#:ATTenuation:SPEed?", lambda s: self.speed_db_per_s, **sfx)
         c("INPut#:OFFSet", self._set_offset, Num(-200.0, 200.0, unit="DB", default=0.0), **sfx)
         c("INPut#:OFFSet?", lambda s: self.offset_db, **sfx)
-        c("INPut#:WAVelength", self._set_wav, Num(1200e-9, 1700e-9, unit="M", default=1550e-9), **sfx)
+        c(
+            "INPut#:WAVelength",
+            self._set_wav,
+            Num(1200e-9, 1700e-9, unit="M", default=1550e-9),
+            **sfx,
+        )
         c("INPut#:WAVelength?", lambda s: self.wavelength_m, **sfx)
         c("OUTPut#[:STATe]", self._set_shutter, Bool(), **sfx)
         c("OUTPut#[:STATe]?", lambda s: self.link.get("attenuator_shutter_open"), **sfx)
@@ -154,17 +164,29 @@ class Source(LinkDevice):
     def __init__(self, link: Link):
         super().__init__(link)
         c = self.command
-        c("SOURce:CLOCk[:FREQuency]", lambda s, v: self._set("clock_hz", v), Num(1e6, 5e9, unit="HZ"))
+        c(
+            "SOURce:CLOCk[:FREQuency]",
+            lambda s, v: self._set("clock_hz", v),
+            Num(1e6, 5e9, unit="HZ"),
+        )
         c("SOURce:CLOCk[:FREQuency]?", lambda s: float(self.link.get("clock_hz")))
         c("SOURce:INTensity#", self._set_mu, Num(0.0, 10.0), suffix_range=(1, 3))
         c("SOURce:INTensity#?", lambda s: float(self.link.get("mu", s[0] - 1)), suffix_range=(1, 3))
         c("SOURce:INTensity#:PROBability", self._set_p, Num(0.0, 1.0), suffix_range=(1, 3))
-        c("SOURce:INTensity#:PROBability?", lambda s: float(self.link.get("p_mu", s[0] - 1)), suffix_range=(1, 3))
+        c(
+            "SOURce:INTensity#:PROBability?",
+            lambda s: float(self.link.get("p_mu", s[0] - 1)),
+            suffix_range=(1, 3),
+        )
         c("SOURce:BASis:PROBability", lambda s, v: self._set("p_z", v), Num(0.0, 1.0))
         c("SOURce:BASis:PROBability?", lambda s: float(self.link.get("p_z")))
         c("SOURce:SEED", lambda s, v: self._set("seed", v), Num(0, 2**63 - 1, integer=True))
         c("SOURce:SEED?", lambda s: int(self.link.get("seed")))
-        c("SOURce:SYNC:DIVider", lambda s, v: self._set("sync_divider", v), Num(1, 2**20, integer=True))
+        c(
+            "SOURce:SYNC:DIVider",
+            lambda s, v: self._set("sync_divider", v),
+            Num(1, 2**20, integer=True),
+        )
         c("SOURce:SYNC:DIVider?", lambda s: int(self.link.get("sync_divider")))
         c("OUTPut[:STATe]", self._set_output, Bool())
         c("OUTPut[:STATe]?", lambda s: bool(self.link.get("output_on")))
@@ -207,9 +229,7 @@ class Source(LinkDevice):
             p.seed, p.p_mu, p.p_z, p.disclose_fraction, idx
         )
         shown = np.where(disclosed, bit, 255).astype(np.uint8)
-        out = np.concatenate(
-            [basis.astype(np.uint8), intensity.astype(np.uint8), shown]
-        ).tobytes()
+        out = np.concatenate([basis.astype(np.uint8), intensity.astype(np.uint8), shown]).tobytes()
         return block(out)
 
 
@@ -234,14 +254,29 @@ class Detectors(LinkDevice):
         super().__init__(link)
         c = self.command
         r = {"suffix_range": (1, N_DETECTORS)}
-        c("DETector#:EFFiciency", lambda s, v: self.link.set("efficiency", v, s[0] - 1), Num(0.01, 0.95), **r)
+        c(
+            "DETector#:EFFiciency",
+            lambda s, v: self.link.set("efficiency", v, s[0] - 1),
+            Num(0.01, 0.95),
+            **r,
+        )
         c("DETector#:EFFiciency?", lambda s: float(self.link.get("efficiency", s[0] - 1)), **r)
-        c("DETector#:DEADtime", lambda s, v: self.link.set("dead_time_s", v, s[0] - 1), Num(1e-9, 100e-6, unit="S"), **r)
+        c(
+            "DETector#:DEADtime",
+            lambda s, v: self.link.set("dead_time_s", v, s[0] - 1),
+            Num(1e-9, 100e-6, unit="S"),
+            **r,
+        )
         c("DETector#:DEADtime?", lambda s: float(self.link.get("dead_time_s", s[0] - 1)), **r)
         c("DETector#:TEMPerature:SETPoint", self._set_temp, Num(-60.0, 25.0, unit="CEL"), **r)
         c("DETector#:TEMPerature:SETPoint?", lambda s: float(self.setpoint_c[s[0] - 1]), **r)
         c("DETector#:TEMPerature?", lambda s: float(self.link.get("temperature_c", s[0] - 1)), **r)
-        c("DETector#:RUN", lambda s, v: self.link.set("detector_on", bool(v), s[0] - 1), Bool(), **r)
+        c(
+            "DETector#:RUN",
+            lambda s, v: self.link.set("detector_on", bool(v), s[0] - 1),
+            Bool(),
+            **r,
+        )
         c("DETector#:RUN?", lambda s: bool(self.link.get("detector_on", s[0] - 1)), **r)
         c("DETector#:DARK?", lambda s: dark_count_rate_hz(self.link.params, s[0] - 1), **r)
         c("COUNter:INTegration", self._set_integration, Num(1e-3, 60.0, unit="S"))
@@ -305,7 +340,9 @@ class PowerMeter(LinkDevice):
         watts = self.noise_floor_w
         if p.output_on:
             photon_j = H_PLANCK * C_LIGHT / self.wavelength_m
-            watts += p.clock_hz * sum(pk * mk for pk, mk in zip(p.p_mu, p.mu, strict=True)) * photon_j
+            watts += (
+                p.clock_hz * sum(pk * mk for pk, mk in zip(p.p_mu, p.mu, strict=True)) * photon_j
+            )
         return watts if self.unit == "W" else 10 * math.log10(watts / 1e-3)
 
 
@@ -345,12 +382,21 @@ class Tagger(LinkDevice):
         r = {"suffix_range": (0, N_TAGGER_CHANNELS - 1)}
         c("INPut#:ENABle", self._enable, Bool(), **r)
         c("INPut#:ENABle?", lambda s: self._enabled(s[0]), **r)
-        c("INPut#:THReshold", lambda s, v: self.thresholds_v.__setitem__(s[0], v), Num(-2.5, 2.5, unit="V"), **r)
+        c(
+            "INPut#:THReshold",
+            lambda s, v: self.thresholds_v.__setitem__(s[0], v),
+            Num(-2.5, 2.5, unit="V"),
+            **r,
+        )
         c("INPut#:THReshold?", lambda s: float(self.thresholds_v[s[0]]), **r)
         c("INPut#:DELay", self._set_delay, Num(-1e-6, 1e-6, unit="S"), **r)
         c("INPut#:DELay?", lambda s: self._get_delay(s[0]), **r)
         c("DEVice:RESolution?", lambda s: self.link.get("resolution_ps") * 1e-12)
-        c("ACQuire:DURation", lambda s, v: setattr(self, "duration_s", v), Num(1e-6, 86400.0, unit="S"))
+        c(
+            "ACQuire:DURation",
+            lambda s, v: setattr(self, "duration_s", v),
+            Num(1e-6, 86400.0, unit="S"),
+        )
         c("ACQuire:DURation?", lambda s: float(self.duration_s))
         c("ACQuire:PACE", lambda s, v: setattr(self, "pace", v), Num(0.0, 1e6))
         c("ACQuire:PACE?", lambda s: float(self.pace))
@@ -483,12 +529,37 @@ class Control(LinkDevice):
         d = {"suffix_range": (1, N_DETECTORS)}
         c("LINK:TIME?", lambda s: self.link.now_ps * 1e-12)
         c("LINK:PARameter?", self._param, Str())
-        c("FAULt:LOSS", lambda s, v: self.link.set("insertion_loss_db", self.base_insertion_db + v), Num(0.0, 100.0, unit="DB"))
-        c("FAULt:LOSS:RAMP", lambda s, v, r: self.link.ramp("insertion_loss_db", self.base_insertion_db + v, r), Num(0.0, 100.0, unit="DB"), Num(1e-6, 1e3))
+        c(
+            "FAULt:LOSS",
+            lambda s, v: self.link.set("insertion_loss_db", self.base_insertion_db + v),
+            Num(0.0, 100.0, unit="DB"),
+        )
+        c(
+            "FAULt:LOSS:RAMP",
+            lambda s, v, r: self.link.ramp("insertion_loss_db", self.base_insertion_db + v, r),
+            Num(0.0, 100.0, unit="DB"),
+            Num(1e-6, 1e3),
+        )
         c("FAULt:EMISalignment", lambda s, v: self.link.set("e_mis", v), Num(0.0, 0.5))
-        c("FAULt:EMISalignment:RAMP", lambda s, v, r: self.link.ramp("e_mis", v, r), Num(0.0, 0.5), Num(1e-9, 10.0))
-        c("FAULt:TEMPerature#:RAMP", lambda s, v, r: self.link.ramp("temperature_c", v, r, s[0] - 1), Num(-80.0, 40.0, unit="CEL"), Num(1e-6, 100.0), **d)
-        c("FAULt:DETector#:DEAD", lambda s, v: self.link.set("detector_on", not v, s[0] - 1), Bool(), **d)
+        c(
+            "FAULt:EMISalignment:RAMP",
+            lambda s, v, r: self.link.ramp("e_mis", v, r),
+            Num(0.0, 0.5),
+            Num(1e-9, 10.0),
+        )
+        c(
+            "FAULt:TEMPerature#:RAMP",
+            lambda s, v, r: self.link.ramp("temperature_c", v, r, s[0] - 1),
+            Num(-80.0, 40.0, unit="CEL"),
+            Num(1e-6, 100.0),
+            **d,
+        )
+        c(
+            "FAULt:DETector#:DEAD",
+            lambda s, v: self.link.set("detector_on", not v, s[0] - 1),
+            Bool(),
+            **d,
+        )
         c("FAULt:LASer:OFF", lambda s, v: self.link.set("output_on", not v), Bool())
         c("FAULt:EVE", lambda s, v: self.link.set("eve_fraction", v), Num(0.0, 1.0))
         c("FAULt:DRIFt", lambda s, v: self.link.set("drift_ppm", v), Num(-1000.0, 1000.0))

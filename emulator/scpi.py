@@ -467,7 +467,7 @@ class ScpiDevice:
         c("*STB?", lambda s: self.status_byte())
         c("*TST?", lambda s: self.self_test())
         c("*WAI", lambda s: self.wait_pending())
-        c("SYSTem:ERRor[:NEXT]?", lambda s: "{},\"{}\"".format(*self.errors.pop()))
+        c("SYSTem:ERRor[:NEXT]?", lambda s: '{},"{}"'.format(*self.errors.pop()))
         c("SYSTem:ERRor:COUNt?", lambda s: len(self.errors))
         c("SYSTem:VERSion?", lambda s: "1999.0")
 
@@ -576,7 +576,9 @@ class ScpiDevice:
                     if node.suffix and not (lo <= sfx <= hi):
                         raise ScpiError(-114, f"{node.long}{sfx}")
                 args = self._parse_params(cmd, params)
-                result = cmd.handler([s for s, n in zip(suffixes, cmd.nodes, strict=False) if n.suffix], *args)
+                result = cmd.handler(
+                    [s for s, n in zip(suffixes, cmd.nodes, strict=False) if n.suffix], *args
+                )
                 if is_query:
                     out.parts.append(_format(result))
                 elif result is not None:

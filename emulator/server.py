@@ -164,8 +164,12 @@ class Emulator:
                     pass
 
 
-def serve(ready_file: str | None = None, parent_pid: int | None = None, seed: int | None = None,
-          ports: dict[str, int] | None = None) -> None:
+def serve(
+    ready_file: str | None = None,
+    parent_pid: int | None = None,
+    seed: int | None = None,
+    ports: dict[str, int] | None = None,
+) -> None:
     """Run the emulator until SIGTERM/SIGINT or until ``parent_pid`` is gone."""
     params = LinkParams() if seed is None else LinkParams(seed=seed)
     emu = Emulator(params)

@@ -59,9 +59,11 @@ class InstrumentSpec(BaseModel):
     @classmethod
     def _resource(cls, v: str) -> str:
         if v != EMULATOR and not _RESOURCE.match(v):
-            raise ValueError(f"{v!r} is not a VISA resource string (e.g. "
-                             "TCPIP::10.0.0.5::5025::SOCKET, ASRL/dev/ttyUSB0::INSTR) "
-                             "nor 'emulator'")
+            raise ValueError(
+                f"{v!r} is not a VISA resource string (e.g. "
+                "TCPIP::10.0.0.5::5025::SOCKET, ASRL/dev/ttyUSB0::INSTR) "
+                "nor 'emulator'"
+            )
         return v
 
 
@@ -184,8 +186,14 @@ def load_bench(name_or_path: str | Path) -> tuple[BenchFile, Path]:
     bench = validate(BenchFile, data, path, lines)
     for role, spec in bench.instruments.items():
         if spec.resource == EMULATOR and bench.emulator is None:
-            raise ConfigError(error_line(path, lines, ("instruments", role, "resource"),
-                                         "'emulator' needs an 'emulator:' section"))
+            raise ConfigError(
+                error_line(
+                    path,
+                    lines,
+                    ("instruments", role, "resource"),
+                    "'emulator' needs an 'emulator:' section",
+                )
+            )
     return bench, path
 
 

@@ -1,1 +1,129 @@
-"""pytest plugin for qkd-hil (thin: options, markers, hooks; logic lives in hil/)."""
+"""pytest plugin for qkd-hil: options, markers and hooks. Thin: the work is done in hil/.
+
+Options: ``--bench NAME|PATH`` (ini ``hil_bench``; default ``emulated``) and ``--results DIR``
+(ini ``hil_results``; default ``results``). Markers: ``emulator_only`` (needs the emulator's
+control instrument), ``needs(*roles)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .config import ConfigError, load_bench
+from .report import Run
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hil", "qkd-hil test bench")
+    group.addoption(
+        "--bench",
+        dest="hil_bench",
+        default=None,
+        metavar="NAME|PATH",
+        help="bench file, or the name of a shipped bench (default: emulated)",
+    )
+    group.addoption(
+        "--results",
+        dest="hil_results",
+        default=None,
+        metavar="DIR",
+        help="folder for run outputs, one sub-folder per run (default: results)",
+    )
+    parser.addini("hil_bench", "bench file or shipped bench name", default="emulated")
+    parser.addini("hil_results", "folder for run outputs", default="results")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "emulator_only: needs the emulator's control instrument (skipped on a bench without it)",
+    )
+    config.addinivalue_line("markers", "needs(*roles): skip unless the bench has these roles")
+    config._hil_state = {}
+    if config.option.help:
+        return
+    bench_name = config.getoption("hil_bench") or config.getini("hil_bench")
+    try:
+        _, path = load_bench(bench_name)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config._hil_bench_path = path
+    config._hil_run = None
+    config._hil_results = config.getoption("hil_results") or config.getini("hil_results")
+    # fixtures live in hil.fixtures (plugin -> fixtures, per DESIGN.md)
+    from hil.fixtures import plugin_fixtures
+
+    config.pluginmanager.register(plugin_fixtures, "hil-fixtures")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "_hil_bench_path") and getattr(config, "workerinput", None) is None:
+        config._hil_run = _LazyRun(config._hil_results)
+
+
+class _LazyRun:
+    """Creates the run folder on first use, so a session that uses no bench leaves none."""
+
+    def __init__(self, results_dir: str):
+        self._results_dir = results_dir
+        self._run: Run | None = None
+
+    @property
+    def created(self) -> bool:
+        return self._run is not None
+
+    def __getattr__(self, name: str):
+        if self._run is None:
+            self._run = Run(self._results_dir)
+        return getattr(self._run, name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("emulator_only"):
+            item.fixturenames.append("_hil_require_control")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("needs")
+    state = getattr(item.config, "_hil_state", {})
+    bench = state.get("bench")
+    if marker and bench is not None:
+        for role in marker.args:
+            if not bench.has(role):
+                pytest.skip(f"the bench has no {role!r} instrument")
+            if role in bench.broken:
+                pytest.skip(f"{role} is broken: {bench.broken[role]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    run = getattr(item.config, "_hil_run", None)
+    if run is not None and run.created and (report.when == "call" or report.outcome != "passed"):
+        run.outcomes[item.nodeid] = report.outcome
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run = getattr(session.config, "_hil_run", None)
+    if run is not None and run.created:
+        run.finish()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    run = getattr(config, "_hil_run", None)
+    if run is None or not run.created:
+        return
+    tr = terminalreporter
+    tr.section("qkd-hil verdicts")
+    for v in run.verdicts:
+        markup = {
+            "PASS": {"green": True},
+            "MARGINAL": {"yellow": True, "bold": True},
+            "FAIL": {"red": True, "bold": True},
+        }[v.outcome]
+        tr.write_line(v.line(), **markup)
+    tr.write_line(f"run folder: {run.dir}")

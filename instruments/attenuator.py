@@ -11,29 +11,41 @@ class KeysightAttenuator(Instrument):
     channel = 1
 
     attenuation_db = control(
-        "INP{ch}:ATT?", "INP{ch}:ATT {:.4f}DB",
+        "INP{ch}:ATT?",
+        "INP{ch}:ATT {:.4f}DB",
         "Control the attenuation in dB (float, 0 to 60; the instrument may allow less).",
-        validator=strict_range, values=(0.0, 60.0),
+        validator=strict_range,
+        values=(0.0, 60.0),
     )
     speed_db_per_s = control(
-        "INP{ch}:ATT:SPE?", "INP{ch}:ATT:SPE {:.3f}",
+        "INP{ch}:ATT:SPE?",
+        "INP{ch}:ATT:SPE {:.3f}",
         "Control the transition speed in dB/s (float, 0.1 to 12).",
-        validator=strict_range, values=(0.1, 12.0),
+        validator=strict_range,
+        values=(0.1, 12.0),
     )
     offset_db = control(
-        "INP{ch}:OFFS?", "INP{ch}:OFFS {:.4f}DB",
+        "INP{ch}:OFFS?",
+        "INP{ch}:OFFS {:.4f}DB",
         "Control the attenuation offset in dB (float, -200 to 200).",
-        validator=strict_range, values=(-200.0, 200.0),
+        validator=strict_range,
+        values=(-200.0, 200.0),
     )
     wavelength_m = control(
-        "INP{ch}:WAV?", "INP{ch}:WAV {:.4f}NM",
+        "INP{ch}:WAV?",
+        "INP{ch}:WAV {:.4f}NM",
         "Control the calibration wavelength in m (float, 1.2e-6 to 1.7e-6).",
-        validator=strict_range, values=(1.2e-6, 1.7e-6), set_process=lambda v: v * 1e9,
+        validator=strict_range,
+        values=(1.2e-6, 1.7e-6),
+        set_process=lambda v: v * 1e9,
     )
     output_enabled = control(
-        "OUTP{ch}:STAT?", "OUTP{ch}:STAT {}",
+        "OUTP{ch}:STAT?",
+        "OUTP{ch}:STAT {}",
         "Control the output shutter (bool: True = light passes).",
-        validator=lambda v, _: bool(v), get_process=to_bool, set_process=lambda v: int(v),
+        validator=lambda v, _: bool(v),
+        get_process=to_bool,
+        set_process=lambda v: int(v),
     )
 
     def max_attenuation_db(self) -> float:

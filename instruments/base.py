@@ -173,15 +173,18 @@ class Instrument:
                 if exc.error_code == vc.StatusCode.error_timeout:
                     self._recover_after_timeout()
                     raise InstrumentTimeout(
-                        self.name, command,
+                        self.name,
+                        command,
                         f"no answer within {self.session.timeout / 1000:g} s "
                         f"from {self.resource_name}",
                     ) from None
-                raise InstrumentError(self.name, command, f"{exc.description} "
-                                      f"({self.resource_name})") from None
+                raise InstrumentError(
+                    self.name, command, f"{exc.description} ({self.resource_name})"
+                ) from None
             except (ConnectionError, OSError) as exc:
-                raise InstrumentError(self.name, command,
-                                      f"connection lost ({self.resource_name}): {exc}") from None
+                raise InstrumentError(
+                    self.name, command, f"connection lost ({self.resource_name}): {exc}"
+                ) from None
 
     def _recover_after_timeout(self) -> None:
         # pyvisa-py keeps a late reply buffered and hands it to the next query (#376): clear.
@@ -204,7 +207,10 @@ class Instrument:
             command,
             lambda: bytes(
                 self.session.query_binary_values(
-                    command, datatype="B", container=bytearray, header_fmt="ieee",
+                    command,
+                    datatype="B",
+                    container=bytearray,
+                    header_fmt="ieee",
                     expect_termination=True,
                 )
             ),

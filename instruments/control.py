@@ -39,8 +39,9 @@ class EmulatorControl(Instrument):
         else:
             self._do(f"FAUL:EMIS:RAMP {e_mis:.6g},{rate_per_s:.6g}", at_s)
 
-    def temperature_runaway(self, detector: int, target_c: float, rate_c_per_s: float,
-                            at_s=None) -> None:
+    def temperature_runaway(
+        self, detector: int, target_c: float, rate_c_per_s: float, at_s=None
+    ) -> None:
         strict_range(detector, (1, 4))
         self._do(f"FAUL:TEMP{detector}:RAMP {target_c:.6g},{rate_c_per_s:.6g}", at_s)
 

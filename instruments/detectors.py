@@ -92,8 +92,10 @@ class DetectorUnit(Instrument):
         out = {"integration_s": self.integration_s}
         for ch in self.channels:
             out[f"det{ch.channel}"] = {
-                "efficiency": ch.efficiency, "dead_time_s": ch.dead_time_s,
+                "efficiency": ch.efficiency,
+                "dead_time_s": ch.dead_time_s,
                 "temperature_setpoint_c": ch.temperature_setpoint_c,
-                "temperature_c": ch.temperature_c, "running": ch.running,
+                "temperature_c": ch.temperature_c,
+                "running": ch.running,
             }
         return out

@@ -10,13 +10,19 @@ class PM100(Instrument):
 
     power_w = measurement("MEAS:POW?", "Measure the optical power (float, in W or dBm per unit).")
     wavelength_m = control(
-        "SENS:CORR:WAV?", "SENS:CORR:WAV {:.3f}",
+        "SENS:CORR:WAV?",
+        "SENS:CORR:WAV {:.3f}",
         "Control the correction wavelength in m (float, 4e-7 to 1.8e-6).",
-        validator=strict_range, values=(400e-9, 1800e-9),
-        get_process=lambda t: float(t) * 1e-9, set_process=lambda v: v * 1e9,
+        validator=strict_range,
+        values=(400e-9, 1800e-9),
+        get_process=lambda t: float(t) * 1e-9,
+        set_process=lambda v: v * 1e9,
     )
     unit = control(
-        "SENS:POW:UNIT?", "SENS:POW:UNIT {}",
+        "SENS:POW:UNIT?",
+        "SENS:POW:UNIT {}",
         "Control the power unit ('W' or 'DBM').",
-        validator=strict_discrete_set, values=("W", "DBM"), get_process=str.strip,
+        validator=strict_discrete_set,
+        values=("W", "DBM"),
+        get_process=str.strip,
     )

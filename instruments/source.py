@@ -19,34 +19,49 @@ class QKDSource(Instrument):
     """Pulsed QKD transmitter with three intensities (signal, decoy, vacuum)."""
 
     clock_hz = control(
-        "SOUR:CLOC?", "SOUR:CLOC {:.6g}",
+        "SOUR:CLOC?",
+        "SOUR:CLOC {:.6g}",
         "Control the pulse clock in Hz (float, 1e6 to 5e9).",
-        validator=strict_range, values=(1e6, 5e9),
+        validator=strict_range,
+        values=(1e6, 5e9),
     )
     z_probability = control(
-        "SOUR:BAS:PROB?", "SOUR:BAS:PROB {:.6g}",
+        "SOUR:BAS:PROB?",
+        "SOUR:BAS:PROB {:.6g}",
         "Control the probability of the Z basis (float, 0 to 1).",
-        validator=strict_range, values=(0.0, 1.0),
+        validator=strict_range,
+        values=(0.0, 1.0),
     )
     seed = control(
-        "SOUR:SEED?", "SOUR:SEED {:d}",
+        "SOUR:SEED?",
+        "SOUR:SEED {:d}",
         "Control the pattern seed (int, 0 to 2**63-1).",
-        validator=strict_range, values=(0, 2**63 - 1), get_process=int,
+        validator=strict_range,
+        values=(0, 2**63 - 1),
+        get_process=int,
     )
     sync_divider = control(
-        "SOUR:SYNC:DIV?", "SOUR:SYNC:DIV {:d}",
+        "SOUR:SYNC:DIV?",
+        "SOUR:SYNC:DIV {:d}",
         "Control the sync divider: one sync pulse every N pulses (int, 1 to 2**20).",
-        validator=strict_range, values=(1, 2**20), get_process=int,
+        validator=strict_range,
+        values=(1, 2**20),
+        get_process=int,
     )
     disclose_fraction = control(
-        "SIFT:DISC:FRAC?", "SIFT:DISC:FRAC {:.6g}",
+        "SIFT:DISC:FRAC?",
+        "SIFT:DISC:FRAC {:.6g}",
         "Control the fraction of Z-basis bits disclosed for QBER estimation (float, 0 to 1).",
-        validator=strict_range, values=(0.0, 1.0),
+        validator=strict_range,
+        values=(0.0, 1.0),
     )
     output_enabled = control(
-        "OUTP?", "OUTP {}",
+        "OUTP?",
+        "OUTP {}",
         "Control the optical output (bool).",
-        validator=lambda v, _: bool(v), get_process=to_bool, set_process=int,
+        validator=lambda v, _: bool(v),
+        get_process=to_bool,
+        set_process=int,
     )
 
     @property
@@ -58,8 +73,9 @@ class QKDSource(Instrument):
     def intensities(self, mus) -> None:
         mus = tuple(float(m) for m in mus)
         if len(mus) != 3 or not (mus[0] > mus[1] + mus[2] and mus[1] > mus[2] >= 0):
-            raise ValueError(f"{self.name}.intensities: need mu1 > mu2 + mu3, mu2 > mu3 >= 0, "
-                             f"got {mus}")
+            raise ValueError(
+                f"{self.name}.intensities: need mu1 > mu2 + mu3, mu2 > mu3 >= 0, got {mus}"
+            )
         for k, m in enumerate(mus, 1):
             self.write(f"SOUR:INT{k} {m:.6g}")
         if self.check_errors:
@@ -74,8 +90,9 @@ class QKDSource(Instrument):
     def probabilities(self, ps) -> None:
         ps = tuple(float(p) for p in ps)
         if len(ps) != 3 or min(ps) < 0 or abs(sum(ps) - 1) > 1e-9:
-            raise ValueError(f"{self.name}.probabilities: need three values >= 0 summing to 1, "
-                             f"got {ps}")
+            raise ValueError(
+                f"{self.name}.probabilities: need three values >= 0 summing to 1, got {ps}"
+            )
         for k, p in enumerate(ps, 1):
             self.write(f"SOUR:INT{k}:PROB {p:.9g}")
         if self.check_errors:
@@ -97,8 +114,11 @@ class QKDSource(Instrument):
         return out[0].copy(), out[1].copy(), out[2].copy()
 
     def _read_block(self) -> bytes:
-        return bytes(self.session.read_binary_values(
-            datatype="B", container=bytearray, header_fmt="ieee", expect_termination=True))
+        return bytes(
+            self.session.read_binary_values(
+                datatype="B", container=bytearray, header_fmt="ieee", expect_termination=True
+            )
+        )
 
     def safe_state(self) -> None:
         """Switch the optical output off."""

@@ -41,8 +41,14 @@ class TimeTagger(Instrument):
         if self.check_errors:
             self.raise_errors(command)
 
-    def set_input(self, channel: int, *, enabled: bool | None = None,
-                  threshold_v: float | None = None, delay_s: float | None = None) -> None:
+    def set_input(
+        self,
+        channel: int,
+        *,
+        enabled: bool | None = None,
+        threshold_v: float | None = None,
+        delay_s: float | None = None,
+    ) -> None:
         """Set an input's enable state, threshold (V, -2.5..2.5) and delay (s, -1e-6..1e-6)."""
         strict_range(channel, (0, self.N_INPUTS - 1))
         if enabled is not None:

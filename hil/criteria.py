@@ -1,0 +1,237 @@
+"""Success criteria (YAML) and verdicts: PASS, MARGINAL or FAIL, with the margin.
+
+A criteria file maps requirement ids to criteria::
+
+    plan: pilot
+    criteria:
+      PIL-RATE-001:
+        title: Detector count rate at 10 dB
+        quantity: count_rate
+        unit: kHz
+        limits: {min: 100}
+        marginal: {min: 150}      # passes, but close to the limit: reported prominently
+        conditions: {attenuation_db: 10, duration_s: 1}
+
+A MARGINAL verdict passes; FAIL fails the test that measured it. Values are stored in the
+criterion's unit; ``judge`` takes values in the quantity's SI base unit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .config import ConfigError, load_yaml, validate
+
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+_RATE = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "1/s": 1.0}
+_BITS = {"bit/s": 1.0, "kbit/s": 1e3, "Mbit/s": 1e6, "bps": 1.0, "kbps": 1e3, "Mbps": 1e6}
+_RATIO = {"1": 1.0, "%": 0.01, "fraction": 1.0}
+
+# quantity -> (SI base unit, accepted units with their factor to the base unit, description)
+QUANTITIES: dict[str, tuple[str, dict[str, float], str]] = {
+    "count_rate": ("Hz", _RATE, "detector count rate"),
+    "sync_rate": ("Hz", _RATE, "sync channel rate"),
+    "secure_key_rate": ("bit/s", _BITS, "finite-key secure key rate"),
+    "asymptotic_key_rate": ("bit/s", _BITS, "asymptotic secure key rate"),
+    "sifted_key_rate": ("bit/s", _BITS, "sifted key rate"),
+    "qber": ("1", _RATIO, "quantum bit error rate"),
+    "uptime": ("1", _RATIO, "share of windows with key rate above the floor"),
+    "integration_time": ("s", _TIME, "time from link start to first secure key"),
+    "detection_latency": ("s", _TIME, "time from fault to detection"),
+    "recovery_time": ("s", _TIME, "time from restoration to secure key"),
+    "dark_count_rate": ("Hz", _RATE, "dark count rate"),
+    "detection_efficiency": ("1", _RATIO, "detection efficiency"),
+    "control_latency": ("s", _TIME, "SCPI round-trip time"),
+    "clock_drift": ("ppm", {"ppm": 1.0}, "recovered clock drift"),
+    "sync_residual": ("s", _TIME, "max residual of the recovered clock"),
+    "key_rate_ratio": ("1", _RATIO, "key rate relative to a reference"),
+    "secure_key_length": ("bit", {"bit": 1.0, "kbit": 1e3, "Mbit": 1e6}, "finite-key length"),
+}
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Limits:
+        if self.min is None and self.max is None:
+            raise ValueError("give at least one of min, max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+class Criterion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    quantity: str
+    unit: str
+    limits: Limits
+    marginal: Limits | None = Field(
+        None, description="inner band: passing values beyond it are MARGINAL"
+    )
+    conditions: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("quantity")
+    @classmethod
+    def _quantity(cls, v: str) -> str:
+        if v not in QUANTITIES:
+            raise ValueError(f"unknown quantity {v!r}; known: {', '.join(sorted(QUANTITIES))}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Criterion:
+        units = QUANTITIES[self.quantity][1]
+        if self.unit not in units:
+            raise ValueError(
+                f"unit {self.unit!r} does not measure {self.quantity}; use one of "
+                f"{', '.join(units)}"
+            )
+        lim, m = self.limits, self.marginal
+        if m is not None:
+            for side in ("min", "max"):
+                mv, lv = getattr(m, side), getattr(lim, side)
+                if mv is None:
+                    continue
+                if lv is None:
+                    raise ValueError(f"marginal.{side} given without limits.{side}")
+                inside = mv >= lv if side == "min" else mv <= lv
+                if not inside:
+                    raise ValueError(f"marginal.{side} {mv:g} lies outside limits.{side} {lv:g}")
+        return self
+
+
+class CriteriaFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str
+    criteria: dict[str, Criterion]
+
+    @field_validator("criteria")
+    @classmethod
+    def _ids(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("no criteria")
+        return v
+
+
+# Requirement ids: letters, digits, '-', '_' and '.', so they survive allure links and JUnit.
+_ID_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def load_criteria(path: str | Path) -> tuple[CriteriaFile, Path]:
+    path = Path(path)
+    data, lines = load_yaml(path)
+    if isinstance(data, dict) and isinstance(data.get("criteria"), dict):
+        for cid in data["criteria"]:
+            if not isinstance(cid, str) or not cid or set(cid) - _ID_OK:
+                line = lines.get(("criteria", cid), "?")
+                raise ConfigError(
+                    f"{path}:{line}: criteria.{cid}: requirement id may only hold "
+                    "letters, digits, '-', '_' and '.'"
+                )
+    spec = validate(CriteriaFile, data, path, lines)
+    return spec, path
+
+
+Outcome = Literal["PASS", "MARGINAL", "FAIL"]
+
+
+@dataclass
+class Verdict:
+    """The judgement of one measured value against one criterion."""
+
+    criterion_id: str
+    title: str
+    quantity: str
+    value: float  # in ``unit``
+    unit: str
+    limits: dict
+    marginal: dict | None
+    outcome: Outcome
+    margin: float  # distance to the nearest limit in ``unit``; negative when outside
+    conditions: dict
+    plan: str = ""
+    test: str = ""
+    evidence: list[str] = field(default_factory=list)
+    criteria_file: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome != "FAIL"
+
+    def limit_text(self) -> str:
+        parts = []
+        if self.limits.get("min") is not None:
+            parts.append(f">= {self.limits['min']:g} {self.unit}")
+        if self.limits.get("max") is not None:
+            parts.append(f"<= {self.limits['max']:g} {self.unit}")
+        return " and ".join(parts)
+
+    def line(self) -> str:
+        return (
+            f"{self.criterion_id} {self.quantity} = {self.value:.6g} {self.unit}, limit "
+            f"{self.limit_text()}: {self.outcome} (margin {self.margin:+.4g} {self.unit})"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def judge(
+    criterion_id: str,
+    criterion: Criterion,
+    value_si: float,
+    *,
+    plan: str = "",
+    test: str = "",
+    evidence: list[str] | None = None,
+    criteria_file: str = "",
+    conditions: dict | None = None,
+) -> Verdict:
+    """Judge ``value_si`` (in the quantity's SI base unit) against ``criterion``."""
+    factor = QUANTITIES[criterion.quantity][1][criterion.unit]
+    value = float(value_si) / factor
+    lim, mar = criterion.limits, criterion.marginal
+    margins = []
+    if lim.min is not None:
+        margins.append(value - lim.min)
+    if lim.max is not None:
+        margins.append(lim.max - value)
+    margin = min(margins)
+    if math.isnan(value) or margin < 0:
+        outcome: Outcome = "FAIL"
+    else:
+        outcome = "PASS"
+        if mar is not None and (
+            (mar.min is not None and value < mar.min) or (mar.max is not None and value > mar.max)
+        ):
+            outcome = "MARGINAL"
+    if math.isnan(value):
+        margin = float("nan")
+    return Verdict(
+        criterion_id=criterion_id,
+        title=criterion.title,
+        quantity=criterion.quantity,
+        value=value,
+        unit=criterion.unit,
+        limits=lim.model_dump(),
+        marginal=mar.model_dump() if mar else None,
+        outcome=outcome,
+        margin=margin,
+        conditions={**criterion.conditions, **(conditions or {})},
+        plan=plan,
+        test=test,
+        evidence=list(evidence or []),
+        criteria_file=criteria_file,
+    )
