@@ -123,13 +123,13 @@ def _assemble(protocol, d, eps_sec, eps_cor):
     """Turn a scalar bounds dict into a FiniteKeyResult, choosing the abort reason."""
     vals = {k: float(np.asarray(v)) for k, v in d.items()}
     reason = ""
-    if not all(math.isfinite(vals[k]) for k in ("s_z1", "s_x1", "v_x1", "phi_z", "lambda_ec")):
+    if not all(math.isfinite(vals[k]) for k in ("s_z1", "s_x1", "v_x1", "lambda_ec")):
         reason = "a bound is not finite (empty intensity class or degenerate counts)"
     elif vals["s_z1"] <= 0:
         reason = f"single-photon lower bound in Z s_z1 = {vals['s_z1']:.3g} <= 0 (block too small?)"
     elif vals["s_x1"] <= 0:
         reason = f"single-photon lower bound in X s_x1 = {vals['s_x1']:.3g} <= 0 (block too small?)"
-    elif vals["phi_z"] >= 0.5:
+    elif not vals["phi_z"] < 0.5:  # also catches NaN
         reason = f"phase error bound phi_z = {vals['phi_z']:.3g} >= 0.5 (QBER too high)"
     elif not vals["length_bound"] >= 1.0:
         reason = (

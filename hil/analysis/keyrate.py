@@ -11,7 +11,8 @@ Sources:
   full (the truncated form without the Q_mu and Y_0 terms overestimates Y_1: unsafe).
 - Two weak decoys nu_1 > nu_2: Ma05, section on the general two-decoy case (the Y_0, Y_1, e_1
   bounds transcribed in /work/shared/reference/qkd-key-rate.md; with nu_2 = 0 they reduce to
-  Eqs. (34)/(37), which the tests check).
+  Eqs. (34)/(37), which the tests check). Equation numbers other than (34) and (37) were not
+  checked against the paper, so sections are cited instead.
 
 Key is taken from the Z basis; the rate formula is basis-agnostic: ``q`` is the sifting factor
 (1/2 for standard BB84, close to 1 for efficient BB84).
@@ -53,7 +54,7 @@ def entropy_of_upper_bound(e_upper):
 def gllp_rate(q_mu, e_mu, q1, e1, f_ec=1.22, q=0.5):
     """Get the GLLP key rate per pulse R = q { -Q_mu f h(E_mu) + Q_1 [1 - h(e_1)] }.
 
-    Lo, Ma, Chen PRL 94 230504 (2005) Eq. (1); Ma05 Eq. (1)-(2). The result may be negative
+    Lo, Ma, Chen PRL 94 230504 (2005) Eq. (1), restated in Ma05. The result may be negative
     (no key); callers clip where they need a rate.
     """
     return q * (-q_mu * f_ec * binary_entropy(e_mu) + q1 * (1.0 - entropy_of_upper_bound(e1)))
@@ -101,7 +102,7 @@ class DecoyEstimate:
 
 def _finish(method, mu, q_mu, e_mu, y0_l, y1_l, e1_u, f_ec, q) -> DecoyEstimate:
     """Build a DecoyEstimate, turning unusable bounds into an abort reason."""
-    q1_l = y1_l * mu * np.exp(-mu)  # Q_1 = Y_1 mu e^-mu (Ma05 Eq. (2))
+    q1_l = y1_l * mu * np.exp(-mu)  # Q_1 = Y_1 mu e^-mu: Poisson weight of one photon (Ma05)
     reason = ""
     if not np.all(np.isfinite([y0_l, y1_l, e1_u, q_mu, e_mu])):
         reason = "non-finite bound (check the gains and QBERs given)"
@@ -135,7 +136,7 @@ def infinite_decoy_estimate(mu, q_mu, e_mu, y0, y1, e1, f_ec=1.22, q=0.5) -> Dec
     """Get the rate when Y_1 and e_1 are known exactly (the infinite-decoy limit).
 
     With infinitely many decoys the single-photon yield and error are measured, not bounded
-    (Lo, Ma, Chen 2005); the caller supplies them, e.g. from the channel model of Ma05 Eq. (8)
+    (Lo, Ma, Chen 2005); the caller supplies them, e.g. from the channel model of Ma05 Sec. II
     (``planning.gys_single_photon``).
     """
     return _finish("infinite-decoy", mu, q_mu, e_mu, y0, y1, e1, f_ec, q)

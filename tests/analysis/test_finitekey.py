@@ -193,3 +193,9 @@ def test_result_carries_every_intermediate_bound():
     ):
         assert key in d
     assert res.key_length == math.floor(res.length_bound) and res.abort_reason == ""
+
+
+def test_no_detections_aborts_without_nan_errors():
+    zeros = np.zeros(3)
+    res = fk.finite_key_three_intensity(zeros, zeros, zeros, 0.0, LINK3.mu, LINK3.p_mu)
+    assert res.key_length == 0 and "s_z1" in res.abort_reason

@@ -186,3 +186,23 @@ def test_cli_bad_link_fails_with_one_line(capsys):
     assert err.strip().count("\n") == 0 and "--mu needs 3 values" in err
     rc, _, err = run_cli(["--p-mu", "0.5", "0.4", "0.4"], capsys)
     assert rc == 2 and "p_mu" in err
+
+
+def test_rate_table_rows_and_optimised_points():
+    link = pl.LinkModel()
+    plain = pl.rate_table(link, [5.0, 15.0], block_size=1e8)
+    best = pl.rate_table(link, [15.0], block_size=1e8, optimise=True)
+    assert [r["loss_db"] for r in plain] == [5.0, 15.0]
+    assert plain[0]["distance_km"] == pytest.approx(25.0)
+    assert plain[0]["finite_per_pulse"] > plain[1]["finite_per_pulse"] > 0
+    assert best[0]["finite_per_pulse"] >= plain[1]["finite_per_pulse"]
+    assert best[0]["asymptotic_per_pulse"] >= plain[1]["asymptotic_per_pulse"]
+
+
+def test_finite_key_result_for_expected_counts():
+    link = pl.LinkModel()
+    res = pl.finite_key_result(link, 10.0, 1e8)
+    c = pl.expected_counts(link, 10.0, block_size=1e8)
+    assert res.key_length == pytest.approx(pl.key_rate(link, 10.0, 1e8) * float(c.n_pulses))
+    one = pl.finite_key_result(pl.LinkModel(mu=(0.37, 0.09), p_mu=(0.77, 0.23)), 10.0, 1e8)
+    assert one.protocol.startswith("1-decoy") and one.key_length > 0
