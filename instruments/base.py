@@ -203,18 +203,42 @@ class Instrument:
 
     def query_block(self, command: str) -> bytes:
         """Query that answers with an IEEE 488.2 definite-length block; returns the payload."""
-        return self._io(
-            command,
-            lambda: bytes(
-                self.session.query_binary_values(
-                    command,
-                    datatype="B",
-                    container=bytearray,
-                    header_fmt="ieee",
-                    expect_termination=True,
+
+        def run() -> bytes:
+            self.session.write(command)
+            return self._read_block()
+
+        return self._io(command, run)
+
+    def read_block(self, command: str = "(block read)") -> bytes:
+        """Read one IEEE 488.2 definite-length block answer; returns the payload."""
+        return self._io(command, self._read_block)
+
+    def _read_block(self) -> bytes:
+        # With the termination character enabled, pyvisa-py returns from every low-level read
+        # at each 0x0A byte inside the binary payload: reading a large block then costs one
+        # call per ~256 bytes. Disable it for the block and read the terminator explicitly.
+        s = self.session
+        term = s.read_termination
+        s.read_termination = None
+        try:
+            head = bytes(s.read_bytes(2))
+            if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
+                raise InstrumentError(
+                    self.name, "block read", f"not a definite-length block: {head!r}"
                 )
-            ),
-        )
+            n_digits = int(head[1:2])
+            length = int(bytes(s.read_bytes(n_digits)))
+            payload = bytes(s.read_bytes(length)) if length else b""
+            if term:
+                tail = bytes(s.read_bytes(len(term)))
+                if tail != term.encode():
+                    raise InstrumentError(
+                        self.name, "block read", f"block not followed by its terminator: {tail!r}"
+                    )
+            return payload
+        finally:
+            s.read_termination = term
 
     def write_block(self, command: str, payload: bytes) -> None:
         """Write ``command`` followed by ``payload`` as a definite-length block."""

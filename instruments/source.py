@@ -105,20 +105,13 @@ class QKDSource(Instrument):
         for start in range(0, len(idx), MAX_SIFT_INDICES):
             chunk = idx[start : start + MAX_SIFT_INDICES]
             self.write_block("SIFT:QUER?", chunk.tobytes())
-            raw = self._io("SIFT:QUER?", self._read_block)
+            raw = self.read_block("SIFT:QUER?")
             parts.append(np.frombuffer(raw, dtype=np.uint8).reshape(3, len(chunk)))
         if not parts:
             e = np.empty(0, np.uint8)
             return e, e.copy(), e.copy()
         out = np.concatenate(parts, axis=1)
         return out[0].copy(), out[1].copy(), out[2].copy()
-
-    def _read_block(self) -> bytes:
-        return bytes(
-            self.session.read_binary_values(
-                datatype="B", container=bytearray, header_fmt="ieee", expect_termination=True
-            )
-        )
 
     def safe_state(self) -> None:
         """Switch the optical output off."""
