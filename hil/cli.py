@@ -49,40 +49,104 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return 2
     with cap:
         n = cap.n_tags
-        counts = np.zeros(256, dtype=np.int64)
-        for _, ch in cap.iter_chunks():
-            counts += np.bincount(ch, minlength=256)
+        counts = cap.counts()  # recorded by the writer at every flush
+        if sum(counts.values()) != n:  # tags past the last recorded counts (a killed writer)
+            acc = np.zeros(256, dtype=np.int64)
+            for _, ch in cap.iter_chunks():
+                acc += np.bincount(ch, minlength=256)
+            counts = {int(c): int(acc[c]) for c in np.flatnonzero(acc)}
+        labels = cap.channel_labels()
         dur = cap.duration_s
+        bench = cap.bench_info()
+        snap = cap.snapshot()
         info = {
             "file": str(args.file),
             "complete": cap.complete,
             "duration_s": dur,
             "tags": n,
             "channels": {
-                int(c): {
-                    "counts": int(counts[c]),
-                    "rate_hz": float(counts[c] / dur) if dur > 0 else None,
+                c: {
+                    "label": labels.get(c, ""),
+                    "counts": k,
+                    "rate_hz": float(k / dur) if dur > 0 else None,
                 }
-                for c in np.flatnonzero(counts)
+                for c, k in sorted(counts.items())
             },
             "events": [{"time_s": t * 1e-12, "kind": k, "detail": d} for t, k, d in cap.events()],
+            "bench": bench.get("bench_name") or snap.get("source"),
+            "host": bench.get("host"),
+            "start_time_utc": bench.get("start_time_utc"),
+            "stop_time_utc": bench.get("stop_time_utc") or None,
+            "qkd_hil_version": bench.get("qkd_hil_version"),
+            "git_revision": bench.get("git_revision") or None,
+            "provenance": cap.provenance(),
+            "instruments": {r: e.get("idn") for r, e in snap.get("instruments", {}).items()},
+            "settings": _snapshot_highlights(snap),
         }
-        snap = cap.snapshot()
-        info["bench"] = snap.get("bench_name")
-        info["instruments"] = {r: e.get("idn") for r, e in snap.get("instruments", {}).items()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     state = "complete" if info["complete"] else "INCOMPLETE (writer did not finish)"
     print(f"{info['file']}: {state}")
     print(f"  duration {dur:.6g} s, {n} tags, bench {info['bench']}")
+    print(
+        f"  written {info['start_time_utc']} .. {info['stop_time_utc'] or '?'} on {info['host']}"
+        f", qkd-hil {info['qkd_hil_version']} git {(info['git_revision'] or '-')[:12]}"
+    )
+    if info["provenance"].get("filename"):
+        prov = info["provenance"]
+        print(f"  converted from {prov['filename']} ({prov.get('software', '')})")
     for c, d in info["channels"].items():
         rate = f"{d['rate_hz']:.6g} Hz" if d["rate_hz"] is not None else "-"
-        print(f"  channel {c:3d}: {d['counts']:12d} tags  {rate}")
+        print(f"  channel {c:3d} {d['label']:>10s}: {d['counts']:12d} tags  {rate}")
     for role, idn in info["instruments"].items():
         print(f"  {role:11s} {idn}")
+    for key, value in info["settings"].items():
+        print(f"  {key} = {value}")
     for e in info["events"]:
         print(f"  event at {e['time_s']:.6f} s: {e['kind']} {e['detail']}")
+    return 0
+
+
+def _snapshot_highlights(snap: dict) -> dict:
+    """The few settings that decide what a capture means (rates, loss, detector state)."""
+    out = {}
+    inst = snap.get("instruments", {})
+    picks = {
+        "source": ("clock_hz", "output_enabled", "intensities", "sync_divider"),
+        "attenuator": ("attenuation_db", "wavelength_m"),
+        "switch": ("position",),
+    }
+    for role, keys in picks.items():
+        settings = inst.get(role, {}).get("settings") or {}
+        for k in keys:
+            if k in settings:
+                out[f"{role}.{k}"] = settings[k]
+    dets = inst.get("detectors", {}).get("settings") or {}
+    for name, d in dets.items():
+        if isinstance(d, dict) and "efficiency" in d:
+            out[f"detectors.{name}"] = (
+                f"efficiency {d['efficiency']}, dead time {d.get('dead_time_s')} s, "
+                f"{d.get('temperature_c')} C"
+            )
+    for role, e in inst.items():
+        if "broken" in e or "settings_error" in e:
+            out[f"{role}.problem"] = e.get("broken") or e.get("settings_error")
+    return out
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from hil.ptu import import_ptu
+
+    if args.file.suffix.lower() != ".ptu":
+        print(f"hil import: {args.file}: expected a PicoQuant .ptu file", file=sys.stderr)
+        return 2
+    try:
+        out = import_ptu(args.file, args.output)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        print(f"hil import: {exc}", file=sys.stderr)
+        return 2
+    print(out)
     return 0
 
 
@@ -128,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("file", type=Path)
     insp.add_argument("--json", action="store_true", help="print JSON")
     insp.set_defaults(func=_cmd_inspect)
+
+    imp = sub.add_parser("import", help="convert a PicoQuant PTU file (T2/T3) into a capture")
+    imp.add_argument("file", type=Path, help="the .ptu file")
+    imp.add_argument("-o", "--output", type=Path, help="capture file (default: FILE with .h5)")
+    imp.set_defaults(func=_cmd_import)
 
     sch = sub.add_parser("schema", help="print the JSON Schema of bench or criteria files")
     sch.add_argument("kind", choices=("bench", "criteria"))

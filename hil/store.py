@@ -66,7 +66,8 @@ EVENT_DTYPE = np.dtype([("time_ps", "<i8"), ("kind", "S32"), ("detail", "S200")]
 # (low, high) format bounds: v110 is the oldest that supports SWMR; capping the high bound keeps
 # files readable by HDF5 1.10 tools (Debian's h5ls) and PyTables, whatever libhdf5 h5py ships.
 LIBVER = ("v110", "v110")
-COMPRESSIONS = ("none", "lzf", "shuffle+lzf", "gzip-1", "shuffle+gzip-1", "shuffle+gzip-4")
+# Only filters built into libhdf5: h5py's LZF is unreadable by PyTables, hence by phconvert.
+COMPRESSIONS = ("none", "gzip-1", "shuffle+gzip-1", "shuffle+gzip-4", "shuffle+gzip-6")
 N_CHANNEL_IDS = 256  # detectors are uint8
 
 
@@ -85,9 +86,7 @@ def _filters(compression: str | None) -> dict:
     if name not in COMPRESSIONS:
         raise ValueError(f"compression {name!r} unknown; choose one of {', '.join(COMPRESSIONS)}")
     kw: dict[str, Any] = {"shuffle": name.startswith("shuffle")}
-    if "lzf" in name:
-        kw["compression"] = "lzf"
-    elif "gzip" in name:
+    if "gzip" in name:
         kw["compression"] = "gzip"
         kw["compression_opts"] = int(name.rsplit("-", 1)[1])
     return kw
@@ -596,6 +595,17 @@ class CaptureReader:
         for ds in d.values():
             ds.refresh()
         return {int(i): int(c) for i, c in zip(d["id"][:], d["counts"][:], strict=True) if c}
+
+    def channel_labels(self) -> dict[int, str]:
+        """Channel id -> label from /setup/detectors ("sync", "H", ..., "channel 1")."""
+        d = self.f["setup/detectors"]
+        for ds in d.values():
+            ds.refresh()
+        return {int(i): _str(lab) for i, lab in zip(d["id"][:], d["label"][:], strict=True)}
+
+    def provenance(self) -> dict[str, str]:
+        """The Photon-HDF5 /provenance fields (the original file of an import)."""
+        return {k: _str(v[()]) for k, v in self.f["provenance"].items()}
 
     def snapshot(self) -> dict:
         return json.loads(_str(self.f["user/bench/snapshot_json"][()]))
