@@ -1,0 +1,528 @@
+"""Numba kernels of the link physics: counter-based random numbers, pulse choices, detection
+sampling, dark counts and the detector dead-time/afterpulse state machine.
+
+Every random number is a hash of (seed, stream, counter) so that a pulse's fate does not depend
+on how the link time was cut into chunks. Plain reference versions live in
+tests/emulator/physics_reference.py and the tests compare both.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+# splitmix64 constants (Steele, Lea, Flood, "Fast splittable pseudorandom number generators",
+# OOPSLA 2014; finaliser constants from Vigna's splitmix64.c): a bijective 64-bit mixer whose
+# output passes BigCrush when fed a counter.
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_S63 = np.uint64(63)
+_ONE = np.uint64(1)
+_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+
+# Streams: one independent hash family per random decision. Keep these numbers stable: changing
+# one changes every emulated capture made with a given seed.
+STREAM_INTENSITY = 1
+STREAM_BASIS_BIT = 2
+STREAM_DISCLOSE = 3
+STREAM_EVE_SELECT = 4
+STREAM_EVE_CHOICE = 5
+STREAM_ACCEPT = 6
+STREAM_PATTERN = 7  # 7..10: reserved (was one per detector)
+STREAM_JITTER = 11  # 11..14, one per detector
+STREAM_BLOCK = 15
+STREAM_DARK_COUNT = 16  # 16..19
+STREAM_DARK_TIME = 20  # 20..23
+STREAM_AP_PROB = 24  # 24..27
+STREAM_AP_DELAY = 28  # 28..31
+
+JITTER_CLIP_SIGMA = 8.0  # Gaussian jitter truncated at 8 sigma (probability 1e-15 per click)
+BLOCK_PULSES = 1 << 16  # geometric-skip blocks: the skip sequence restarts at each block start
+DARK_SLOT_PS = 1 << 24  # dark counts are drawn per fixed 16.8 us slot of link time
+_POISSON_PIECE = 30.0  # Poisson inversion on pieces of mean <= 30 (no exp underflow)
+
+
+@njit(cache=True)
+def mix64(z):
+    """splitmix64 finaliser of a uint64."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True)
+def stream_key(seed, stream):
+    """Key of one random stream: a hash of the user seed and the stream number."""
+    return mix64(np.uint64(seed) * GAMMA + np.uint64(stream))
+
+
+@njit(cache=True)
+def counter_mix(index):
+    """First mixing stage of a counter (pulse index, slot, time); shared by all streams."""
+    return mix64(np.uint64(index) * GAMMA + GAMMA)
+
+
+@njit(cache=True)
+def keyed(key, cmix):
+    """Hash of a stream key and a pre-mixed counter."""
+    return mix64(key ^ cmix)
+
+
+@njit(cache=True)
+def u01(h):
+    """Uniform double in [0, 1) from the top 53 bits of a hash."""
+    return np.float64(h >> _S11) * _INV53
+
+
+# Inverse of the standard normal CDF: Acklam's rational approximation (P. J. Acklam, "An
+# algorithm for computing the inverse normal cumulative distribution function", 2003; relative
+# error < 1.15e-9). One division instead of Box-Muller's log, sqrt and cos for most draws.
+_NA = (
+    -3.969683028665376e01,
+    2.209460984245205e02,
+    -2.759285104469687e02,
+    1.383577518672690e02,
+    -3.066479806614716e01,
+    2.506628277459239e00,
+)
+_NB = (
+    -5.447609879822406e01,
+    1.615858368580409e02,
+    -1.556989798598866e02,
+    6.680131188771972e01,
+    -1.328068155288572e01,
+)
+_NC = (
+    -7.784894002430293e-03,
+    -3.223964580411365e-01,
+    -2.400758277161838e00,
+    -2.549732539343734e00,
+    4.374664141464968e00,
+    2.938163982698783e00,
+)
+_ND = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+_P_LOW = 0.02425
+
+
+@njit(cache=True)
+def norm_ppf(p):
+    """Standard normal quantile of p in (0, 1)."""
+    if p < _P_LOW:
+        q = math.sqrt(-2.0 * math.log(p))
+        return (((((_NC[0] * q + _NC[1]) * q + _NC[2]) * q + _NC[3]) * q + _NC[4]) * q + _NC[5]) / (
+            (((_ND[0] * q + _ND[1]) * q + _ND[2]) * q + _ND[3]) * q + 1.0
+        )
+    if p > 1.0 - _P_LOW:
+        q = math.sqrt(-2.0 * math.log(1.0 - p))
+        return -(
+            ((((_NC[0] * q + _NC[1]) * q + _NC[2]) * q + _NC[3]) * q + _NC[4]) * q + _NC[5]
+        ) / ((((_ND[0] * q + _ND[1]) * q + _ND[2]) * q + _ND[3]) * q + 1.0)
+    q = p - 0.5
+    r = q * q
+    return (
+        (((((_NA[0] * r + _NA[1]) * r + _NA[2]) * r + _NA[3]) * r + _NA[4]) * r + _NA[5])
+        * q
+        / (((((_NB[0] * r + _NB[1]) * r + _NB[2]) * r + _NB[3]) * r + _NB[4]) * r + 1.0)
+    )
+
+
+@njit(cache=True)
+def gauss_from_hash(h):
+    """Standard normal variate from a hash: inverse CDF of a uniform in (0, 1) at 2**-54
+    resolution, truncated at JITTER_CLIP_SIGMA."""
+    u = (np.float64(h >> _S11) + 0.5) * _INV53
+    g = norm_ppf(u)
+    return min(max(g, -JITTER_CLIP_SIGMA), JITTER_CLIP_SIGMA)
+
+
+@njit(cache=True)
+def pulse_choices_kernel(seed, c0, c1, p_z, disclose_fraction, indices):
+    """Basis, intensity class, bit and disclosure flag of each pulse index (see physics.py)."""
+    n = indices.shape[0]
+    basis = np.empty(n, np.uint8)
+    intensity = np.empty(n, np.uint8)
+    bit = np.empty(n, np.uint8)
+    disclosed = np.empty(n, np.bool_)
+    k_int = stream_key(seed, STREAM_INTENSITY)
+    k_bb = stream_key(seed, STREAM_BASIS_BIT)
+    k_dis = stream_key(seed, STREAM_DISCLOSE)
+    for m in range(n):
+        cm = counter_mix(indices[m])
+        u = u01(keyed(k_int, cm))
+        intensity[m] = 0 if u < c0 else (1 if u < c1 else 2)
+        h = keyed(k_bb, cm)
+        b = 0 if u01(h) < p_z else 1
+        basis[m] = b
+        bit[m] = np.uint8(h & _ONE)
+        disclosed[m] = b == 1 or u01(keyed(k_dis, cm)) < disclose_fraction
+    return basis, intensity, bit, disclosed
+
+
+@njit(cache=True)
+def nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
+    """Tagger time (ps) of pulse i's emission as (integer part, fraction in [0, 1)).
+
+    t = tau0 + (i - anchor_i) * (p_int + p_rest): the integer period part stays exact in int64,
+    the small remainder (fractional period and drift) is carried in float64."""
+    d = i - anchor_i
+    frac = tau0_frac + d * p_rest
+    fl = math.floor(frac)
+    return tau0_int + d * p_int + np.int64(fl), frac - fl
+
+
+@njit(cache=True)
+def click_pattern_tables(mu, tj):
+    """Click-pattern distribution of one pulse window, per intensity class c and state s.
+
+    A coherent pulse has a Poisson photon number; independent losses split it into independent
+    Poisson numbers per detector (thinning), so detector j clicks with probability
+    1 - exp(-mu_c tj[s, j]) independently of the others (Ma et al., PRA 72, 012326 (2005),
+    Sec. II; Lütkenhaus, PRA 61, 052304 (2000), Sec. III for the multi-detector form).
+    Returns order[c, s, m]: the 15 non-empty patterns (bit j = detector j) by decreasing
+    probability, cum[c, s, m]: their running sum (cum[c, s, 14] = P(at least one click))."""
+    order = np.zeros((3, 4, 15), np.int64)
+    cum = np.zeros((3, 4, 15))
+    pr = np.empty(15)
+    for c in range(3):
+        for s in range(4):
+            for pat in range(1, 16):
+                q = 1.0
+                for j in range(4):
+                    pj = -math.expm1(-mu[c] * tj[s, j])
+                    q *= pj if (pat >> j) & 1 else 1.0 - pj
+                pr[pat - 1] = q
+            idx = np.argsort(-pr, kind="mergesort")  # stable: ties keep pattern order
+            run = 0.0
+            for m in range(15):
+                order[c, s, m] = idx[m] + 1
+                run += pr[idx[m]]
+                cum[c, s, m] = run
+    return order, cum
+
+
+@njit(cache=True)
+def signal_detections(
+    out,
+    seed,
+    i_lo,
+    i_hi,
+    mu,
+    c0,
+    c1,
+    p_z,
+    eve_fraction,
+    tj,
+    sigma_ps,
+    anchor_i,
+    tau0_int,
+    tau0_frac,
+    p_int,
+    p_rest,
+):
+    """Detector clicks caused by the light of pulses i_lo <= i < i_hi, as keys t_ps * 4 + detector.
+
+    Candidate pulses are found by geometric skipping with the largest per-pulse click probability
+    p_c (Devroye, Non-Uniform Random Variate Generation, 1986, ch. X.2: the gap between
+    Bernoulli(p) successes is geometric); a candidate of class c and state s is kept with
+    probability P_any(c, s) / p_c (thinning), so kept pulses are exactly Bernoulli(P_any). The
+    same uniform, rescaled, picks the click pattern from click_pattern_tables.
+    tj[s, j]: probability that one photon in state s = 2 * basis + bit clicks detector j.
+    Fills `out` and returns (n written, next pulse index): if `out` fills up, call again from
+    that index (the caller's buffer keeps this loop free of reallocation)."""
+    n_out = 0
+    order, cum = click_pattern_tables(mu, tj)
+    p_c = 0.0
+    for c in range(3):
+        for s in range(4):
+            p_c = max(p_c, cum[c, s, 14])
+    if p_c <= 0.0 or i_hi <= i_lo:
+        return 0, i_hi
+    k_int = stream_key(seed, STREAM_INTENSITY)
+    k_bb = stream_key(seed, STREAM_BASIS_BIT)
+    k_es = stream_key(seed, STREAM_EVE_SELECT)
+    k_ec = stream_key(seed, STREAM_EVE_CHOICE)
+    k_acc = stream_key(seed, STREAM_ACCEPT)
+    k_blk = stream_key(seed, STREAM_BLOCK)
+    k_jit = np.empty(4, np.uint64)
+    for j in range(4):
+        k_jit[j] = stream_key(seed, STREAM_JITTER + j)
+    log_q = math.log1p(-p_c) if p_c < 1.0 else -math.inf
+    b = i_lo // BLOCK_PULSES
+    while b * BLOCK_PULSES < i_hi:
+        start = b * BLOCK_PULSES
+        end = min(start + BLOCK_PULSES, i_hi)
+        state = keyed(k_blk, counter_mix(b))
+        pos = start - 1
+        while True:
+            state += GAMMA
+            if p_c >= 1.0:
+                skip = 0.0
+            else:
+                u = 1.0 - u01(mix64(state))  # (0, 1]
+                skip = math.floor(math.log(u) / log_q)
+            if pos + 1 + skip >= end:
+                break
+            pos += 1 + np.int64(skip)
+            if pos < i_lo:
+                continue
+            if n_out + 4 > out.shape[0]:
+                return n_out, pos
+            i = pos
+            cm = counter_mix(i)
+            u = u01(keyed(k_int, cm))
+            cls = np.int64(u >= c0) + np.int64(u >= c1)
+            h = keyed(k_bb, cm)
+            basis = np.int64(u01(h) >= p_z)
+            bit = np.int64(h & _ONE)
+            s = 2 * basis + bit
+            if eve_fraction > 0.0 and u01(keyed(k_es, cm)) < eve_fraction:
+                # Intercept-resend: Eve measures in a random basis and resends her result.
+                he = keyed(k_ec, cm)
+                eb = np.int64(he >> _S63)
+                ebit = bit if eb == basis else np.int64((he >> _S11) & _ONE)
+                s = 2 * eb + ebit
+            x = u01(keyed(k_acc, cm)) * p_c
+            if x >= cum[cls, s, 14]:
+                continue
+            m = 0
+            while cum[cls, s, m] <= x:
+                m += 1
+            pattern = order[cls, s, m]
+            t_int, t_frac = nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
+            for j in range(4):
+                if (pattern >> j) & 1:
+                    g = gauss_from_hash(keyed(k_jit[j], cm))
+                    t = t_int + np.int64(math.floor(t_frac + sigma_ps * g))
+                    out[n_out] = t * 4 + j
+                    n_out += 1
+        b += 1
+    return n_out, i_hi
+
+
+@njit(cache=True)
+def _poisson(h, lam):
+    """Poisson(lam) by inversion, lam split into pieces of mean <= 30 (Devroye ch. X.3.3)."""
+    n = 0
+    remaining = lam
+    piece = 0
+    while remaining > 0.0:
+        lp = min(remaining, _POISSON_PIECE)
+        remaining -= lp
+        u = u01(mix64(h + np.uint64(piece) * GAMMA))
+        p = math.exp(-lp)
+        cdf = p
+        k = 0
+        while u > cdf and k < 1000:
+            k += 1
+            p *= lp / k
+            cdf += p
+        n += k
+        piece += 1
+    return n
+
+
+@njit(cache=True)
+def dark_detections(out, seed, det, rate_hz, t_lo, t_hi):
+    """Dark counts of one detector in [t_lo, t_hi) ps as sorted keys t_ps * 4 + det.
+
+    A homogeneous Poisson process (dark counts of an InGaAs SPAD are Poissonian once dead time
+    and afterpulsing are removed) drawn per fixed slot of DARK_SLOT_PS: the count in a slot is
+    Poisson(rate * slot) and the times are uniform in it, both hashed from the slot index.
+    Fills `out`; returns (n written, time to continue from), the latter < t_hi when `out` is
+    full (a slot is written whole or not at all)."""
+    n_out = 0
+    if rate_hz <= 0.0 or t_hi <= t_lo:
+        return 0, t_hi
+    lam = rate_hz * DARK_SLOT_PS * 1e-12
+    k_n = stream_key(seed, STREAM_DARK_COUNT + det)
+    k_t = stream_key(seed, STREAM_DARK_TIME + det)
+    s_first = t_lo // DARK_SLOT_PS
+    s_last = (t_hi - 1) // DARK_SLOT_PS
+    for s in range(s_first, s_last + 1):
+        cm = counter_mix(s)
+        n = _poisson(keyed(k_n, cm), lam)
+        if n == 0:
+            continue
+        if n_out + n > out.shape[0]:
+            return n_out, max(t_lo, s * DARK_SLOT_PS)
+        ht = keyed(k_t, cm)
+        first = n_out
+        for m in range(n):
+            t = s * DARK_SLOT_PS + np.int64(
+                u01(mix64(ht + np.uint64(m + 1) * GAMMA)) * DARK_SLOT_PS
+            )
+            if t < t_lo or t >= t_hi:
+                continue
+            # insertion into the sorted tail of this slot
+            q = n_out
+            while q > first and out[q - 1] > t * 4 + det:
+                out[q] = out[q - 1]
+                q -= 1
+            out[q] = t * 4 + det
+            n_out += 1
+    return n_out, t_hi
+
+
+@njit(cache=True)
+def _heap_push(heap, n, key):
+    q = n
+    heap[q] = key
+    while q > 0:
+        parent = (q - 1) // 2
+        if heap[parent] <= heap[q]:
+            break
+        heap[parent], heap[q] = heap[q], heap[parent]
+        q = parent
+    return n + 1
+
+
+@njit(cache=True)
+def _heap_pop(heap, n):
+    top = heap[0]
+    n -= 1
+    heap[0] = heap[n]
+    q = 0
+    while True:
+        a = 2 * q + 1
+        if a >= n:
+            break
+        c = a
+        if a + 1 < n and heap[a + 1] < heap[a]:
+            c = a + 1
+        if heap[q] <= heap[c]:
+            break
+        heap[q], heap[c] = heap[c], heap[q]
+        q = c
+    return top, n
+
+
+@njit(cache=True)
+def register_clicks(out, keys, horizon_ps, dead_ps, on, p_ap, tau_ps, seed, last, heap, n_heap):
+    """Apply non-paralysable dead time and afterpulsing to time-sorted primary clicks.
+
+    keys: sorted t_ps * 4 + detector, all < horizon_ps * 4. Afterpulses pending in the binary
+    heap `heap[:n_heap]` are merged in time order; those at or after the horizon stay pending.
+    A registered click at t makes the detector blind until t + dead (non-paralysable: clicks in
+    the blind time are lost and do not extend it; Müller, NIM 112, 47 (1973)). With probability
+    p_ap it is followed by an afterpulse at t + dead + Exp(tau) (trap release after re-arming,
+    single exponential trap family: Cova et al., Rev. Sci. Instrum. 62, 2596 (1991)); the
+    afterpulse is itself a click and can be lost to dead time or cause afterpulses.
+    last[j] (in/out): time of the last registered click of detector j.
+    Writes registered keys to `out` and returns (n written, keys consumed, n_heap); when `out`
+    is full it stops early: call again with keys[consumed:]. The heap needs room for
+    n_heap + len(out) entries (one afterpulse at most per registered click)."""
+    n = keys.shape[0]
+    n_out = 0
+    k_ap = np.empty(4, np.uint64)
+    k_apd = np.empty(4, np.uint64)
+    for j in range(4):
+        k_ap[j] = stream_key(seed, STREAM_AP_PROB + j)
+        k_apd[j] = stream_key(seed, STREAM_AP_DELAY + j)
+    limit = horizon_ps * 4
+    i = 0
+    while n_out < out.shape[0]:
+        if i < n and (n_heap == 0 or keys[i] <= heap[0]):
+            key = keys[i]
+            i += 1
+        elif n_heap > 0 and heap[0] < limit:
+            key, n_heap = _heap_pop(heap, n_heap)
+        else:
+            break
+        t = key >> 2
+        d = key & 3
+        if not on[d]:
+            continue
+        if t - last[d] < dead_ps[d]:
+            continue
+        last[d] = t
+        out[n_out] = key
+        n_out += 1
+        if p_ap > 0.0:
+            cm = counter_mix(t)
+            if u01(keyed(k_ap[d], cm)) < p_ap:
+                u = u01(keyed(k_apd[d], cm))
+                delay = dead_ps[d] + np.int64(math.floor(-tau_ps * math.log1p(-u)))
+                n_heap = _heap_push(heap, n_heap, (t + delay) * 4 + d)
+    return n_out, i, n_heap
+
+
+@njit(cache=True)
+def sync_tags(i_first, i_last, divider, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
+    """Nominal tagger times (int ps, floor) of pulses i_first <= i <= i_last that are multiples of
+    the sync divider."""
+    first = ((i_first + divider - 1) // divider) * divider
+    if first > i_last:
+        return np.empty(0, np.int64)
+    n = (i_last - first) // divider + 1
+    out = np.empty(n, np.int64)
+    for m in range(n):
+        t_int, _ = nominal_time(first + m * divider, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
+        out[m] = t_int
+    return out
+
+
+@njit(cache=True)
+def sort_nearly_sorted(a, max_moves):
+    """Sort `a` in place by insertion; give up (return False, `a` then partly sorted) after
+    max_moves element moves. Click streams are sorted up to jitter, so this is near O(n)."""
+    moves = 0
+    for i in range(1, a.shape[0]):
+        v = a[i]
+        q = i
+        while q > 0 and a[q - 1] > v:
+            a[q] = a[q - 1]
+            q -= 1
+        moves += i - q
+        a[q] = v
+        if moves > max_moves:
+            return False
+    return True
+
+
+@njit(cache=True)
+def merge_sorted(a, b):
+    """Merge two sorted int64 arrays."""
+    out = np.empty(a.shape[0] + b.shape[0], np.int64)
+    i = 0
+    j = 0
+    for m in range(out.shape[0]):
+        if j >= b.shape[0] or (i < a.shape[0] and a[i] <= b[j]):
+            out[m] = a[i]
+            i += 1
+        else:
+            out[m] = b[j]
+            j += 1
+    return out
+
+
+@njit(cache=True)
+def tag_keys(registered, delays, resolution, enabled):
+    """Tagger view of registered clicks (keys t * 4 + detector): keys ts * 8 + channel with
+    ts = floor((t + delay[channel]) / resolution) * resolution, disabled channels dropped."""
+    out = np.empty(registered.shape[0], np.int64)
+    n = 0
+    for m in range(registered.shape[0]):
+        key = registered[m]
+        ch = (key & 3) + 1
+        if not enabled[ch]:
+            continue
+        t = (key >> 2) + delays[ch]
+        out[n] = (t // resolution) * resolution * 8 + ch
+        n += 1
+    return out[:n]
+
+
+@njit(cache=True)
+def split_tags(keys):
+    """Split keys ts * 8 + channel into (timestamps int64, channels uint8)."""
+    ts = np.empty(keys.shape[0], np.int64)
+    ch = np.empty(keys.shape[0], np.uint8)
+    for m in range(keys.shape[0]):
+        ts[m] = keys[m] >> 3
+        ch[m] = keys[m] & 7
+    return ts, ch

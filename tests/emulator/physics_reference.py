@@ -1,0 +1,239 @@
+"""Plain-Python reference implementations of the emulator's physics kernels
+(hil.emulator._physics_kernels), written loop by loop for small inputs, so the tests can check
+the numba kernels against code that is easy to read."""
+
+import heapq
+import math
+
+import numpy as np
+
+MASK = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+BLOCK_PULSES = 1 << 16
+DARK_SLOT_PS = 1 << 24
+CLIP = 8.0
+
+# stream numbers as documented in the kernels module
+S_INTENSITY, S_BASIS_BIT, S_DISCLOSE, S_EVE_SELECT, S_EVE_CHOICE, S_ACCEPT = 1, 2, 3, 4, 5, 6
+S_JITTER, S_BLOCK, S_DARK_COUNT, S_DARK_TIME, S_AP_PROB, S_AP_DELAY = 11, 15, 16, 20, 24, 28
+
+
+def mix64(z: int) -> int:
+    z &= MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def stream_key(seed: int, stream: int) -> int:
+    return mix64(int(seed) * GAMMA + int(stream))
+
+
+def hash_at(seed: int, stream: int, counter: int) -> int:
+    return mix64(stream_key(int(seed), stream) ^ mix64((int(counter) & MASK) * GAMMA + GAMMA))
+
+
+def u01(h: int) -> float:
+    return (h >> 11) * 2.0**-53
+
+
+def pulse_choices(seed, p_mu, p_z, disclose_fraction, indices):
+    out = []
+    for i in indices:
+        i = int(i)
+        u = u01(hash_at(seed, S_INTENSITY, i))
+        cls = 0 if u < p_mu[0] else (1 if u < p_mu[0] + p_mu[1] else 2)
+        h = hash_at(seed, S_BASIS_BIT, i)
+        basis = 0 if u01(h) < p_z else 1
+        bit = h & 1
+        disclosed = basis == 1 or u01(hash_at(seed, S_DISCLOSE, i)) < disclose_fraction
+        out.append((basis, cls, bit, disclosed))
+    return out
+
+
+# Acklam's inverse normal CDF, same coefficients as the kernel (checked separately against
+# statistics.NormalDist in the tests).
+_A = (
+    -3.969683028665376e01,
+    2.209460984245205e02,
+    -2.759285104469687e02,
+    1.383577518672690e02,
+    -3.066479806614716e01,
+    2.506628277459239e00,
+)
+_B = (
+    -5.447609879822406e01,
+    1.615858368580409e02,
+    -1.556989798598866e02,
+    6.680131188771972e01,
+    -1.328068155288572e01,
+)
+_C = (
+    -7.784894002430293e-03,
+    -3.223964580411365e-01,
+    -2.400758277161838e00,
+    -2.549732539343734e00,
+    4.374664141464968e00,
+    2.938163982698783e00,
+)
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+
+
+def _poly(coef, x):
+    acc = 0.0
+    for c in coef:
+        acc = acc * x + c
+    return acc
+
+
+def norm_ppf(p: float) -> float:
+    if p < 0.02425:
+        q = math.sqrt(-2 * math.log(p))
+        return _poly(_C, q) / (_poly(_D, q) * q + 1.0)
+    if p > 1 - 0.02425:
+        q = math.sqrt(-2 * math.log(1 - p))
+        return -_poly(_C, q) / (_poly(_D, q) * q + 1.0)
+    q = p - 0.5
+    r = q * q
+    return _poly(_A, r) * q / (_poly(_B, r) * r + 1.0)
+
+
+def gauss_from_hash(h: int) -> float:
+    g = norm_ppf(((h >> 11) + 0.5) * 2.0**-53)
+    return min(max(g, -CLIP), CLIP)
+
+
+def click_pattern_tables(mu, tj):
+    order = np.zeros((3, 4, 15), np.int64)
+    cum = np.zeros((3, 4, 15))
+    for c in range(3):
+        for s in range(4):
+            probs = []
+            for pat in range(1, 16):
+                q = 1.0
+                for j in range(4):
+                    pj = -math.expm1(-mu[c] * tj[s][j])
+                    q *= pj if (pat >> j) & 1 else 1.0 - pj
+                probs.append((pat, q))
+            probs.sort(key=lambda pq: -pq[1])  # stable
+            run = 0.0
+            for m, (pat, q) in enumerate(probs):
+                order[c, s, m] = pat
+                run += q
+                cum[c, s, m] = run
+    return order, cum
+
+
+def nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
+    d = i - anchor_i
+    frac = tau0_frac + d * p_rest
+    fl = math.floor(frac)
+    return tau0_int + d * p_int + fl, frac - fl
+
+
+def signal_detections(seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma_ps, timing):
+    """Same algorithm as the kernel, one pulse candidate at a time; returns sorted-by-generation
+    list of keys t * 4 + detector."""
+    order, cum = click_pattern_tables(mu, tj)
+    p_c = max(cum[c, s, 14] for c in range(3) for s in range(4))
+    out = []
+    if p_c <= 0 or i_hi <= i_lo:
+        return out
+    log_q = math.log1p(-p_c) if p_c < 1 else -math.inf
+    b = i_lo // BLOCK_PULSES
+    while b * BLOCK_PULSES < i_hi:
+        start, end = b * BLOCK_PULSES, min((b + 1) * BLOCK_PULSES, i_hi)
+        state = hash_at(seed, S_BLOCK, b)
+        pos = start - 1
+        while True:
+            state = (state + GAMMA) & MASK
+            skip = 0 if p_c >= 1 else math.floor(math.log(1.0 - u01(mix64(state))) / log_q)
+            if pos + 1 + skip >= end:
+                break
+            pos += 1 + skip
+            if pos < i_lo:
+                continue
+            i = pos
+            u = u01(hash_at(seed, S_INTENSITY, i))
+            cls = int(u >= c0) + int(u >= c1)
+            h = hash_at(seed, S_BASIS_BIT, i)
+            basis = int(u01(h) >= p_z)
+            bit = h & 1
+            s = 2 * basis + bit
+            if eve_fraction > 0 and u01(hash_at(seed, S_EVE_SELECT, i)) < eve_fraction:
+                he = hash_at(seed, S_EVE_CHOICE, i)
+                eb = he >> 63
+                ebit = bit if eb == basis else (he >> 11) & 1
+                s = 2 * eb + ebit
+            x = u01(hash_at(seed, S_ACCEPT, i)) * p_c
+            if x >= cum[cls, s, 14]:
+                continue
+            m = 0
+            while cum[cls, s, m] <= x:
+                m += 1
+            pattern = order[cls, s, m]
+            t_int, t_frac = nominal_time(i, *timing)
+            for j in range(4):
+                if (pattern >> j) & 1:
+                    g = gauss_from_hash(hash_at(seed, S_JITTER + j, i))
+                    out.append((t_int + math.floor(t_frac + sigma_ps * g)) * 4 + j)
+        b += 1
+    return out
+
+
+def poisson_from_hash(h: int, lam: float) -> int:
+    n, remaining, piece = 0, lam, 0
+    while remaining > 0:
+        lp = min(remaining, 30.0)
+        remaining -= lp
+        u = u01(mix64(h + piece * GAMMA))
+        p = math.exp(-lp)
+        cdf, k = p, 0
+        while u > cdf and k < 1000:
+            k += 1
+            p *= lp / k
+            cdf += p
+        n += k
+        piece += 1
+    return n
+
+
+def dark_detections(seed, det, rate_hz, t_lo, t_hi):
+    out = []
+    if rate_hz <= 0 or t_hi <= t_lo:
+        return out
+    lam = rate_hz * DARK_SLOT_PS * 1e-12
+    for s in range(t_lo // DARK_SLOT_PS, (t_hi - 1) // DARK_SLOT_PS + 1):
+        n = poisson_from_hash(hash_at(seed, S_DARK_COUNT + det, s), lam)
+        ht = hash_at(seed, S_DARK_TIME + det, s)
+        for m in range(n):
+            t = s * DARK_SLOT_PS + int(u01(mix64(ht + (m + 1) * GAMMA)) * DARK_SLOT_PS)
+            if t_lo <= t < t_hi:
+                out.append(t * 4 + det)
+    return sorted(out)
+
+
+def register_clicks(keys, horizon_ps, dead_ps, on, p_ap, tau_ps, seed, last, pending):
+    """Dead time + afterpulsing with heapq; `last` (list) and `pending` (heap list) updated in
+    place; returns registered keys."""
+    out = []
+    i = 0
+    keys = list(keys)
+    while True:
+        if i < len(keys) and (not pending or keys[i] <= pending[0]):
+            key = keys[i]
+            i += 1
+        elif pending and pending[0] < horizon_ps * 4:
+            key = heapq.heappop(pending)
+        else:
+            break
+        t, d = key >> 2, key & 3
+        if not on[d] or t - last[d] < dead_ps[d]:
+            continue
+        last[d] = t
+        out.append(key)
+        if p_ap > 0 and u01(hash_at(seed, S_AP_PROB + d, t)) < p_ap:
+            u = u01(hash_at(seed, S_AP_DELAY + d, t))
+            delay = dead_ps[d] + math.floor(-tau_ps * math.log1p(-u))
+            heapq.heappush(pending, (t + delay) * 4 + d)
+    return out

@@ -1,0 +1,483 @@
+"""Tests of the emulator's link physics: kernels against the plain reference, and the physical
+model against closed-form expectations with tolerances from counting statistics.
+
+Statistical tests use a fixed seed, so they are deterministic; their tolerance is 5 standard
+deviations of the counting statistic named in each test, so a correct model fails them with
+probability below 1e-6 for a given seed choice and a wrong model beyond that margin is caught.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import physics_reference as ref
+import pytest
+from hil.emulator import _physics_kernels as k
+from hil.emulator import physics
+from hil.emulator.physics import LinkGenerator, LinkParams
+
+SECOND_PS = 10**12
+
+# A test bench: 100 MHz clock (10 ns period) and 1 ns dead time, so a click can never blind a
+# detector for the next pulse and per-pulse detection probabilities are not distorted by dead
+# time; no afterpulsing unless a test turns it on.
+BASE = LinkParams(
+    clock_hz=1e8,
+    dead_time_s=(1e-9,) * 4,
+    afterpulse_prob=0.0,
+    sync_divider=1000,
+    seed=12345,
+)
+PERIOD_PS = 10_000
+
+
+def run(params: LinkParams, duration_ps: int, t0: int = 0):
+    return LinkGenerator(params).generate(params, t0, t0 + duration_ps)
+
+
+def detections_by_pulse(ts, ch, params: LinkParams, n_pulses: int):
+    """Pulse index and click mask (bit j = detector j) of each pulse with at least one click,
+    from the known emission times (offset 0, no drift, no delays in these tests); pulses at the
+    two ends of the span are dropped (their clicks may straddle the span boundary)."""
+    det = ch > 0
+    period = 1e12 / params.clock_hz
+    idx = np.rint(ts[det] / period).astype(np.int64)
+    bits = (1 << (ch[det].astype(np.int64) - 1)).astype(np.int64)
+    order = np.argsort(idx, kind="stable")
+    idx, bits = idx[order], bits[order]
+    uniq, start = np.unique(idx, return_index=True)
+    mask = np.bitwise_or.reduceat(bits, start) if len(start) else np.zeros(0, np.int64)
+    keep = (uniq >= 1) & (uniq < n_pulses - 1)
+    return uniq[keep], mask[keep]
+
+
+def choices(params: LinkParams, indices):
+    return physics.pulse_choices(
+        params.seed, params.p_mu, params.p_z, params.disclose_fraction, indices
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels against the plain reference
+
+
+def test_hash_and_pulse_choices_match_reference():
+    rng = np.random.default_rng(1)
+    idx = np.concatenate([[0, 1, 2**40, 2**62], rng.integers(0, 2**50, 300)]).astype(np.int64)
+    for seed in (0, 1, 2**63 - 1):
+        basis, cls, bit, disc = physics.pulse_choices(seed, (0.6, 0.3, 0.1), 0.8, 0.25, idx)
+        expected = ref.pulse_choices(seed, (0.6, 0.3, 0.1), 0.8, 0.25, idx)
+        assert [tuple(int(v) for v in row) for row in zip(basis, cls, bit, disc, strict=True)] == [
+            tuple(int(v) for v in row) for row in expected
+        ]
+    # negative counters (times before 0) wrap like the reference's 64-bit mask
+    key = k.stream_key(np.int64(7), np.int64(3))
+    for c in (-1, -(2**40), 5):
+        cm = np.uint64(k.counter_mix(np.int64(c)))
+        assert int(k.keyed(np.uint64(key), cm)) == ref.hash_at(7, 3, c)
+
+
+def test_normal_quantile_matches_statistics_module():
+    nd = NormalDist()
+    for p in np.concatenate([np.linspace(1e-12, 1 - 1e-12, 2001), [1e-300, 0.02425, 0.5]]):
+        # Acklam's approximation: relative error below 1.15e-9 (its stated bound)
+        exact = nd.inv_cdf(float(p))
+        assert abs(k.norm_ppf(p) - exact) <= 1.2e-9 * abs(exact) + 1e-15
+        assert k.norm_ppf(p) == ref.norm_ppf(float(p))
+
+
+@pytest.mark.parametrize("eve", [0.0, 0.5])
+def test_signal_kernel_matches_reference(eve):
+    p = BASE.replace(attenuation_db=0.0, efficiency=(0.3, 0.2, 0.25, 0.1), e_mis=0.03)
+    tj = physics.photon_click_table(p)
+    mu = np.array([0.6, 0.2, 0.0])
+    timing = (3, 1234, 0.25, 1000, 1e-3)  # anchor 3, nonzero fraction and drift
+    for i_lo, i_hi in ((0, 20_000), (65_000, 66_000), (131_071, 131_073), (10, 10)):
+        buf = np.empty(4 * (i_hi - i_lo) + 8, np.int64)
+        n, nxt = k.signal_detections(buf, 9, i_lo, i_hi, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, *timing)
+        expected = ref.signal_detections(9, i_lo, i_hi, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
+        assert nxt == i_hi
+        assert buf[:n].tolist() == expected
+    # a buffer that fills up: resuming from the returned index gives the same clicks
+    buf = np.empty(40, np.int64)
+    got, i = [], 0
+    while i < 20_000:
+        n, i = k.signal_detections(buf, 9, i, 20_000, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, *timing)
+        got += buf[:n].tolist()
+    assert got == ref.signal_detections(9, 0, 20_000, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
+
+
+def test_pattern_tables_match_reference():
+    tj = physics.photon_click_table(BASE.replace(attenuation_db=0.0, e_mis=0.1))
+    mu = np.array([0.5, 0.1, 0.0])
+    order, cum = k.click_pattern_tables(mu, tj)
+    r_order, r_cum = ref.click_pattern_tables(mu, tj.tolist())
+    assert (order == r_order).all()
+    np.testing.assert_allclose(cum, r_cum, rtol=1e-15, atol=0)
+
+
+def test_dark_kernel_matches_reference():
+    for rate, t_lo, t_hi in ((3e5, 0, 10**8), (1e9, 5 * 2**24 + 17, 7 * 2**24 + 3), (10.0, 3, 3)):
+        buf = np.empty(100_000, np.int64)
+        n, nxt = k.dark_detections(buf, 4, 2, rate, t_lo, t_hi)
+        assert nxt == t_hi
+        assert buf[:n].tolist() == ref.dark_detections(4, 2, rate, t_lo, t_hi)
+
+
+def test_register_kernel_matches_reference():
+    rng = np.random.default_rng(5)
+    keys = np.sort(rng.integers(0, 10**7, 3000) * 4 + rng.integers(0, 4, 3000)).astype(np.int64)
+    dead = np.array([5000, 20000, 0, 1000], np.int64)
+    on = np.array([True, True, True, False])
+    horizon = 9 * 10**6
+    keys = keys[keys < horizon * 4]
+    last = np.full(4, -(2**62), np.int64)
+    heap = np.empty(2 * len(keys) + 64, np.int64)
+    out = np.empty(len(keys) + 64, np.int64)
+    n, used, n_heap = k.register_clicks(
+        out, keys, horizon, dead, on, 0.2, 30000.0, 3, last, heap, 0
+    )
+    r_last = [-(2**62)] * 4
+    pending: list[int] = []
+    expected = ref.register_clicks(keys, horizon, dead, on, 0.2, 30000.0, 3, r_last, pending)
+    assert used == len(keys)
+    assert out[:n].tolist() == expected
+    assert last.tolist() == r_last
+    assert sorted(heap[:n_heap].tolist()) == sorted(pending)
+
+
+def test_sorting_kernels_match_numpy():
+    rng = np.random.default_rng(2)
+    a = np.sort(rng.integers(0, 10**9, 5000)) + rng.integers(-50, 50, 5000)
+    b = a.copy()
+    assert k.sort_nearly_sorted(b, 10**9)
+    assert (b == np.sort(a)).all()
+    c = rng.integers(0, 10**9, 5000)
+    assert not k.sort_nearly_sorted(c.copy(), 100)  # gives up on a shuffled array
+    x, y = np.sort(rng.integers(0, 100, 300)), np.sort(rng.integers(0, 100, 7))
+    assert (k.merge_sorted(x, y) == np.sort(np.concatenate([x, y]))).all()
+    assert len(k.merge_sorted(x[:0], y[:0])) == 0
+    reg = np.sort(rng.integers(-(10**6), 10**6, 1000)) * 4 + rng.integers(0, 4, 1000)
+    delays = np.array([0, 100, -300, 7, 0], np.int64)
+    enabled = np.array([True, True, True, False, True])
+    got = k.tag_keys(reg, delays, 4, enabled)
+    ch = (reg & 3) + 1
+    ts = ((reg >> 2) + delays[ch]) // 4 * 4
+    keep = enabled[ch]
+    assert (got == ts[keep] * 8 + ch[keep]).all()
+    t, c8 = k.split_tags(got)
+    assert (t == ts[keep]).all() and (c8 == ch[keep]).all() and c8.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# the physical model
+
+
+def test_detection_probability_follows_decoy_model_across_attenuation():
+    """Q_k = 1 - (1 - Y0) exp(-eta mu_k) (Ma et al., PRA 72, 012326 (2005), Eq. (4)).
+
+    Counting: the number of detected pulses of class k among N_k emitted is binomial
+    (pulses are independent), sigma = sqrt(N_k Q_k (1 - Q_k)); tolerance 5 sigma."""
+    duration = SECOND_PS // 10  # 1e7 pulses
+    n_pulses = duration // PERIOD_PS
+    _, cls_all, _, _ = choices(BASE, np.arange(n_pulses))
+    interior = np.zeros(n_pulses, bool)
+    interior[1 : n_pulses - 1] = True
+    n_k = np.bincount(cls_all[interior], minlength=3)
+    for att in (0.0, 10.0, 20.0, 30.0, 40.0):
+        p = BASE.replace(attenuation_db=att)
+        ts, ch = run(p, duration)
+        idx, _ = detections_by_pulse(ts, ch, p, n_pulses)
+        detected = np.bincount(cls_all[idx], minlength=3)
+        # the formula, written from the parameters independently of the module
+        loss_db = p.fiber_loss_db_per_km * p.fiber_length_m / 1e3 + p.insertion_loss_db + att
+        eta = 10 ** (-loss_db / 10) * p.efficiency[0]
+        y0 = 1 - math.exp(-4 * p.dark_count_rate_ref_hz[0] * PERIOD_PS * 1e-12)
+        for c in range(3):
+            q = 1 - (1 - y0) * math.exp(-eta * p.mu[c])
+            assert physics.expected_detection_probability(p, c) == pytest.approx(q, rel=1e-12)
+            sigma = math.sqrt(n_k[c] * q * (1 - q))
+            assert abs(detected[c] - n_k[c] * q) < 5 * sigma, (att, c, detected[c], n_k[c] * q)
+
+
+def _single_click_expectation(p: LinkParams, cls: int, basis: int, eve: float):
+    """(P(single click on a detector of `basis` with the right bit), same with the wrong bit)
+    for Alice's state averaged over her bit; from independent per-detector clicks
+    c_j = 1 - (1 - pd_j) exp(-mu tj[s, j]) and intercept-resend mixing Bob's state s."""
+    tj = physics.photon_click_table(p)
+    pd = 1 - math.exp(-p.dark_count_rate_ref_hz[0] * PERIOD_PS * 1e-12)
+    mu = p.mu[cls]
+    right = wrong = 0.0
+    for bit in (0, 1):
+        # Bob's state: Alice's with prob 1 - f; Eve's (random basis; her bit equals Alice's in
+        # the same basis, random otherwise) with prob f.
+        states = {2 * basis + bit: 1 - eve + eve / 2}
+        for b in (0, 1):
+            states[2 * (1 - basis) + b] = states.get(2 * (1 - basis) + b, 0) + eve / 4
+        for s, w in states.items():
+            c = [1 - (1 - pd) * math.exp(-mu * tj[s, j]) for j in range(4)]
+            for j in range(4):
+                if physics.DET_BASIS[j] != basis:
+                    continue
+                only_j = c[j] * math.prod(1 - c[m] for m in range(4) if m != j)
+                if physics.DET_BIT[j] == bit:
+                    right += 0.5 * w * only_j
+                else:
+                    wrong += 0.5 * w * only_j
+    return right, wrong
+
+
+def _measured_single_click_qber(p: LinkParams, duration: int, cls: int, basis: int):
+    ts, ch = run(p, duration)
+    n_pulses = duration // PERIOD_PS
+    idx, mask = detections_by_pulse(ts, ch, p, n_pulses)
+    b, c, bit, _ = choices(p, idx)
+    single = (mask & (mask - 1)) == 0
+    det = np.log2(np.maximum(mask, 1)).astype(int)
+    det_basis = np.array(physics.DET_BASIS)[det]
+    det_bit = np.array(physics.DET_BIT)[det]
+    sel = single & (b == basis) & (c == cls) & (det_basis == basis)
+    errors = int(np.sum(det_bit[sel] != bit[sel]))
+    return errors, int(sel.sum()), (idx, mask, b, c, bit)
+
+
+@pytest.mark.parametrize("e_mis", [0.0, 0.03])
+def test_qber_is_misalignment_plus_dark_contribution(e_mis):
+    """E = (e0 Y0 + e_mis (1 - exp(-eta mu))) / Q with e0 = 1/2 (Ma et al. 2005, Eq. (5)).
+
+    Dark rate raised to 2e4 Hz so the dark contribution is measurable. Counting: errors among
+    n sifted single clicks are binomial, sigma = sqrt(n E (1 - E)); tolerance 5 sigma."""
+    p = BASE.replace(e_mis=e_mis, dark_count_rate_ref_hz=(2e4,) * 4, attenuation_db=10.0)
+    errors, n, (idx, mask, b, c, bit) = _measured_single_click_qber(p, SECOND_PS // 2, 0, 0)
+    right, wrong = _single_click_expectation(p, 0, 0, 0.0)
+    e_exact = wrong / (right + wrong)
+    # the textbook first-order form: Z-arm transmittance and Y0 of the two Z detectors
+    eta_z = physics.channel_transmittance(p) * p.efficiency[0] * p.p_z_bob
+    y0_z = 2 * (1 - math.exp(-2e4 * PERIOD_PS * 1e-12))
+    sig = -math.expm1(-eta_z * p.mu[0])
+    e_formula = (0.5 * y0_z + e_mis * sig) / (y0_z + sig)
+    sigma = math.sqrt(e_exact * (1 - e_exact) / n)
+    # The exact single-click value differs from the first-order form only by double-click
+    # terms of relative order (sum of click probabilities) ~ 1e-3: far below the tolerance.
+    assert abs(e_exact - e_formula) < 0.2 * sigma
+    assert abs(errors / n - e_exact) < 5 * sigma, (errors / n, e_exact, sigma)
+    # the same data under the module's double-click convention (squash) vs expected_qber
+    _check_squashed_qber(p, idx, mask, b, c, bit, cls=0, basis=0)
+
+
+def _check_squashed_qber(p, idx, mask, b, c, bit, cls, basis):
+    """Apply the squashing convention (random basis for clicks in both bases, random bit for a
+    double click in one basis) with an independent coin, compare with expected_qber; binomial
+    5 sigma on the sifted count."""
+    coin = np.random.default_rng(99).random((2, len(mask)))
+    z = mask & 3
+    x = (mask >> 2) & 3
+    bob_basis = np.where((z > 0) & (x > 0), (coin[0] < 0.5).astype(int), np.where(z > 0, 0, 1))
+    sub = np.where(bob_basis == 0, z, x)
+    bob_bit = np.where(sub == 3, (coin[1] < 0.5).astype(int), np.where(sub == 2, 1, 0))
+    sel = (b == basis) & (c == cls) & (bob_basis == basis)
+    n = int(sel.sum())
+    e = physics.expected_qber(p, cls, basis)
+    err = int(np.sum(bob_bit[sel] != bit[sel]))
+    assert abs(err / n - e) < 5 * math.sqrt(e * (1 - e) / n), (err / n, e)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.4])
+def test_intercept_resend_gives_quarter_of_fraction(fraction):
+    """Intercept-resend in a random basis on a fraction f: QBER f/4 (Bennett et al., J. Cryptol.
+    5, 3 (1992); reference/qkd-key-rate.md), plus the small dark contribution. Eve preserves the
+    count rate (checked: same Q_k as without her). Binomial 5 sigma on the sifted errors."""
+    p = BASE.replace(eve_fraction=fraction, e_mis=0.0, attenuation_db=0.0)
+    errors, n, (idx, mask, b, c, bit) = _measured_single_click_qber(p, SECOND_PS // 20, 0, 0)
+    right, wrong = _single_click_expectation(p, 0, 0, fraction)
+    e_exact = wrong / (right + wrong)
+    sigma = math.sqrt(e_exact * (1 - e_exact) / n)
+    # dark counts (600 Hz) add < 1e-4 here: the value is f/4 within a fraction of sigma
+    assert abs(e_exact - fraction / 4) < 0.5 * sigma
+    assert abs(errors / n - e_exact) < 5 * sigma, (errors / n, e_exact, sigma)
+    _check_squashed_qber(p, idx, mask, b, c, bit, cls=0, basis=1 - 1)
+    for cls in range(3):
+        q_eve = physics.expected_detection_probability(p, cls)
+        q_none = physics.expected_detection_probability(p.replace(eve_fraction=0.0), cls)
+        assert q_eve == pytest.approx(q_none, rel=1e-12)
+
+
+def test_dead_time_is_respected():
+    p = LinkParams(attenuation_db=0.0, dead_time_s=(50e-9, 20e-9, 10e-9, 100e-9), seed=3)
+    ts, ch = run(p, SECOND_PS // 200)
+    dead_ps = [round(d * 1e12) for d in p.dead_time_s]
+    for j in range(4):
+        t = ts[ch == j + 1]
+        assert len(t) > 1000
+        assert np.diff(t).min() >= dead_ps[j]
+        # non-paralysable: gaps just above the dead time occur (the detector re-arms)
+        assert np.diff(t).min() < dead_ps[j] + 5000
+
+
+def test_afterpulsing_raises_count_rate_by_configured_amount():
+    """Each registered click is followed by an afterpulse with probability p, afterpulses can
+    themselves afterpulse: rate x 1/(1 - p). With the same seed the primary clicks are the same,
+    so the excess A is the afterpulse count: mean N0 p/(1-p), variance N0 p/(1-p)^2 (geometric
+    number of descendants per primary); tolerance 5 sigma. Dead-time losses (rate x dead time
+    = 2e-4) shift A by < 0.2 sigma."""
+    p0 = BASE.replace(
+        link_connected=False, dark_count_rate_ref_hz=(2e4,) * 4, dead_time_s=(10e-9,) * 4
+    )
+    duration = 2 * SECOND_PS
+    ts0, ch0 = run(p0, duration)
+    pap = 0.1
+    ts1, ch1 = run(p0.replace(afterpulse_prob=pap, afterpulse_tau_s=200e-9), duration)
+    for j in range(1, 5):
+        n0 = int(np.sum(ch0 == j))
+        a = int(np.sum(ch1 == j)) - n0
+        mean = n0 * pap / (1 - pap)
+        sigma = math.sqrt(n0 * pap) / (1 - pap)
+        assert abs(a - mean) < 5 * sigma, (j, a, mean, sigma)
+    # afterpulse delays: intervals after a click are dead + Exp(tau): the excess of short gaps
+    # (< dead + 3 tau) over the dark-only run matches the afterpulse count (within 5 sigma).
+    gaps0 = np.diff(ts0[ch0 == 1])
+    gaps1 = np.diff(ts1[ch1 == 1])
+    limit = 10_000 + 3 * 200_000
+    excess = np.sum(gaps1 < limit) - np.sum(gaps0 < limit)
+    n0 = int(np.sum(ch0 == 1))
+    expect = n0 * pap * (1 - math.exp(-3)) / (1 - pap)
+    assert abs(excess - expect) < 5 * math.sqrt(expect + 2 * n0 * 2e4 * limit * 1e-12)
+
+
+def test_jitter_has_configured_standard_deviation():
+    """Residuals of signal clicks around their pulse's emission time: floor(sigma g) has
+    variance sigma^2 + 1/12 (quantisation to 1 ps). Sample variance of n normal values has
+    standard deviation sigma_v^2 sqrt(2/(n-1)); tolerance 5 of those."""
+    sigma = 40.0
+    p = BASE.replace(attenuation_db=0.0, dark_count_rate_ref_hz=(0.0,) * 4, jitter_ps=sigma)
+    ts, ch = run(p, SECOND_PS // 100)
+    r = ts[ch > 0] - np.rint(ts[ch > 0] / PERIOD_PS).astype(np.int64) * PERIOD_PS
+    var = sigma**2 + 1 / 12
+    n = len(r)
+    assert n > 10_000
+    assert abs(r.var(ddof=1) - var) < 5 * var * math.sqrt(2 / (n - 1))
+    assert abs(r.mean() + 0.5) < 5 * math.sqrt(var / n)  # floor shifts the mean by -1/2 ps
+    assert np.abs(r).max() <= 8 * sigma + 1  # truncated at 8 sigma
+
+
+@pytest.mark.parametrize(
+    "fault", [{"link_connected": False}, {"attenuator_shutter_open": False}, {"output_on": False}]
+)
+def test_no_light_leaves_dark_counts_at_expected_rate(fault):
+    """Fiber cut, shutter closed or laser off: only dark counts. Counts per detector are
+    Poisson(rate T) (dead-time loss rate x dead = 1e-5, negligible); tolerance 5 sqrt(rate T)."""
+    p = BASE.replace(attenuation_db=0.0, temperature_c=(-30.0, -20.0, -25.0, -40.0), **fault)
+    duration = SECOND_PS // 2
+    ts, ch = run(p, duration)
+    for j in range(4):
+        # Arrhenius, written here from the parameters (Itzler et al. 2011)
+        t, t_ref = p.temperature_c[j] + 273.15, p.temperature_ref_c + 273.15
+        rate = p.dark_count_rate_ref_hz[j] * math.exp(
+            -p.dark_activation_energy_ev / 8.617333262e-5 * (1 / t - 1 / t_ref)
+        )
+        assert physics.dark_count_rate_hz(p, j) == pytest.approx(rate, rel=1e-12)
+        expected = rate * duration * 1e-12
+        assert abs(np.sum(ch == j + 1) - expected) < 5 * math.sqrt(expected), (j, expected)
+    assert np.sum(ch == 0) == duration // PERIOD_PS // p.sync_divider  # sync keeps running
+
+
+def test_detector_off_gives_no_tags_and_channel_disable_hides_them():
+    p = BASE.replace(attenuation_db=0.0, detector_on=(True, False, True, True))
+    ts, ch = run(p, SECOND_PS // 1000)
+    assert np.sum(ch == 2) == 0 and np.sum(ch == 1) > 0
+    p2 = BASE.replace(attenuation_db=0.0, channel_enabled=(False, True, True, True, False))
+    ts2, ch2 = run(p2, SECOND_PS // 1000)
+    assert set(np.unique(ch2).tolist()) == {1, 2, 3}
+
+
+def test_same_seed_same_tags_and_chunking_is_exact():
+    p = LinkParams(
+        attenuation_db=0.0,
+        channel_delay_ps=(100, 0, 2500, -700, 40),
+        offset_ps=777,
+        drift_ppm=2.5,
+        resolution_ps=4,
+    )
+    total = SECOND_PS // 500  # 2 ms: ~4e4 clicks with dead time and afterpulses active
+    ts_a, ch_a = run(p, total)
+    ts_b, ch_b = run(p, total)
+    assert len(ts_a) > 10_000
+    assert (ts_a == ts_b).all() and (ch_a == ch_b).all()
+    assert (np.diff(ts_a) >= 0).all() and ts_a.dtype == np.int64 and ch_a.dtype == np.uint8
+    assert (ts_a % 4 == 0).all()
+    cuts = [0, 1, 999_999, 1_000_000, 77_777_777, 77_777_778, 1_500_000_000, total]
+    gen = LinkGenerator(p)
+    parts = [gen.generate(p, a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    ts_c = np.concatenate([t for t, _ in parts])
+    ch_c = np.concatenate([c for _, c in parts])
+    assert (ts_c == ts_a).all() and (ch_c == ch_a).all()
+    assert gen.dropped_early_tags == 0
+    other = run(p.replace(seed=p.seed + 1), total)[0]
+    assert len(other) != len(ts_a) or (other != ts_a).any()
+
+
+def test_generate_rejects_time_going_backwards():
+    gen = LinkGenerator(BASE)
+    gen.generate(BASE, 0, 10**6)
+    with pytest.raises(ValueError, match="before the end of the previous call"):
+        gen.generate(BASE, 10**5, 10**7)
+    ts, _ = gen.generate(BASE, 10**9, 10**9 + 10**6)  # a gap is allowed
+    assert (ts >= 10**9).all()
+
+
+def test_sync_tags_follow_offset_and_drift_phase_continuously():
+    from fractions import Fraction
+
+    p = BASE.replace(
+        offset_ps=3210, drift_ppm=7.0, sync_divider=100, channel_delay_ps=(55, 0, 0, 0, 0)
+    )
+    gen = LinkGenerator(p)
+    ts, ch = gen.generate(p, 0, 10**8)
+    sync = ts[ch == 0]
+    i = np.arange(len(sync)) * 100
+    period = Fraction(10**12, 10**8) * (1 + Fraction(7, 10**6))
+    exact = [3210 + int(n) * period + 55 for n in i]
+    # emission times are computed in float64 (error < 1e-6 ps here) and floored to 1 ps: a
+    # tag is within (exact - 1, exact] up to that error (it can differ from floor(exact) by one
+    # ps when exact is an integer)
+    assert all(-1e-6 <= float(x - int(t)) < 1 + 1e-6 for x, t in zip(exact, sync, strict=True))
+    assert len(sync) == 10**8 // (100 * 10_000 * (1 + 7e-6)) + 1
+    # drift changes at 1e8 ps: the tagger clock keeps its phase, only the rate changes
+    p2 = p.replace(drift_ppm=-20.0)
+    ts2, ch2 = gen.generate(p2, 10**8, 2 * 10**8)
+    sync2 = ts2[ch2 == 0]
+    gaps = np.diff(np.concatenate([sync, sync2]))
+    new_period = 100 * 10_000 * (1 - 20e-6)
+    assert np.abs(gaps[len(sync) :] - new_period).max() <= 1.0
+    assert abs(gaps[len(sync) - 1] - 100 * 10_000 * (1 + 7e-6)) <= 1.0  # no jump at the change
+
+
+def test_pulse_choices_frequencies():
+    """Class, basis and disclosure frequencies over 1e6 pulses: multinomial counts, 5 sigma."""
+    n = 10**6
+    basis, cls, bit, disc = physics.pulse_choices(4, (0.7, 0.2, 0.1), 0.9, 0.1, np.arange(n))
+    for c, pc in enumerate((0.7, 0.2, 0.1)):
+        assert abs(np.sum(cls == c) - n * pc) < 5 * math.sqrt(n * pc * (1 - pc))
+    assert abs(np.sum(basis == 0) - 0.9 * n) < 5 * math.sqrt(n * 0.09)
+    assert abs(np.sum(bit) - 0.5 * n) < 5 * math.sqrt(n * 0.25)
+    assert disc[basis == 1].all()
+    nz = int(np.sum(basis == 0))
+    assert abs(np.sum(disc[basis == 0]) - 0.1 * nz) < 5 * math.sqrt(nz * 0.09)
+
+
+def test_default_bench_gives_large_signal_blocks():
+    """Metro default at 10 dB: the expected signal-class Z-basis sifted count in 3 s of link
+    time is in the 1e6-1e7 range asked for finite-key blocks."""
+    p = LinkParams()
+    q = physics.expected_detection_probability(p, 0)
+    n_z = p.clock_hz * 3 * p.p_mu[0] * q * p.p_z * p.p_z_bob
+    assert 1e6 < n_z < 1e8
+
+
+def test_invalid_parameters_name_the_field():
+    with pytest.raises(ValueError, match=r"LinkParams.p_mu=.*sum to 1"):
+        physics.validate(LinkParams(p_mu=(0.5, 0.2, 0.2)))
+    with pytest.raises(ValueError, match=r"LinkParams.efficiency"):
+        LinkGenerator(LinkParams(efficiency=(1.2, 0.2, 0.2, 0.2)))
