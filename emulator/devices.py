@@ -44,6 +44,14 @@ class LinkDevice(ScpiDevice):
 # ----------------------------------------------------------------------------- attenuator
 
 
+_MMD = ("MINimum", "MAXimum", "DEFault")
+
+
+def _need_slot(s: list[int]) -> None:
+    if s[0] != 1:
+        raise ScpiError(-241, f"no module in slot {s[0]}")
+
+
 class Attenuator(LinkDevice):
     """Keysight 8156A / 8157xA variable optical attenuator (one channel, INP1/OUTP1)."""
 
@@ -61,27 +69,34 @@ class Attenuator(LinkDevice):
     def __init__(self, link: Link):
         super().__init__(link)
         c = self.command
-        sfx = {"suffix_range": (1, 1)}
-        c("INPut#:ATTenuation", self._set_att, Num(unit="DB"), **sfx)
-        c(
-            "INPut#:ATTenuation?",
-            self._get_att,
-            Optional(Choice(("MINimum", "MAXimum", "DEFault"))),
-            **sfx,
-        )
-        c("INPut#:ATTenuation:SPEed", self._set_speed, Num(0.1, 12.0, unit="DB"), **sfx)
-        c("INPut#:ATTenuation:SPEed?", lambda s: self.speed_db_per_s, **sfx)
+        # An 8163/8164 mainframe has up to four module slots; this one holds the VOA in slot 1,
+        # so INP2..INP4 name empty slots (-241) and INP5.. do not exist (-114).
+        sfx = {"suffix_range": (1, 4)}
+        att = Num(lambda: self._limits()[0], lambda: self._limits()[1], unit="DB")
+        att.default = att.lo  # DEF: the filter at 0 dB, i.e. attenuation = offset
+        c("INPut#:ATTenuation", self._set_att, att, **sfx)
+        c("INPut#:ATTenuation?", self._get_att, Optional(Choice(_MMD)), **sfx)
+        c("INPut#:ATTenuation:SPEed", self._set_speed, Num(0.1, 12.0), **sfx)
+        c("INPut#:ATTenuation:SPEed?", self._slot(lambda s: self.speed_db_per_s), **sfx)
         c("INPut#:OFFSet", self._set_offset, Num(-200.0, 200.0, unit="DB", default=0.0), **sfx)
-        c("INPut#:OFFSet?", lambda s: self.offset_db, **sfx)
-        c(
-            "INPut#:WAVelength",
-            self._set_wav,
-            Num(1200e-9, 1700e-9, unit="M", default=1550e-9),
-            **sfx,
-        )
-        c("INPut#:WAVelength?", lambda s: self.wavelength_m, **sfx)
+        c("INPut#:OFFSet?", self._slot(lambda s: self.offset_db), **sfx)
+        wav = Num(self.WAV_MIN_M, self.WAV_MAX_M, unit="M", default=1550e-9)
+        c("INPut#:WAVelength", self._set_wav, wav, **sfx)
+        c("INPut#:WAVelength?", self._get_wav, Optional(Choice(_MMD)), **sfx)
         c("OUTPut#[:STATe]", self._set_shutter, Bool(), **sfx)
-        c("OUTPut#[:STATe]?", lambda s: self.link.get("attenuator_shutter_open"), **sfx)
+        c("OUTPut#[:STATe]?", self._slot(lambda s: self.link.get("attenuator_shutter_open")), **sfx)
+
+    WAV_MIN_M, WAV_MAX_M = 1200e-9, 1700e-9
+
+    @staticmethod
+    def _slot(fn):
+        """Wrap a handler: only slot 1 holds a module."""
+
+        def wrapped(s, *args):
+            _need_slot(s)
+            return fn(s, *args)
+
+        return wrapped
 
     # The displayed attenuation is the filter attenuation plus the offset (8157xA manual,
     # "INPut:OFFSet"): att = filter + offset, and the filter spans 0 .. ATT_MAX_DB.
@@ -89,30 +104,40 @@ class Attenuator(LinkDevice):
         return self.offset_db, self.offset_db + self.ATT_MAX_DB
 
     def _set_att(self, s, value) -> None:
-        lo, hi = self._limits()
-        if isinstance(value, float) and value in (-math.inf, math.inf):
-            value = lo if value < 0 else hi
-        if not (lo <= value <= hi):
-            raise ScpiError(-222, f"attenuation {value:g} dB not in [{lo:g}, {hi:g}]")
+        _need_slot(s)
         self.target_db = float(value)
         self.link.ramp("attenuation_db", self.target_db - self.offset_db, self.speed_db_per_s)
         self.pending.append(_until(self.link, self.link.ramp_end_ps("attenuation_db")))
 
     def _get_att(self, s, which: str | None = None):
+        _need_slot(s)
         lo, hi = self._limits()
         return {None: self.target_db, "MINIMUM": lo, "MAXIMUM": hi, "DEFAULT": lo}[which]
 
+    def _get_wav(self, s, which: str | None = None):
+        _need_slot(s)
+        return {
+            None: self.wavelength_m,
+            "MINIMUM": self.WAV_MIN_M,
+            "MAXIMUM": self.WAV_MAX_M,
+            "DEFAULT": 1550e-9,
+        }[which]
+
     def _set_speed(self, s, v) -> None:
+        _need_slot(s)
         self.speed_db_per_s = v
 
     def _set_offset(self, s, v) -> None:
+        _need_slot(s)
         self.target_db += v - self.offset_db
         self.offset_db = v
 
     def _set_wav(self, s, v) -> None:
+        _need_slot(s)
         self.wavelength_m = v
 
     def _set_shutter(self, s, v) -> None:
+        _need_slot(s)
         self.link.set("attenuator_shutter_open", bool(v))
 
     def wait_pending(self) -> None:
@@ -320,13 +345,15 @@ class PowerMeter(LinkDevice):
         c = self.command
         c("MEASure[:SCALar]:POWer?", lambda s: self._power())
         c("READ?", lambda s: self._power())
-        c("SENSe:CORRection:WAVelength", self._set_wav, Num(400.0, 1800.0, unit="NM"))
+        # PM100 manual: a bare number is in nm; a suffix (1550NM, 1.55E-6M) is also accepted.
+        wav = Num(400e-9, 1800e-9, unit="M", bare=1e-9)
+        c("SENSe:CORRection:WAVelength", self._set_wav, wav)
         c("SENSe:CORRection:WAVelength?", self._get_wav, Optional(Choice(("MINimum", "MAXimum"))))
         c("SENSe:POWer:UNIT", self._set_unit, Choice(("W", "DBM")))
         c("SENSe:POWer:UNIT?", lambda s: self.unit)
 
     def _set_wav(self, s, v) -> None:
-        self.wavelength_m = v * 1e-9
+        self.wavelength_m = v
 
     def _get_wav(self, s, which=None) -> float:
         return {None: self.wavelength_m * 1e9, "MINIMUM": 400.0, "MAXIMUM": 1800.0}[which]
@@ -483,7 +510,7 @@ class Tagger(LinkDevice):
 
     def _mark(self) -> None:
         if self.state != "RUNNING":
-            raise ScpiError(-221, "no acquisition running")
+            raise ScpiError(-200, "no acquisition running")
         with self.link.lock, self._room:
             self._buf_ts.append(np.array([self.link.now_ps], dtype=np.int64))
             self._buf_ch.append(np.array([MARKER_CHANNEL], dtype=np.uint8))

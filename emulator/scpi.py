@@ -1,12 +1,13 @@
 """SCPI / IEEE 488.2 device core for the emulated instruments.
 
 An emulated instrument is a :class:`ScpiDevice` subclass that registers its command tree with
-:meth:`ScpiDevice.command`. The core parses program messages (compound headers, short and long
-mnemonics, numeric suffixes, unit suffixes, MIN/MAX/DEF, booleans, quoted strings, definite-length
-blocks), keeps the IEEE 488.2 status model (ESR/ESE, STB/SRE, error queue) and formats responses.
+:meth:`ScpiDevice.command`. The core frames and parses program messages (compound headers, short
+and long mnemonics, optional nodes, numeric suffixes, unit suffixes, MIN/MAX/DEF, booleans, quoted
+strings, definite and indefinite blocks), keeps the IEEE 488.2 status model (ESR/ESE, STB/SRE,
+error queue) and formats responses. ``emulator/README.md`` documents the behaviour.
 
-Written from IEEE 488.2-1992 (sections 7 and 11) and SCPI-1999 volume 1 (sections 6, 7 and 21);
-it shares no code with ``hil.instruments``.
+Written from IEEE 488.2-1992 (sections 6, 7, 8 and 11) and SCPI-1999 volume 1 (sections 6 and 7)
+and volume 2 (chapter 21, error numbers); it shares no code with ``hil.instruments``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-# SCPI-1999 vol. 2, ch. 21.8: standard error numbers and texts used by the emulator.
+# SCPI-1999 vol. 2, 21.8: standard error numbers and texts used by the emulator.
 ERROR_TEXT = {
     0: "No error",
     -100: "Command error",
@@ -39,6 +40,7 @@ ERROR_TEXT = {
     -222: "Data out of range",
     -224: "Illegal parameter value",
     -241: "Hardware missing",
+    -300: "Device-specific error",
     -350: "Queue overflow",
     -410: "Query INTERRUPTED",
     -420: "Query UNTERMINATED",
@@ -46,14 +48,18 @@ ERROR_TEXT = {
 
 # IEEE 488.2 11.5.1: Standard Event Status Register bits.
 ESR_OPC, ESR_RQC, ESR_QYE, ESR_DDE, ESR_EXE, ESR_CME, ESR_URQ, ESR_PON = (1 << i for i in range(8))
-# IEEE 488.2 11.2 + SCPI: Status Byte bits.
+# IEEE 488.2 11.2 + SCPI-1999 vol. 1 9.1: Status Byte bits.
 STB_ERRQ, STB_QUES, STB_MAV, STB_ESB, STB_MSS, STB_OPER = 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 
-ERROR_QUEUE_DEPTH = 16  # SCPI requires at least 2; 16 is a common instrument depth.
+# SCPI requires a queue of at least 2 entries; 16 is a common instrument depth (it is also what
+# the fuzz test counts against).
+ERROR_QUEUE_DEPTH = 16
+# SCPI-1999 vol. 2 21.8: an error string is at most 255 characters, device detail included.
+MAX_ERROR_TEXT = 255
 
 
 class ScpiError(Exception):
-    """An error to put in the queue: raised by parsers and command handlers."""
+    """An error to put in the queue: raised by the parser and by command handlers."""
 
     def __init__(self, code: int, detail: str = ""):
         super().__init__(code, detail)
@@ -61,8 +67,8 @@ class ScpiError(Exception):
         self.detail = detail
 
 
-def _esr_bit(code: int) -> int:
-    """IEEE 488.2 11.5.1: which ESR bit an error number sets."""
+def esr_bit(code: int) -> int:
+    """IEEE 488.2 11.5.1: the ESR bit an error number sets."""
     if -199 <= code <= -100:
         return ESR_CME
     if -299 <= code <= -200:
@@ -74,21 +80,31 @@ def _esr_bit(code: int) -> int:
     return 0
 
 
+def _printable(text: str) -> str:
+    # The detail goes inside a quoted response string: no quotes, nothing unprintable.
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c != '"' else "'" for c in text)
+
+
 class ErrorQueue:
-    """SCPI error/event queue: FIFO; when full, the newest entry becomes -350 Queue overflow."""
+    """SCPI error/event queue: FIFO of ``(code, text)``; when full, the newest entry becomes
+    -350 Queue overflow and later errors are discarded until the queue is read."""
 
     def __init__(self, depth: int = ERROR_QUEUE_DEPTH):
         self.depth = depth
         self._q: deque[tuple[int, str]] = deque()
 
-    def push(self, code: int, detail: str = "") -> None:
+    def push(self, code: int, detail: str = "") -> bool:
+        """Queue an error; returns False when it was lost to an overflow."""
         if len(self._q) >= self.depth:
             self._q[-1] = (-350, ERROR_TEXT[-350])
-            return
+            return False
         text = ERROR_TEXT.get(code, "Device-specific error")
         if detail:
-            text = f"{text}; {detail}"
+            # SCPI-1999 vol. 2 21.8: device-dependent information follows the standard text,
+            # separated by a semicolon, inside the same quoted string.
+            text = f"{text};{_printable(detail)}"[:MAX_ERROR_TEXT]
         self._q.append((code, text))
+        return True
 
     def pop(self) -> tuple[int, str]:
         return self._q.popleft() if self._q else (0, ERROR_TEXT[0])
@@ -102,7 +118,9 @@ class ErrorQueue:
 
 # ----------------------------------------------------------------------------- parameters
 
-_NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)$")
+_NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE]\s*[+-]?\d+)?)\s*([A-Za-z%/]*)$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
+_NONDECIMAL = {"H": (16, "0123456789ABCDEF"), "Q": (8, "01234567"), "B": (2, "01")}
 # SCPI-1999 vol. 1, 7.7.3: suffix multipliers. "M" is milli; "MA" is mega (except MHZ, MOHM).
 _MULT = {
     "EX": 1e18, "PE": 1e15, "T": 1e12, "G": 1e9, "MA": 1e6, "K": 1e3,
@@ -113,14 +131,12 @@ _MULT = {
 def _unit_factor(suffix: str, unit: str | None) -> float:
     """Factor that converts a number with ``suffix`` to the base ``unit``; raises -131/-138."""
     s = suffix.upper()
-    if not s:
-        return 1.0
     if unit is None:
         raise ScpiError(-138, suffix)
     u = unit.upper()
     if s == u:
         return 1.0
-    if u == "HZ" and s == "MHZ":  # SCPI special case: MHZ is megahertz
+    if u == "HZ" and s == "MHZ":  # SCPI 7.7.3: MHZ is megahertz, not millihertz
         return 1e6
     if s.endswith(u):
         prefix = s[: -len(u)]
@@ -129,38 +145,67 @@ def _unit_factor(suffix: str, unit: str | None) -> float:
     raise ScpiError(-131, suffix)
 
 
+def _value(x):
+    return x() if callable(x) else x
+
+
+def _nondecimal(tok: str) -> int | None:
+    """IEEE 488.2 7.7.4: ``#H1F``, ``#Q17``, ``#B101``; None if ``tok`` is not one."""
+    if len(tok) < 3 or tok[0] != "#" or tok[1].upper() not in _NONDECIMAL:
+        return None
+    base, digits = _NONDECIMAL[tok[1].upper()]
+    if not all(c in digits for c in tok[2:].upper()):
+        raise ScpiError(-120, tok[:20])
+    return int(tok[2:], base)
+
+
 @dataclass
 class Num:
-    """A numeric parameter in base unit ``unit`` within [lo, hi]; MIN/MAX/DEF allowed."""
+    """A decimal numeric parameter in base unit ``unit`` within [lo, hi]; MIN/MAX/DEF allowed.
 
-    lo: float = -math.inf
-    hi: float = math.inf
+    ``lo``, ``hi`` and ``default`` may be callables (limits that depend on other settings).
+    ``bare`` multiplies a number sent without a suffix (the PM100 takes a bare wavelength in nm,
+    the Keysight attenuator in m).
+    """
+
+    lo: float | Callable[[], float] = -math.inf
+    hi: float | Callable[[], float] = math.inf
     unit: str | None = None
-    default: float | None = None
+    default: float | Callable[[], float] | None = None
     integer: bool = False
+    bare: float = 1.0
 
-    def parse(self, tok: str) -> float:
+    def parse(self, tok: str) -> float | int:
+        lo, hi = _value(self.lo), _value(self.hi)
         up = tok.upper()
-        if up in ("MIN", "MINIMUM"):
-            return self._typed(self.lo)
-        if up in ("MAX", "MAXIMUM"):
-            return self._typed(self.hi)
-        if up in ("DEF", "DEFAULT") and self.default is not None:
-            return self._typed(self.default)
-        m = _NUMBER.match(tok)
-        if not m:
-            if tok[:1] in "\"'#":
+        special = {"MIN": lo, "MINIMUM": lo, "MAX": hi, "MAXIMUM": hi}
+        if self.default is not None:
+            special.update(DEF=_value(self.default), DEFAULT=_value(self.default))
+        if up in special:
+            if not math.isfinite(special[up]):
+                raise ScpiError(-224, f"{tok} is not defined here")
+            return self._typed(special[up])
+        nd = _nondecimal(tok)
+        if nd is not None:
+            value: float | int = nd
+        else:
+            m = _NUMBER.match(tok)
+            if not m:
+                if tok[:1].isdigit() or tok[:1] in "+-.":
+                    raise ScpiError(-120, tok[:20])
                 raise ScpiError(-104, tok[:20])
-            if re.match(r"^[A-Za-z]", tok):
-                raise ScpiError(-104, tok[:20])
-            raise ScpiError(-120, tok[:20])
-        value = float(m.group(1)) * _unit_factor(m.group(2), self.unit)
-        if not math.isfinite(value):
-            raise ScpiError(-120, tok[:20])
+            mantissa, suffix = m.group(1).replace(" ", ""), m.group(2)
+            if self.integer and not suffix and _INTEGER.match(mantissa):
+                value = int(mantissa)  # exact: a 63-bit seed must survive
+            else:
+                factor = _unit_factor(suffix, self.unit) if suffix else self.bare
+                value = float(mantissa) * factor
+                if not math.isfinite(value):
+                    raise ScpiError(-120, tok[:20])
         if self.integer:
             value = round(value)
-        if not (self.lo <= value <= self.hi):
-            raise ScpiError(-222, f"{value:g} not in [{self.lo:g}, {self.hi:g}]")
+        if not (lo <= value <= hi):
+            raise ScpiError(-222, f"{value:g} not in [{lo:g}, {hi:g}]")
         return self._typed(value)
 
     def _typed(self, value: float) -> float | int:
@@ -169,7 +214,7 @@ class Num:
 
 @dataclass
 class Bool:
-    """ON|OFF|1|0 (numbers are rounded, as SCPI 7.3 allows)."""
+    """ON|OFF|1|0; other numbers are rounded, non-zero meaning ON (SCPI-1999 vol. 1 7.3)."""
 
     def parse(self, tok: str) -> bool:
         up = tok.upper()
@@ -178,30 +223,37 @@ class Bool:
         if up == "OFF":
             return False
         m = _NUMBER.match(tok)
-        if m and not m.group(2):
-            return round(float(m.group(1))) != 0
-        raise ScpiError(-104 if not m else -131, tok[:20])
+        if m is None:
+            raise ScpiError(-104 if tok[:1].isalpha() or tok[:1] in "\"'" else -120, tok[:20])
+        if m.group(2):
+            raise ScpiError(-138, tok[:20])
+        value = float(m.group(1).replace(" ", ""))
+        if not math.isfinite(value):
+            raise ScpiError(-120, tok[:20])
+        return round(value) != 0
 
 
 @dataclass
 class Choice:
-    """Character data from a fixed set (long or short forms)."""
+    """Character data from a fixed set (long or short forms); returns the long form in capitals."""
 
     options: tuple[str, ...]
 
     def parse(self, tok: str) -> str:
         up = tok.upper()
         for opt in self.options:
-            if up in (opt.upper(), _short(opt).upper()):
+            if up in (opt.upper(), _short(opt)):
                 return opt.upper()
         if _NUMBER.match(tok) or tok[:1] in "\"'":
             raise ScpiError(-104, tok[:20])
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", tok):
+            raise ScpiError(-141, tok[:20])
         raise ScpiError(-224, tok[:20])
 
 
 @dataclass
 class Str:
-    """A quoted string (single or double quotes, doubled quotes inside)."""
+    """A quoted string (single or double quotes, a doubled quote stands for one)."""
 
     def parse(self, tok: str) -> str:
         if len(tok) >= 2 and tok[0] in "\"'" and tok[-1] == tok[0]:
@@ -212,7 +264,7 @@ class Str:
 
 @dataclass
 class Block:
-    """An IEEE 488.2 definite-length arbitrary block (raw bytes)."""
+    """An IEEE 488.2 arbitrary block (raw bytes)."""
 
     def parse(self, tok: bytes | str) -> bytes:
         if isinstance(tok, bytes):
@@ -220,12 +272,19 @@ class Block:
         raise ScpiError(-104, "block expected")
 
 
+@dataclass
+class Optional:
+    """Wraps a parameter spec to make it optional (the handler gets fewer arguments)."""
+
+    inner: object
+
+
 # ----------------------------------------------------------------------------- headers
 
 
 def _short(mnemonic: str) -> str:
     """SCPI short form: the upper-case letters (and digits) of the long form."""
-    return "".join(c for c in mnemonic if c.isupper() or c.isdigit())
+    return "".join(c for c in mnemonic if c.isupper() or c.isdigit()).upper()
 
 
 @dataclass
@@ -234,16 +293,16 @@ class _Node:
     optional: bool
     suffix: bool  # accepts a numeric suffix
 
-    def match(self, token: str) -> int | None | bool:
-        """Return the numeric suffix (default 1) if token names this node, else False."""
+    def match(self, token: str) -> int | None:
+        """The numeric suffix (default 1) if ``token`` names this node, else None."""
         m = re.match(r"^([A-Za-z_]+)(\d*)$", token)
         if not m:
-            return False
+            return None
         word, digits = m.group(1).upper(), m.group(2)
-        if word not in (self.long.upper(), _short(self.long).upper()):
-            return False
+        if word not in (self.long.upper(), _short(self.long)):
+            return None
         if digits and not self.suffix:
-            return False
+            return None
         return int(digits) if digits else 1
 
 
@@ -270,13 +329,13 @@ def _compile(pattern: str) -> tuple[list[_Node], bool]:
 
 
 def _match_nodes(nodes: list[_Node], tokens: list[str]) -> list[int] | None:
-    """Match header tokens against nodes (optional nodes may be skipped). Returns suffixes."""
+    """Match header tokens against nodes (optional nodes may be skipped); the suffixes."""
     if not nodes:
         return [] if not tokens else None
     node = nodes[0]
     if tokens:
         s = node.match(tokens[0])
-        if s is not False:
+        if s is not None:
             rest = _match_nodes(nodes[1:], tokens[1:])
             if rest is not None:
                 return [s, *rest]
@@ -287,146 +346,177 @@ def _match_nodes(nodes: list[_Node], tokens: list[str]) -> list[int] | None:
     return None
 
 
-# ----------------------------------------------------------------------------- message splitting
+# ----------------------------------------------------------------------------- framing, parsing
+
+_WS = b" \t"
+_HEADER_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_:*?")
+
+
+def _valid_char(b: int) -> bool:
+    # IEEE 488.2 7.4.1 / 7.7: program data outside blocks is 7-bit printable ASCII or tab.
+    return 0x20 <= b <= 0x7E or b == 0x09
+
+
+def find_message_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Index of the ``\\n`` that ends the first program message in ``buf``, or -1 if the
+    message is incomplete. Only a definite-length block may contain ``\\n``; a block starts
+    where a parameter starts (after the header's whitespace or a comma), as in the parser."""
+    i, n = start, len(buf)
+    in_params = False  # False: in a header; True: in the parameters of a unit
+    at_param_start = False
+    quote = 0
+    while i < n:
+        c = buf[i]
+        if c == 0x0A:
+            return i
+        if quote:
+            if c == quote:
+                quote = 0
+        elif not in_params:
+            if c in _WS:
+                in_params = at_param_start = i > start and buf[i - 1] not in b" \t;"
+            elif c == 0x3B:
+                pass
+        else:
+            if c in (0x22, 0x27):
+                quote, at_param_start = c, False
+            elif c == 0x3B:
+                in_params = at_param_start = False
+            elif c == 0x2C:
+                at_param_start = True
+            elif c in _WS:
+                pass
+            elif c == 0x23 and at_param_start and i + 1 < n and 0x31 <= buf[i + 1] <= 0x39:
+                nd = buf[i + 1] - 0x30
+                digits = bytes(buf[i + 2 : i + 2 + nd])
+                if len(digits) < nd:
+                    return -1
+                if digits.isdigit():
+                    end = i + 2 + nd + int(digits)
+                    if end > n:
+                        return -1
+                    i, at_param_start = end, False
+                    continue
+                at_param_start = False
+            else:
+                at_param_start = False
+        i += 1
+    return -1
+
+
+def block_length(buf: bytes | bytearray, start: int = 0) -> int:
+    """The largest definite-length block length declared in the incomplete message at
+    ``buf[start:]`` (0 if none): lets a server refuse an oversized block before receiving it."""
+    m = re.search(rb"[\s,]#([1-9])", bytes(buf[start : start + 4096]))
+    if not m:
+        return 0
+    nd = int(m.group(1))
+    digits = bytes(buf[start + m.end() : start + m.end() + nd])
+    return int(digits) if len(digits) == nd and digits.isdigit() else 0
 
 
 def split_message(data: bytes) -> list[tuple[str, list]]:
-    """Split one program message into (header, [params]) units.
+    """Split one program message (terminator removed) into ``(header, [params])`` units.
 
-    Separators ``;`` split units, ``,`` split parameters, quotes and definite-length blocks are
-    kept whole. Raises ScpiError(-102/-101) on malformed input.
+    Parameters are strings (character, numeric or quoted-string data, whitespace-trimmed) or
+    bytes (arbitrary blocks). The whole message is checked before anything executes: a
+    character or syntax error raises ScpiError (-101, -102, -151) and nothing runs.
     """
     units: list[tuple[str, list]] = []
     i, n = 0, len(data)
-    header: str | None = None
-    params: list = []
-    buf = bytearray()
-    in_params = False
-
-    def flush_param() -> None:
-        tok = bytes(buf).decode("ascii").strip()
-        buf.clear()
-        if tok:
-            params.append(tok)
-        elif in_params:
-            raise ScpiError(-102, "empty parameter")
-
-    while i < n:
-        c = data[i : i + 1]
-        if not in_params:
-            if c in (b" ", b"\t"):
-                if buf:
-                    header = bytes(buf).decode("ascii")
-                    buf.clear()
-                    in_params = True
-                    # skip the rest of the whitespace
-                    while i < n and data[i : i + 1] in (b" ", b"\t"):
-                        i += 1
-                    if i < n and data[i : i + 1] == b";":
-                        in_params = False
-                    continue
-                i += 1
-                continue
-            if c == b";":
-                if buf:
-                    units.append((bytes(buf).decode("ascii"), []))
-                    buf.clear()
-                elif header is None and not units:
-                    raise ScpiError(-102, "empty command")
-                header = None
-                i += 1
-                continue
-            if c in (b",", b'"', b"'", b"#"):
-                raise ScpiError(-102, f"unexpected {c.decode('ascii', 'replace')!r}")
-            if not (c.isalnum() or c in (b":", b"*", b"?", b"_")):
-                raise ScpiError(-101, f"character 0x{data[i]:02x}")
-            buf += c
+    while True:
+        # -- header
+        while i < n and data[i] in _WS:
             i += 1
-            continue
-        # parameter section
-        if c in (b'"', b"'"):
-            q = c
+        h0 = i
+        while i < n and data[i] in _HEADER_CHARS:
+            i += 1
+        header = data[h0:i].decode("ascii")
+        if i < n and not _valid_char(data[i]):
+            raise ScpiError(-101, f"character 0x{data[i]:02x}")
+        if i < n and data[i] not in _WS and data[i] != 0x3B:
+            raise ScpiError(-102, f"unexpected {chr(data[i])!r} in header")
+        if not header:
+            if i >= n and not units:
+                return units  # an empty message
+            raise ScpiError(-102, "empty message unit")
+        params: list = []
+        while i < n and data[i] in _WS:
+            i += 1
+        if i < n and data[i] != 0x3B:
+            i = _parse_params(data, i, params)
+        units.append((header, params))
+        if i >= n:
+            return units
+        i += 1  # the ';'
+
+
+def _parse_params(data: bytes, i: int, params: list) -> int:
+    """Parse ``param {, param}`` from ``data[i]``; returns the index of the ';' or the end."""
+    n = len(data)
+    while True:
+        while i < n and data[i] in _WS:
+            i += 1
+        if i >= n or data[i] in b",;":
+            raise ScpiError(-102, "empty parameter")
+        c = data[i]
+        if c in (0x22, 0x27):  # quoted string
             j = i + 1
             while True:
-                k = data.find(q, j)
+                k = data.find(bytes([c]), j)
                 if k < 0:
                     raise ScpiError(-151, "unterminated string")
-                if data[k + 1 : k + 2] == q:
+                if data[k + 1 : k + 2] == bytes([c]):
                     j = k + 2
                     continue
                 break
-            buf += data[i : k + 1]
+            bad = next((b for b in data[i : k + 1] if not _valid_char(b)), None)
+            if bad is not None:
+                raise ScpiError(-101, f"character 0x{bad:02x} in string")
+            params.append(data[i : k + 1].decode("ascii"))
             i = k + 1
-            continue
-        if c == b"#" and not bytes(buf).strip():
-            if i + 1 >= n or not data[i + 1 : i + 2].isdigit():
-                raise ScpiError(-102, "bad block header")
-            nd = int(data[i + 1 : i + 2])
-            if nd == 0:
-                raise ScpiError(-102, "indefinite block not supported")
-            ln_txt = data[i + 2 : i + 2 + nd]
-            if len(ln_txt) != nd or not ln_txt.isdigit():
+        elif c == 0x23 and i + 1 < n and data[i + 1 : i + 2].isdigit():  # arbitrary block
+            nd = data[i + 1] - 0x30
+            if nd == 0:  # IEEE 488.2 7.7.6.2: indefinite block, ends with the message
+                params.append(bytes(data[i + 2 :]))
+                return n
+            digits = data[i + 2 : i + 2 + nd]
+            if len(digits) != nd or not digits.isdigit():
                 raise ScpiError(-102, "bad block length")
-            ln = int(ln_txt)
             start = i + 2 + nd
+            ln = int(digits)
             if start + ln > n:
                 raise ScpiError(-102, "block shorter than its header")
             params.append(bytes(data[start : start + ln]))
-            buf.clear()
             i = start + ln
-            # after a block: only whitespace, ',' or ';' may follow
-            while i < n and data[i : i + 1] in (b" ", b"\t"):
-                i += 1
-            if i < n and data[i : i + 1] == b",":
-                i += 1
-            continue
-        if c == b",":
-            flush_param()
+        else:  # character or numeric data: up to the next separator
+            j = i
+            while j < n and data[j] not in b",;\"'":
+                if not _valid_char(data[j]):
+                    raise ScpiError(-101, f"character 0x{data[j]:02x}")
+                j += 1
+            if j < n and data[j] in b"\"'":
+                raise ScpiError(-102, "quote inside a parameter")
+            params.append(data[i:j].decode("ascii").strip())
+            i = j
+        while i < n and data[i] in _WS:
             i += 1
-            continue
-        if c == b";":
-            flush_param()
-            units.append((header or "", params))
-            header, params, in_params = None, [], False
-            i += 1
-            continue
-        if (data[i] < 0x20 or data[i] > 0x7E) and c != b"\t":
-            raise ScpiError(-101, f"character 0x{data[i]:02x}")
-        buf += c
+        if i >= n or data[i] == 0x3B:
+            return i
+        if data[i] != 0x2C:
+            raise ScpiError(-103, f"{chr(data[i])!r} after a parameter")
         i += 1
-    if in_params:
-        tok = bytes(buf).decode("ascii").strip()
-        if tok:
-            params.append(tok)
-        units.append((header or "", params))
-    elif buf:
-        units.append((bytes(buf).decode("ascii"), []))
-    return units
 
 
 # ----------------------------------------------------------------------------- device
-
-
-@dataclass
-class _Pending:
-    """An operation that completes at a given time (e.g. an attenuator transition)."""
-
-    done: Callable[[], bool]
-
-
-@dataclass
-class Response:
-    """Collected responses of one program message; joined by ';' (IEEE 488.2 8.4.1)."""
-
-    parts: list[bytes] = field(default_factory=list)
 
 
 class ScpiDevice:
     """An emulated SCPI instrument: command tree, IEEE 488.2 status model, error queue.
 
     Subclasses set ``IDN`` and register commands in ``__init__`` with :meth:`command`. Handlers
-    receive ``(suffixes, *params)``; setters return None, queries return the response (str, bytes,
-    number or bool).
+    receive ``(suffixes, *params)``; setters return None, queries return the response (str,
+    bytes, number or bool). ``pending`` holds operations ``*OPC``/``*OPC?``/``*WAI`` wait for.
     """
 
     IDN: tuple[str, str, str, str] = ("qkd-hil", "EMULATED", "0", "0")
@@ -434,10 +524,12 @@ class ScpiDevice:
     def __init__(self) -> None:
         self._commands: list[_Command] = []
         self.errors = ErrorQueue()
-        self.esr = ESR_PON  # IEEE 488.2: power-on sets PON
+        self.esr = ESR_PON  # IEEE 488.2 11.5.1.1.1: power-on sets PON
         self.ese = 0
         self.sre = 0
-        self.pending: list[_Pending] = []
+        self.pending: list = []
+        self.internal_errors = 0  # handler bugs caught by execute (the fuzz test wants 0)
+        self._responses: list[bytes] = []
         self._register_common()
 
     # -- registration -----------------------------------------------------------------------
@@ -455,7 +547,7 @@ class ScpiDevice:
     def _register_common(self) -> None:
         c = self.command
         c("*IDN?", lambda s: ",".join(self.IDN))
-        c("*RST", lambda s: self.reset())
+        c("*RST", lambda s: self._rst())
         c("*CLS", lambda s: self.clear_status())
         c("*ESE", self._set_ese, Num(0, 255, integer=True))
         c("*ESE?", lambda s: self.ese)
@@ -464,7 +556,7 @@ class ScpiDevice:
         c("*OPC?", self._opc_query)
         c("*SRE", self._set_sre, Num(0, 255, integer=True))
         c("*SRE?", lambda s: self.sre)
-        c("*STB?", lambda s: self.status_byte())
+        c("*STB?", lambda s: self.status_byte(mav=bool(self._responses)))
         c("*TST?", lambda s: self.self_test())
         c("*WAI", lambda s: self.wait_pending())
         c("SYSTem:ERRor[:NEXT]?", lambda s: '{},"{}"'.format(*self.errors.pop()))
@@ -481,6 +573,10 @@ class ScpiDevice:
         v, self.esr = self.esr, 0
         return v
 
+    def _rst(self):
+        self.wait_pending()
+        self.reset()
+
     def _opc(self, s):
         self.wait_pending()
         self.esr |= ESR_OPC
@@ -494,7 +590,7 @@ class ScpiDevice:
         """*RST: device settings to their defaults (status and error queue untouched)."""
 
     def clear_status(self) -> None:
-        """*CLS: clear ESR, the error queue and event registers."""
+        """*CLS: clear ESR and the error queue (IEEE 488.2 10.3)."""
         self.esr = 0
         self.errors.clear()
 
@@ -506,6 +602,8 @@ class ScpiDevice:
         self.pending = [p for p in self.pending if not p.done()]
 
     def status_byte(self, mav: bool = False) -> int:
+        """IEEE 488.2 11.2.1: STB from the error queue, MAV and the ESR summary; MSS if any
+        enabled bit is set."""
         stb = 0
         if len(self.errors):
             stb |= STB_ERRQ
@@ -518,82 +616,85 @@ class ScpiDevice:
         return stb
 
     def error(self, code: int, detail: str = "") -> None:
-        self.errors.push(code, detail)
-        self.esr |= _esr_bit(code)
+        """Queue an error and set its ESR bit (and DDE when the queue overflowed)."""
+        if not self.errors.push(code, detail):
+            self.esr |= ESR_DDE
+        self.esr |= esr_bit(code)
 
     # -- execution ---------------------------------------------------------------------------
     def execute(self, message: bytes) -> bytes | None:
-        """Execute one program message (terminator stripped). Returns the response message
-        (with its ``\\n``) or None when the message contained no query."""
+        """Execute one program message (terminator removed). Returns the response message
+        with its ``\\n``, or None when the message asked nothing (no unrequested output)."""
         try:
             units = split_message(message)
         except ScpiError as e:
             self.error(e.code, e.detail)
             return None
-        out = Response()
-        prefix: list[str] = []
+        self._responses = []
+        path: list[str] = []  # SCPI-1999 vol. 1 6.2.4: the current path, reset per message
         for header, params in units:
             try:
-                prefix = self._execute_unit(header, params, prefix, out)
+                path = self._execute_unit(header, params, path)
             except ScpiError as e:
                 self.error(e.code, e.detail)
-                break  # IEEE 488.2 6.4.4: the rest of a message after a command error is skipped
-        if not out.parts:
+                if -199 <= e.code <= -100:
+                    break  # IEEE 488.2 6.1.6.1.1: after a command error the message is dropped
+            except Exception as e:  # noqa: BLE001 - a handler bug must not kill the server
+                self.internal_errors += 1
+                self.error(-300, f"internal {type(e).__name__}")
+                break
+        out, self._responses = self._responses, []
+        if not out:
             return None
-        return b";".join(out.parts) + b"\n"
+        return b";".join(out) + b"\n"
 
-    def _execute_unit(self, header: str, params: list, prefix: list[str], out: Response):
-        if not header:
-            raise ScpiError(-102, "missing header")
+    def _execute_unit(self, header: str, params: list, path: list[str]) -> list[str]:
         is_query = header.endswith("?")
-        if header.startswith("*"):
-            tokens = [header.rstrip("?")]
-            candidates = [tokens]
-            new_prefix = prefix  # common commands leave the path alone
-        else:
-            absolute = header.startswith(":")
-            tokens = [t for t in header.rstrip("?").lstrip(":").split(":")]
-            if any(t == "" for t in tokens) or "?" in header.rstrip("?"):
-                raise ScpiError(-102, header[:30])
-            candidates = [tokens] if absolute or not prefix else [prefix + tokens, tokens]
-            new_prefix = None
-        for toks in candidates:
+        name = header[:-1] if is_query else header
+        if "?" in name or "*" in name[1:]:
+            raise ScpiError(-102, header[:30])
+        if name.startswith("*"):
             for cmd in self._commands:
-                if cmd.query != is_query:
-                    continue
-                if toks[0].startswith("*"):
-                    if not cmd.nodes or cmd.nodes[0].long.upper() != toks[0].upper():
-                        continue
-                    suffixes: list[int] | None = []
-                else:
-                    if cmd.nodes and cmd.nodes[0].long.startswith("*"):
-                        continue
-                    suffixes = _match_nodes(cmd.nodes, toks)
-                if suffixes is None:
-                    continue
-                lo, hi = cmd.suffix_range
-                for sfx, node in zip(suffixes, cmd.nodes, strict=False):
-                    if node.suffix and not (lo <= sfx <= hi):
-                        raise ScpiError(-114, f"{node.long}{sfx}")
-                args = self._parse_params(cmd, params)
-                result = cmd.handler(
-                    [s for s, n in zip(suffixes, cmd.nodes, strict=False) if n.suffix], *args
-                )
-                if is_query:
-                    out.parts.append(_format(result))
-                elif result is not None:
-                    raise AssertionError("setter returned a value")  # pragma: no cover
-                if new_prefix is None:
-                    new_prefix = toks[:-1]
-                return new_prefix
+                if cmd.query == is_query and cmd.nodes and cmd.nodes[0].long == name.upper():
+                    self._dispatch(cmd, [], params, is_query)
+                    return path  # common commands leave the path alone (SCPI vol. 1 6.2.5)
+            raise ScpiError(-113, header[:40])
+        absolute = name.startswith(":")
+        tokens = name[1:].split(":") if absolute else name.split(":")
+        if any(t == "" for t in tokens):
+            raise ScpiError(-102, header[:40])
+        toks = tokens if absolute else path + tokens
+        suffix_error = None
+        for cmd in self._commands:
+            if cmd.query != is_query or (cmd.nodes and cmd.nodes[0].long.startswith("*")):
+                continue
+            suffixes = _match_nodes(cmd.nodes, toks)
+            if suffixes is None:
+                continue
+            lo, hi = cmd.suffix_range
+            used = [s for s, node in zip(suffixes, cmd.nodes, strict=True) if node.suffix]
+            bad = [s for s in used if not lo <= s <= hi]
+            if bad:
+                suffix_error = ScpiError(-114, f"suffix {bad[0]} not in [{lo}, {hi}]")
+                continue
+            self._dispatch(cmd, used, params, is_query)
+            return toks[:-1]
+        if suffix_error is not None:
+            raise suffix_error
         raise ScpiError(-113, header[:40])
 
-    def _parse_params(self, cmd: _Command, params: list) -> list:
+    def _dispatch(self, cmd: _Command, suffixes: list[int], params: list, is_query: bool) -> None:
+        args = self._parse_params(cmd, params)
+        result = cmd.handler(suffixes, *args)
+        if is_query:
+            self._responses.append(_format(result))
+
+    @staticmethod
+    def _parse_params(cmd: _Command, params: list) -> list:
         specs = cmd.params
-        optional_tail = [s for s in specs if getattr(s, "optional", False)]
-        required = len(specs) - len(optional_tail)
+        required = sum(1 for s in specs if not isinstance(s, Optional))
         if len(params) > len(specs):
-            raise ScpiError(-108, f"{len(params)} parameters, at most {len(specs)}")
+            raise ScpiError(-108, f"{len(params)} parameter(s), at most {len(specs)}")
         if len(params) < required:
             raise ScpiError(-109, f"{required} parameter(s) needed")
         parsed = []
@@ -606,16 +707,8 @@ class ScpiDevice:
         return parsed
 
 
-@dataclass
-class Optional:
-    """Wraps a parameter spec to make it optional (handler gets fewer arguments)."""
-
-    inner: object
-    optional: bool = True
-
-
 def _format(value) -> bytes:
-    """IEEE 488.2 8.7: response data formats."""
+    """IEEE 488.2 8.7: response data (NR1 integers, NR3 reals, 1/0 booleans, blocks as is)."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, bool):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -20,6 +21,7 @@ from pathlib import Path
 from .devices import Attenuator, Control, Detectors, PowerMeter, Source, Switch, Tagger
 from .link import Link
 from .physics import LinkParams
+from .scpi import block_length, find_message_end
 
 SCPI_ROLES = {
     "source": Source,
@@ -28,50 +30,38 @@ SCPI_ROLES = {
     "tagger": Tagger,
     "powermeter": PowerMeter,
 }
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a program message larger than this is refused
-
-
-def find_message_end(buf: bytes | bytearray, start: int = 0) -> int:
-    """Index of the ``\\n`` that ends the first program message in ``buf``, or -1 if the message
-    is incomplete. Strings and definite-length blocks may contain ``\\n``."""
-    i, n = start, len(buf)
-    while i < n:
-        c = buf[i]
-        if c == 0x0A:
-            return i
-        if c in (0x22, 0x27):  # quoted string
-            j = buf.find(bytes([c]), i + 1)
-            if j < 0:
-                nl = buf.find(b"\n", i + 1)
-                return nl  # unterminated string: the line ends the message (parser reports it)
-            i = j + 1
-            continue
-        if c == 0x23 and i + 1 < n and 0x31 <= buf[i + 1] <= 0x39:  # '#<n><len>' block
-            nd = buf[i + 1] - 0x30
-            digits = bytes(buf[i + 2 : i + 2 + nd])
-            if len(digits) < nd:
-                return -1
-            if not digits.isdigit():
-                i += 2
-                continue
-            end = i + 2 + nd + int(digits)
-            if end > n:
-                return -1
-            i = end
-            continue
-        i += 1
-    return -1
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a program message larger than this is refused (-100)
+MAX_SERIAL_LINE = 4096  # a serial line longer than this is dropped
 
 
 class _ScpiHandler(socketserver.BaseRequestHandler):
+    """One client connection: frame messages (``\\n`` or ``\\r\\n``), execute, answer only
+    queries."""
+
     def handle(self) -> None:
         device = self.server.device
+        limit = self.server.max_message_bytes
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray()
+        discarding = False  # dropping the rest of an oversized message up to its '\n'
         while True:
-            end = find_message_end(buf)
-            while end < 0:
+            data = b""
+            end = -1
+            if discarding:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    buf.clear()
+                else:
+                    del buf[: nl + 1]
+                    discarding = False
+            if not discarding:
+                end = find_message_end(buf)
+                if end < 0 and (len(buf) > limit or block_length(buf) > limit):
+                    device.error(-100, f"program message longer than {limit} bytes")
+                    discarding = True
+                    continue
+            if end < 0:
                 try:
                     data = sock.recv(1 << 20)
                 except OSError:
@@ -79,16 +69,12 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
                 if not data:
                     return
                 buf += data
-                if len(buf) > MAX_MESSAGE_BYTES:
-                    device.error(-100, "message too long")  # noqa: SLF001
-                    buf.clear()
-                    continue
-                end = find_message_end(buf)
+                continue
             message = bytes(buf[:end])
             del buf[: end + 1]
             if message.endswith(b"\r"):
                 message = message[:-1]
-            if not message.strip():
+            if not message.strip(b" \t"):
                 continue
             reply = device.execute(message)
             if reply is not None:
@@ -101,14 +87,26 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    max_message_bytes = MAX_MESSAGE_BYTES
+    crashes = 0  # connection handlers that died of an exception (the fuzz test wants 0)
+
+    def handle_error(self, request, client_address) -> None:
+        self.crashes += 1
+        super().handle_error(request, client_address)
 
 
 class Emulator:
     """The whole emulated bench in one process."""
 
-    def __init__(self, params: LinkParams | None = None, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        params: LinkParams | None = None,
+        host: str = "127.0.0.1",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ):
         self.link = Link(params or LinkParams())
         self.host = host
+        self.max_message_bytes = max_message_bytes
         self.devices = {role: cls(self.link) for role, cls in SCPI_ROLES.items()}
         self.devices["control"] = Control(self.link, self.devices)
         self.switch = Switch(self.link)
@@ -122,6 +120,7 @@ class Emulator:
         for role, device in self.devices.items():
             srv = _Server((self.host, ports.get(role, 0)), _ScpiHandler)
             srv.device = device
+            srv.max_message_bytes = self.max_message_bytes
             threading.Thread(target=srv.serve_forever, name=f"scpi-{role}", daemon=True).start()
             self._servers.append(srv)
             port = srv.server_address[1]
@@ -138,17 +137,33 @@ class Emulator:
         buf = bytearray()
         while not self._stop.is_set():
             try:
+                ready, _, _ = select.select([master], [], [], 0.2)
+                if not ready:
+                    continue
                 data = os.read(master, 4096)
-            except OSError:
+            except (OSError, ValueError):  # closed by stop(), or no reader on the other side
                 time.sleep(0.01)
                 continue
             buf += data
-            while b"\n" in buf:
-                line, _, rest = bytes(buf).partition(b"\n")
-                buf = bytearray(rest)
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > MAX_SERIAL_LINE:
+                        buf.clear()  # a line this long is noise; wait for the next '\n'
+                    break
+                line = bytes(buf[:nl])
+                del buf[: nl + 1]
                 reply = self.switch.handle(line)
-                if reply:
-                    os.write(master, reply)
+                while reply:
+                    try:
+                        reply = reply[os.write(master, reply) :]
+                    except OSError:
+                        break
+
+    @property
+    def crashes(self) -> int:
+        """Connection handlers that died of an exception since start (0 when healthy)."""
+        return sum(srv.crashes for srv in self._servers)
 
     def stop(self) -> None:
         self._stop.set()
