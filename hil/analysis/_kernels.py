@@ -64,22 +64,6 @@ def rate_histogram(timestamps_ps, channels, n_channels, start_ps, bin_width_ps, 
 
 
 @njit(cache=True)
-def select_channel(timestamps_ps, channels, channel):
-    """Timestamps of the tags on one channel, in stream order."""
-    n = 0
-    for c in channels:
-        if c == channel:
-            n += 1
-    out = np.empty(n, dtype=np.int64)
-    j = 0
-    for i in range(len(channels)):
-        if channels[i] == channel:
-            out[j] = timestamps_ps[i]
-            j += 1
-    return out
-
-
-@njit(cache=True)
 def count_coincidences(a_ps, b_ps, window_ps):
     """Number of pairs (i, j) with |b[j] - a[i]| <= window_ps; both inputs sorted."""
     n_b = len(b_ps)
@@ -125,39 +109,84 @@ def correlation_histogram(start_ps, click_ps, range_ps, bin_width_ps, n_bins):
 
 
 @njit(cache=True)
-def number_sync_tags(sync_ps, period0_ps, smoothing, max_residual_fraction):
-    """Count sync periods between successive sync tags, tolerating gaps, drift changes, glitches.
+def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothing, max_fraction):
+    """Number the sync tags of the stream: count sync periods between successive sync tags,
+    tolerating gaps, drift changes and glitches.
 
-    Returns (sync_count, residual_ps, accepted): sync_count[k] is the number of sync periods from
-    the first tag to tag k; residual_ps[k] is tag k's deviation from the whole number of periods
-    predicted by the running period estimate; accepted[k] is False for a tag whose residual
-    exceeds max_residual_fraction of a period (a glitch or a spurious tag), which is then ignored.
-    The running period follows drift through exponential smoothing of the per-interval period.
+    Each interval to the last accepted tag is divided by a running period estimate and rounded;
+    a tag farther than max_fraction of a period from that grid (or less than half a period
+    after the last one) is a glitch and is skipped. The estimate is kept as a frequency
+    (periods per ps), exponentially smoothed over the per-interval frequencies with weight
+    ``smoothing`` so that it follows drift; a frequency leaves no division on the
+    loop-carried dependency chain.
+
+    Returns (table_ps, table_count, n_syncs, max_abs_residual_ps, gap_rows): the accepted sync
+    tags, their sync counts from the first tag, the number of sync tags seen, the largest
+    |residual| among accepted tags, and the table rows that follow a gap (count step > 1).
     """
-    n = len(sync_ps)
-    count = np.zeros(n, dtype=np.int64)
-    residual = np.zeros(n, dtype=np.float64)
-    accepted = np.zeros(n, dtype=np.bool_)
-    if n == 0:
-        return count, residual, accepted
-    accepted[0] = True
-    period = period0_ps
-    last_t = sync_ps[0]
+    n = 0
+    for c in channels:
+        n += c == sync_channel
+    table_ps = np.empty(n, dtype=np.int64)
+    table_count = np.empty(n, dtype=np.int64)
+    gap_rows = np.empty(n, dtype=np.int64)
+    n_gaps = 0
+    m = 0
+    max_res = 0.0
+    freq = 1.0 / period0_ps
+    last_t = 0
     last_count = 0
-    for k in range(1, n):
-        dt = sync_ps[k] - last_t
-        steps = np.floor(dt / period + 0.5)
-        r = dt - steps * period
-        residual[k] = r
-        if steps < 1.0 or abs(r) > max_residual_fraction * period:
-            count[k] = last_count
+    for i in range(len(timestamps_ps)):
+        if channels[i] != sync_channel:
             continue
-        accepted[k] = True
+        t = timestamps_ps[i]
+        if m == 0:
+            table_ps[0] = t
+            table_count[0] = 0
+            last_t = t
+            m = 1
+            continue
+        dt = np.float64(t - last_t)
+        x = dt * freq
+        steps = np.floor(x + 0.5)
+        if steps < 1.0 or abs(x - steps) > max_fraction:
+            continue
+        max_res = max(max_res, abs(x - steps) / freq)
         last_count += np.int64(steps)
-        count[k] = last_count
-        last_t = sync_ps[k]
-        period += smoothing * (dt / steps - period)
-    return count, residual, accepted
+        if steps > 1.0:
+            gap_rows[n_gaps] = m
+            n_gaps += 1
+        table_ps[m] = t
+        table_count[m] = last_count
+        m += 1
+        last_t = t
+        freq += smoothing * (steps / dt - freq)
+    return table_ps[:m], table_count[:m], n, max_res, gap_rows[:n_gaps]
+
+
+@njit(cache=True)
+def interval_periods(table_ps, table_pulse):
+    """Pulse period in each table interval; the last entry repeats (for extrapolation)."""
+    m = len(table_ps)
+    out = np.empty(m, dtype=np.float64)
+    for i in range(m - 1):
+        out[i] = (table_ps[i + 1] - table_ps[i]) / np.float64(table_pulse[i + 1] - table_pulse[i])
+    out[m - 1] = out[m - 2]
+    return out
+
+
+@njit(cache=True)
+def first_tags(timestamps_ps, channels, channel, limit):
+    """The first ``limit`` timestamps on ``channel`` (fewer if the stream has fewer)."""
+    out = np.empty(limit, dtype=np.int64)
+    j = 0
+    for i in range(len(timestamps_ps)):
+        if j == limit:
+            break
+        if channels[i] == channel:
+            out[j] = timestamps_ps[i]
+            j += 1
+    return out[:j]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,45 +195,52 @@ def number_sync_tags(sync_ps, period0_ps, smoothing, max_residual_fraction):
 
 
 @njit(cache=True)
+def count_detector_tags(channels, sync_channel, n_channels):
+    """Number of tags with channel != sync_channel and channel < n_channels."""
+    n = 0
+    for c in channels:
+        n += (c != sync_channel) & (c < n_channels)
+    return n
+
+
+@njit(cache=True)
 def nearest_pulse(
     timestamps_ps,
     channels,
     sync_channel,
     delays_ps,
+    search_delay_ps,
     table_ps,
     table_pulse,
     table_period_ps,
+    pulse,
+    residual,
+    det_ch,
+    outside_table,
 ):
     """Nearest pulse index and residual (ps) of every detector tag, by sync-table interpolation.
 
-    Detector tags are those with channel != sync_channel and channel < len(delays_ps). A tag at
-    t is moved to t' = t - delay[channel] and placed in the table interval k with
-    table_ps[k] <= t' < table_ps[k + 1] (the first/last interval extrapolates outside the
-    table); the pulse period there is table_period_ps[k]. Because the stream is sorted and the
-    delay is constant per channel, one forward-only pointer per channel finds k.
-    Returns (pulse, residual_ps, channel, outside_table) for the detector tags in stream order.
+    Detector tags are those with channel != sync_channel and channel < len(delays_ps). The
+    table interval k is the one containing t_raw - search_delay_ps (clamped to the first/last
+    interval, which then extrapolate); one forward-only pointer finds it because the stream is
+    sorted. The tag's pulse time t' = t_raw - delay[channel] is then placed with interval k's
+    period: when t' falls just outside interval k (by at most the spread of the channel
+    delays around search_delay_ps) the interval's line is extrapolated, which differs from the
+    neighbouring interval's line by (delay spread) x (period change), far below a ps.
+    Fills the outputs, one entry per detector tag in stream order (size: count_detector_tags).
     """
     n_ch = len(delays_ps)
-    n_det = 0
-    for c in channels:
-        if c != sync_channel and c < n_ch:
-            n_det += 1
-    pulse = np.empty(n_det, dtype=np.int64)
-    residual = np.empty(n_det, dtype=np.float64)
-    det_ch = np.empty(n_det, dtype=np.uint8)
-    outside_table = np.zeros(n_det, dtype=np.bool_)
     last_interval = len(table_ps) - 2
-    ptr = np.zeros(n_ch, dtype=np.int64)
+    k = 0
     j = 0
     for i in range(len(timestamps_ps)):
         c = channels[i]
         if c == sync_channel or c >= n_ch:
             continue
-        t = timestamps_ps[i] - delays_ps[c]
-        k = ptr[c]
-        while k < last_interval and table_ps[k + 1] <= t:
+        raw = timestamps_ps[i]
+        while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
             k += 1
-        ptr[c] = k
+        t = raw - delays_ps[c]
         p = table_period_ps[k]
         dt = t - table_ps[k]
         step = np.floor(dt / p + 0.5)
@@ -213,7 +249,6 @@ def nearest_pulse(
         det_ch[j] = c
         outside_table[j] = t < table_ps[0] or t > table_ps[last_interval + 1]
         j += 1
-    return pulse, residual, det_ch, outside_table
 
 
 @njit(cache=True)
@@ -222,53 +257,50 @@ def assign_pulses_gated(
     channels,
     sync_channel,
     delays_ps,
+    search_delay_ps,
     table_ps,
     table_pulse,
     table_period_ps,
     half_gate_ps,
+    pulse,
+    det_ch,
 ):
     """Pulse index of every detector tag whose residual lies in [-half_gate, +half_gate), else -1.
 
-    Same interpolation as nearest_pulse, fused with the gate so that the full-rate path writes
-    one int64 per detection. Returns (pulse, channel, n_outside_per_channel, n_outside_table).
+    Same interpolation as nearest_pulse, fused with the gate, and written for the full-rate
+    path: every tag is processed and written at slot j, and j only advances on detector tags
+    (so a sync tag's slot is overwritten by the next detection); the outputs need one spare
+    slot. This avoids a branch on the channel, which is unpredictable (syncs are interleaved
+    at random among detections). Returns (n_outside_per_channel, n_outside_table).
     """
     n_ch = len(delays_ps)
-    n_det = 0
-    for c in channels:
-        if c != sync_channel and c < n_ch:
-            n_det += 1
-    pulse = np.empty(n_det, dtype=np.int64)
-    det_ch = np.empty(n_det, dtype=np.uint8)
     n_outside = np.zeros(n_ch, dtype=np.int64)
     n_outside_table = 0
     last_interval = len(table_ps) - 2
     t_first = table_ps[0]
     t_last = table_ps[last_interval + 1]
-    ptr = np.zeros(n_ch, dtype=np.int64)
+    k = 0
     j = 0
     for i in range(len(timestamps_ps)):
         c = channels[i]
-        if c == sync_channel or c >= n_ch:
-            continue
-        t = timestamps_ps[i] - delays_ps[c]
-        k = ptr[c]
-        while k < last_interval and table_ps[k + 1] <= t:
+        is_det = (c != sync_channel) & (c < n_ch)
+        raw = timestamps_ps[i]
+        while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
             k += 1
-        ptr[c] = k
+        t = raw - delays_ps[min(c, n_ch - 1)]
         p = table_period_ps[k]
         dt = t - table_ps[k]
         step = np.floor(dt / p + 0.5)
         r = dt - step * p
+        inside = (r >= -half_gate_ps) & (r < half_gate_ps)
+        pulse[j] = table_pulse[k] + np.int64(step) if inside else -1
         det_ch[j] = c
-        if -half_gate_ps <= r < half_gate_ps:
-            pulse[j] = table_pulse[k] + np.int64(step)
-        else:
-            pulse[j] = -1
+        if is_det and not inside:
             n_outside[c] += 1
-        if t < t_first or t > t_last:
+        if is_det and (t < t_first or t > t_last):
             n_outside_table += 1
-        j += 1
-    return pulse, det_ch, n_outside, n_outside_table
+        j += is_det
+    return n_outside, n_outside_table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,13 +335,14 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
     [2, 3] (basis-matched detections, disclosed among them, errors among disclosed); stats is
     int64 [5] = (unassigned rows, multi-click pulses, cross-basis multi-clicks, same-basis
     conflicting multi-clicks, basis-mismatched pulses); error_row is the first row with an
-    invalid channel or answer, or -1.
+    invalid channel or answer, -2 if the pulses are not sorted (the caller sorts and calls
+    again), or -1. Single clicks take a branch-free path (basis matches
+    and disclosures are coin flips a branch predictor cannot learn); multi-clicks are rare.
     """
-    n = np.zeros((2, 3), dtype=np.int64)
-    d = np.zeros((2, 3), dtype=np.int64)
-    m = np.zeros((2, 3), dtype=np.int64)
+    counts = np.zeros(3 * 6, dtype=np.int64)  # n, d, m, each flattened [basis * 3 + class]
     stats = np.zeros(5, dtype=np.int64)
     rows = len(pulse)
+    prev = np.int64(-1)
     i = 0
     while i < rows:
         p = pulse[i]
@@ -317,44 +350,75 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
             stats[0] += 1
             i += 1
             continue
-        # clicks seen per (basis, bit), as a 4-bit mask: bit (2 * basis + value)
-        seen = 0
-        j = i
-        while j < rows and pulse[j] == p:
-            c = np.int64(channel[j]) - 1
-            if c < 0 or c > 3:
-                return n, d, m, stats, j
-            seen |= 1 << c
-            j += 1
-        a_basis = basis[i]
-        a_class = intensity[i]
-        a_bit = bit[i]
-        if a_basis > 1 or a_class > 2 or (a_bit > 1 and a_bit != 255):
-            return n, d, m, stats, i
-        z_seen = seen & 3
-        x_seen = (seen >> 2) & 3
-        if j - i > 1:
+        if p <= prev:
+            return (
+                counts[:6].reshape(2, 3),
+                counts[6:12].reshape(2, 3),
+                counts[12:].reshape(2, 3),
+                stats,
+                -2,
+            )
+        prev = p
+        c = np.int64(channel[i]) - 1
+        a_basis = np.int64(basis[i])
+        a_class = np.int64(intensity[i])
+        a_bit = np.int64(bit[i])
+        if (c < 0) | (c > 3) | (a_basis > 1) | (a_class > 2) | ((a_bit > 1) & (a_bit != 255)):
+            return (
+                counts[:6].reshape(2, 3),
+                counts[6:12].reshape(2, 3),
+                counts[12:].reshape(2, 3),
+                stats,
+                i,
+            )
+        if i + 1 < rows and pulse[i + 1] == p:
+            # clicks seen per (basis, bit), as a 4-bit mask: bit (2 * basis + value)
+            seen = 0
+            j = i
+            while j < rows and pulse[j] == p:
+                cj = np.int64(channel[j]) - 1
+                if cj < 0 or cj > 3:
+                    return (
+                        counts[:6].reshape(2, 3),
+                        counts[6:12].reshape(2, 3),
+                        counts[12:].reshape(2, 3),
+                        stats,
+                        j,
+                    )
+                seen |= 1 << cj
+                j += 1
             stats[1] += 1
-        if z_seen != 0 and x_seen != 0:
-            stats[2] += 1
-            b_basis = splitmix_bit(seed, p, 0)
-        elif z_seen != 0:
-            b_basis = 0
+            z_seen = seen & 3
+            x_seen = (seen >> 2) & 3
+            if z_seen != 0 and x_seen != 0:
+                stats[2] += 1
+                b_basis = splitmix_bit(seed, p, 0)
+            elif z_seen != 0:
+                b_basis = 0
+            else:
+                b_basis = 1
+            in_basis = z_seen if b_basis == 0 else x_seen
+            if in_basis == 3:
+                stats[3] += 1
+                b_bit = splitmix_bit(seed, p, 1)
+            else:
+                b_bit = in_basis >> 1  # mask 1 -> bit 0, mask 2 -> bit 1
+            i = j
         else:
-            b_basis = 1
-        in_basis = z_seen if b_basis == 0 else x_seen
-        if in_basis == 3:
-            stats[3] += 1
-            b_bit = splitmix_bit(seed, p, 1)
-        else:
-            b_bit = in_basis >> 1  # mask 1 -> bit 0, mask 2 -> bit 1
-        i = j
-        if b_basis != a_basis:
-            stats[4] += 1
-            continue
-        n[a_basis, a_class] += 1
-        if a_bit != 255:
-            d[a_basis, a_class] += 1
-            if a_bit != b_bit:
-                m[a_basis, a_class] += 1
-    return n, d, m, stats, -1
+            b_basis = c >> 1
+            b_bit = c & 1
+            i += 1
+        match = np.int64(b_basis == a_basis)
+        disclosed = match & np.int64(a_bit != 255)
+        cell = a_basis * 3 + a_class
+        counts[cell] += match
+        counts[6 + cell] += disclosed
+        counts[12 + cell] += disclosed & np.int64(a_bit != b_bit)
+        stats[4] += 1 - match
+    return (
+        counts[:6].reshape(2, 3),
+        counts[6:12].reshape(2, 3),
+        counts[12:].reshape(2, 3),
+        stats,
+        -1,
+    )

@@ -96,10 +96,11 @@ def sift(
         raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed}")
     pulse = arrays[0].astype(np.int64, copy=False)
     ch, b, cls, bt = (a.astype(np.uint8, copy=False) for a in arrays[1:])
-    if len(pulse) > 1 and np.any(pulse[1:] < pulse[:-1]):
+    n, d, m, stats, bad = k.sift_counts(pulse, ch, b, cls, bt, seed)
+    if bad == -2:  # not sorted by pulse: the kernel said so on the way, sort and count again
         order = np.argsort(pulse, kind="stable")
         pulse, ch, b, cls, bt = pulse[order], ch[order], b[order], cls[order], bt[order]
-    n, d, m, stats, bad = k.sift_counts(pulse, ch, b, cls, bt, seed)
+        n, d, m, stats, bad = k.sift_counts(pulse, ch, b, cls, bt, seed)
     if bad >= 0:
         raise ValueError(
             f"detection for pulse {pulse[bad]}: channel {ch[bad]} must be 1..4, basis "

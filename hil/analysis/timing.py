@@ -279,11 +279,42 @@ def recover_clock(
         raise ValueError(f"sync_divider must be >= 1, got {sync_divider}")
     if clock_hz <= 0:
         raise ValueError(f"clock_hz must be positive, got {clock_hz}")
-    sync_ps = k.select_channel(timestamps_ps, channels, sync_channel)
-    return recover_clock_from_sync(
-        sync_ps, sync_divider, clock_hz, smoothing=smoothing,
-        max_residual_fraction=max_residual_fraction,
-    )  # fmt: skip
+    first = k.first_tags(timestamps_ps, channels, sync_channel, 1025)
+    if len(first) < 2:
+        raise ValueError(
+            f"clock recovery needs at least 2 sync tags on channel {sync_channel}, found "
+            f"{len(first)}: check the sync cable and the sync channel number"
+        )
+    period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
+    table_ps, count, n_seen, max_res, gap_rows = k.build_sync_table(
+        timestamps_ps, channels, sync_channel, period0, smoothing, max_residual_fraction
+    )
+    if len(table_ps) < 2:
+        raise ValueError("fewer than 2 sync tags lie on a common period grid: sync is unusable")
+    first_sync = int(np.floor(table_ps[0] / period0 + 0.5))
+    table_pulse = (first_sync + count) * np.int64(sync_divider)
+    table_period = k.interval_periods(table_ps, table_pulse)
+    steps = count[gap_rows] - count[gap_rows - 1]
+    status = SyncStatus(
+        n_syncs=len(table_ps),
+        n_rejected=int(n_seen - len(table_ps)),
+        gap_start_ps=table_ps[gap_rows - 1],
+        gap_end_ps=table_ps[gap_rows],
+        gap_missing=steps - 1,
+        max_residual_ps=float(max_res),
+    )
+    period = float(table_ps[-1] - table_ps[0]) / float(table_pulse[-1] - table_pulse[0])
+    return ClockRecovery(
+        table_ps=table_ps,
+        table_pulse=table_pulse,
+        table_period_ps=table_period,
+        clock_hz=float(clock_hz),
+        sync_divider=int(sync_divider),
+        period_ps=period,
+        offset_ps=float(table_ps[0] - table_pulse[0] * (period0 / sync_divider)),
+        drift_ppm=(period * clock_hz * 1e-12 - 1.0) * 1e6,
+        status=status,
+    )
 
 
 def recover_clock_from_sync(
@@ -295,45 +326,14 @@ def recover_clock_from_sync(
 ) -> ClockRecovery:
     """As recover_clock, from the sync tags' timestamps alone (sorted int64 ps)."""
     sync_ps = np.asarray(sync_ps, dtype=np.int64)
-    if len(sync_ps) < 2:
-        raise ValueError(
-            f"clock recovery needs at least 2 sync tags, found {len(sync_ps)}: check the sync "
-            "cable and the sync channel number"
-        )
-    nominal_ps = sync_divider * 1e12 / clock_hz
-    period0 = _initial_sync_period(sync_ps, nominal_ps)
-    count, residual, accepted = k.number_sync_tags(
-        sync_ps, period0, smoothing, max_residual_fraction
-    )
-    table_ps = sync_ps[accepted]
-    steps = np.diff(count[accepted])
-    first_sync = int(np.floor(table_ps[0] / period0 + 0.5))
-    table_pulse = (first_sync + count[accepted]) * np.int64(sync_divider)
-    if len(table_ps) < 2:
-        raise ValueError("fewer than 2 sync tags lie on a common period grid: sync is unusable")
-    interval_period = np.diff(table_ps) / np.diff(table_pulse).astype(np.float64)
-    table_period = np.append(interval_period, interval_period[-1])
-    gap = steps > 1
-    status = SyncStatus(
-        n_syncs=len(table_ps),
-        n_rejected=int(len(sync_ps) - len(table_ps)),
-        gap_start_ps=table_ps[:-1][gap],
-        gap_end_ps=table_ps[1:][gap],
-        gap_missing=steps[gap] - 1,
-        max_residual_ps=float(np.max(np.abs(residual[accepted]))),
-    )
-    period = float(table_ps[-1] - table_ps[0]) / float(table_pulse[-1] - table_pulse[0])
-    nominal_pulse_ps = 1e12 / clock_hz
-    return ClockRecovery(
-        table_ps=table_ps,
-        table_pulse=table_pulse,
-        table_period_ps=table_period,
-        clock_hz=float(clock_hz),
-        sync_divider=int(sync_divider),
-        period_ps=period,
-        offset_ps=float(table_ps[0] - table_pulse[0] * (period0 / sync_divider)),
-        drift_ppm=(period / nominal_pulse_ps - 1.0) * 1e6,
-        status=status,
+    return recover_clock(
+        sync_ps,
+        np.zeros(len(sync_ps), dtype=np.uint8),
+        sync_divider,
+        clock_hz,
+        sync_channel=0,
+        smoothing=smoothing,
+        max_residual_fraction=max_residual_fraction,
     )
 
 
@@ -372,6 +372,13 @@ def _delays(delays_ps: Sequence[int] | np.ndarray | None, n_channels: int) -> np
     return delays
 
 
+def _search_delay(delays: np.ndarray, sync_channel: int) -> int:
+    """Delay used to pick a detection's sync interval: the middle of the detector delays, so
+    that no channel's pulse time lies farther outside its interval than half their spread."""
+    det = np.delete(delays, sync_channel) if sync_channel < len(delays) else delays
+    return int((det.min() + det.max()) // 2) if len(det) else 0
+
+
 def assign_pulses(
     timestamps_ps: np.ndarray,
     channels: np.ndarray,
@@ -384,9 +391,11 @@ def assign_pulses(
 
     ``delays_ps[c]`` is channel c's delay relative to the sync (index = channel number, the
     sync's own entry is unused; default zeros for channels 0..4); channels at or beyond
-    ``len(delays_ps)`` are ignored (markers). Pulse i's window is
-    [t_i - gate/2, t_i + gate/2) around its interpolated tagger time t_i plus the delay. The
-    gate defaults to the full pulse period; it may not exceed it (windows would overlap).
+    ``len(delays_ps)`` are ignored (markers). Delays of many sync periods (long fibre) work but
+    cost a table walk per tag: subtract the bulk of such a delay from the timestamps first.
+    Pulse i's window is [t_i - gate/2, t_i + gate/2) around its interpolated tagger time t_i
+    plus the delay. The gate defaults to the full pulse period; it may not exceed it (windows
+    would overlap).
     """
     timestamps_ps, channels = _check_stream(timestamps_ps, channels)
     delays = _delays(delays_ps, DETECTOR_CHANNELS)
@@ -398,17 +407,24 @@ def assign_pulses(
             f"gate_width_ps ({gate_width_ps}) must be positive and at most the pulse period "
             f"({nominal_pulse_ps:.1f} ps)"
         )
-    pulse, det_ch, n_outside, n_outside_table = k.assign_pulses_gated(
+    # outputs allocated by numpy, not inside the kernel: measurably cheaper first touch here
+    n_det = k.count_detector_tags(channels, sync_channel, len(delays))
+    pulse = np.empty(n_det + 1, dtype=np.int64)  # + 1: the kernel's spare slot
+    det_ch = np.empty(n_det + 1, dtype=np.uint8)
+    n_outside, n_outside_table = k.assign_pulses_gated(
         timestamps_ps,
         channels,
         sync_channel,
         delays,
+        _search_delay(delays, sync_channel),
         clock.table_ps,
         clock.table_pulse,
         clock.table_period_ps,
         gate_width_ps / 2.0,
+        pulse,
+        det_ch,
     )
-    return PulseAssignment(pulse, det_ch, n_outside, int(n_outside_table))
+    return PulseAssignment(pulse[:n_det], det_ch[:n_det], n_outside, int(n_outside_table))
 
 
 def pulse_residuals(
@@ -422,14 +438,23 @@ def pulse_residuals(
     channel of every detector tag, ungated; for timing histograms and delay calibration."""
     timestamps_ps, channels = _check_stream(timestamps_ps, channels)
     delays = _delays(delays_ps, DETECTOR_CHANNELS)
-    pulse, residual, det_ch, _ = k.nearest_pulse(
+    n_det = k.count_detector_tags(channels, sync_channel, len(delays))
+    pulse = np.empty(n_det, dtype=np.int64)
+    residual = np.empty(n_det, dtype=np.float64)
+    det_ch = np.empty(n_det, dtype=np.uint8)
+    k.nearest_pulse(
         timestamps_ps,
         channels,
         sync_channel,
         delays,
+        _search_delay(delays, sync_channel),
         clock.table_ps,
         clock.table_pulse,
         clock.table_period_ps,
+        pulse,
+        residual,
+        det_ch,
+        np.empty(n_det, dtype=np.bool_),
     )
     return pulse, residual, det_ch
 

@@ -33,8 +33,8 @@ def rate_histogram(timestamps_ps, channels, n_channels, start_ps, bin_width_ps, 
     return np.bincount(flat, minlength=n_bins * n_channels).reshape(n_bins, n_channels)
 
 
-def select_channel(timestamps_ps, channels, channel):
-    return timestamps_ps[channels == channel]
+def first_tags(timestamps_ps, channels, channel, limit):
+    return timestamps_ps[channels == channel][:limit]
 
 
 def count_coincidences(a_ps, b_ps, window_ps):
@@ -61,29 +61,47 @@ def number_sync_tags(sync_ps, period0_ps, smoothing, max_residual_fraction):
     if n == 0:
         return count, residual, accepted
     accepted[0] = True
-    period = float(period0_ps)
+    freq = 1.0 / float(period0_ps)  # sync periods per ps
     last_t = int(sync_ps[0])
     last_count = 0
     for i in range(1, n):
-        dt = int(sync_ps[i]) - last_t
-        steps = np.floor(dt / period + 0.5)
-        residual[i] = dt - steps * period
-        if steps < 1 or abs(residual[i]) > max_residual_fraction * period:
+        dt = float(int(sync_ps[i]) - last_t)
+        x = dt * freq
+        steps = np.floor(x + 0.5)
+        residual[i] = (x - steps) / freq
+        if steps < 1 or abs(x - steps) > max_residual_fraction:
             count[i] = last_count
             continue
         accepted[i] = True
         last_count += int(steps)
         count[i] = last_count
         last_t = int(sync_ps[i])
-        period = period + smoothing * (dt / steps - period)
+        freq = freq + smoothing * (steps / dt - freq)
     return count, residual, accepted
 
 
-def nearest_pulse(timestamps_ps, channels, sync_channel, delays_ps, table_ps, table_pulse, period):
+def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothing, max_fraction):
+    sync = timestamps_ps[channels == sync_channel]
+    count, residual, accepted = number_sync_tags(sync, period0_ps, smoothing, max_fraction)
+    gap_rows = np.flatnonzero(np.diff(count[accepted]) > 1) + 1
+    max_res = float(np.max(np.abs(residual[accepted]))) if len(sync) else 0.0
+    return sync[accepted], count[accepted], len(sync), max_res, gap_rows
+
+
+def interval_periods(table_ps, table_pulse):
+    period = np.diff(table_ps) / np.diff(table_pulse).astype(np.float64)
+    return np.append(period, period[-1])
+
+
+def nearest_pulse(
+    timestamps_ps, channels, sync_channel, delays_ps, search_delay, table_ps, table_pulse, period
+):
     det = (channels != sync_channel) & (channels < len(delays_ps))
     ch = channels[det]
-    t = timestamps_ps[det] - delays_ps[ch.astype(np.intp)]
-    k = np.clip(np.searchsorted(table_ps, t, side="right") - 1, 0, len(table_ps) - 2)
+    raw = timestamps_ps[det]
+    t = raw - delays_ps[ch.astype(np.intp)]
+    k = np.searchsorted(table_ps, raw - search_delay, side="right") - 1
+    k = np.clip(k, 0, len(table_ps) - 2)
     p = period[k]
     dt = (t - table_ps[k]).astype(np.float64)
     step = np.floor(dt / p + 0.5)
@@ -94,10 +112,25 @@ def nearest_pulse(timestamps_ps, channels, sync_channel, delays_ps, table_ps, ta
 
 
 def assign_pulses_gated(
-    timestamps_ps, channels, sync_channel, delays_ps, table_ps, table_pulse, period, half_gate
+    timestamps_ps,
+    channels,
+    sync_channel,
+    delays_ps,
+    search_delay,
+    table_ps,
+    table_pulse,
+    period,
+    half_gate,
 ):
     pulse, residual, ch, outside_table = nearest_pulse(
-        timestamps_ps, channels, sync_channel, delays_ps, table_ps, table_pulse, period
+        timestamps_ps,
+        channels,
+        sync_channel,
+        delays_ps,
+        search_delay,
+        table_ps,
+        table_pulse,
+        period,
     )
     inside = (residual >= -half_gate) & (residual < half_gate)
     pulse = np.where(inside, pulse, -1)

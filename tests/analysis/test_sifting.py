@@ -50,6 +50,8 @@ def test_kernel_matches_reference(rng, n_rows, n_pulses):
         for g, e in zip(got[:4], exp, strict=True):
             np.testing.assert_array_equal(g, e)
         assert got[4] == -1
+        if len(np.unique(pulse[pulse >= 0])) > 1:  # reversed order is unsorted: kernel says so
+            assert k.sift_counts(pulse[::-1], ch, basis, cls, bit, SEED)[4] == -2
 
 
 def test_unsorted_input_and_one_channel_only(rng):

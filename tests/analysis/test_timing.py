@@ -13,6 +13,7 @@ from hil.analysis import timing
 CLOCK_HZ = 1e9  # 1000 ps pulse period
 PERIOD_PS = 1000.0
 DIVIDER = 100
+SEARCH_DELAY = 1440  # picks the sync interval; middle of make_capture's delays (-220 .. 3100)
 
 
 def make_capture(
@@ -191,11 +192,14 @@ def test_correlation_finds_known_delay(rng):
     assert 2000 <= corr.counts[peak] < 2010
 
 
-def test_select_channel_matches_reference(rng):
+def test_first_tags_matches_reference(rng):
     ts = np.sort(rng.integers(0, 10**6, 500))
     ch = rng.integers(0, 3, 500).astype(np.uint8)
     for c in (0, 2, 7):
-        np.testing.assert_array_equal(k.select_channel(ts, ch, c), ref.select_channel(ts, ch, c))
+        for limit in (0, 3, 1000):
+            np.testing.assert_array_equal(
+                k.first_tags(ts, ch, c, limit), ref.first_tags(ts, ch, c, limit)
+            )
 
 
 @pytest.mark.parametrize(
@@ -207,18 +211,23 @@ def test_select_channel_matches_reference(rng):
         {"sync_jitter_ps": 0},
     ],
 )
-def test_number_sync_tags_matches_reference(rng, kw):
-    ts, ch, _, _ = make_capture(rng, detect_prob=0.0, **kw)
-    sync = ts[ch == 0]
-    sync = np.sort(np.append(sync, sync[10] + 37_000))  # a glitch between two syncs
-    args = (float(DIVIDER * PERIOD_PS), 1 / 16, 0.25)
-    got = k.number_sync_tags(sync, *args)
-    exp = ref.number_sync_tags(sync, *args)
+def test_sync_table_matches_reference(rng, kw):
+    ts, ch, _, _ = make_capture(rng, n_pulses=200_000, detect_prob=0.01, **kw)
+    glitch = ts[ch == 0][10] + 37_000  # a glitch between two syncs
+    at = np.searchsorted(ts, glitch)
+    ts, ch = np.insert(ts, at, glitch), np.insert(ch, at, 0)
+    args = (0, float(DIVIDER * PERIOD_PS), 1 / 16, 0.25)
+    got = k.build_sync_table(ts, ch, *args)
+    exp = ref.build_sync_table(ts, ch, *args)
     for g, e in zip(got, exp, strict=True):
         np.testing.assert_array_equal(g, e)
-    assert not got[2][11]  # the glitch is rejected
-    empty = k.number_sync_tags(sync[:0], *args)
-    assert all(len(a) == 0 for a in empty)
+    assert got[2] == len(got[0]) + 1  # exactly the glitch is rejected
+    table_pulse = got[1] * DIVIDER
+    np.testing.assert_array_equal(
+        k.interval_periods(got[0], table_pulse), ref.interval_periods(got[0], table_pulse)
+    )
+    empty = k.build_sync_table(ts[:0], ch[:0], *args)
+    assert empty[2] == 0 and all(len(empty[i]) == 0 for i in (0, 1, 4))
 
 
 def table_for(ts, ch):
@@ -239,19 +248,35 @@ def test_pulse_kernels_match_reference(rng, channels_used):
     )
     ch[rng.random(len(ch)) < 0.01] = 9  # marker channel: ignored
     _, table = table_for(ts, ch)
-    got = k.nearest_pulse(ts, ch, 0, delays, *table)
-    exp = ref.nearest_pulse(ts, ch, 0, delays, *table)
+    got = run_nearest(ts, ch, delays, table)
+    exp = ref.nearest_pulse(ts, ch, 0, delays, SEARCH_DELAY, *table)
     for g, e in zip(got, exp, strict=True):
         np.testing.assert_array_equal(g, e)
     for half_gate in (100.0, 250.0, 500.0):
-        got = k.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
-        exp = ref.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
+        got = run_gated(ts, ch, delays, table, half_gate)
+        exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
         for g, e in zip(got, exp, strict=True):
             np.testing.assert_array_equal(g, e)
     # no detections at all
     sync_only = ch == 0
-    got = k.assign_pulses_gated(ts[sync_only], ch[sync_only], 0, delays, *table, 250.0)
+    got = run_gated(ts[sync_only], ch[sync_only], delays, table, 250.0)
     assert len(got[0]) == 0 and got[2].sum() == 0
+
+
+def run_nearest(ts, ch, delays, table):
+    n = k.count_detector_tags(ch, 0, len(delays))
+    out = (np.empty(n, np.int64), np.empty(n), np.empty(n, np.uint8), np.empty(n, np.bool_))
+    k.nearest_pulse(ts, ch, 0, delays, SEARCH_DELAY, *table, *out)
+    return out
+
+
+def run_gated(ts, ch, delays, table, half_gate):
+    n = k.count_detector_tags(ch, 0, len(delays))
+    pulse, det_ch = np.empty(n + 1, np.int64), np.empty(n + 1, np.uint8)  # one spare slot
+    n_outside, n_outside_table = k.assign_pulses_gated(
+        ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate, pulse, det_ch
+    )
+    return pulse[:n], det_ch[:n], n_outside, n_outside_table
 
 
 def test_gate_edges_exact():
@@ -276,8 +301,8 @@ def test_gate_edges_exact():
 def kernel_matches_reference(ts, ch, clock, half_gate):
     table = (clock.table_ps, clock.table_pulse, clock.table_period_ps)
     delays = np.zeros(5, dtype=np.int64)
-    got = k.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
-    exp = ref.assign_pulses_gated(ts, ch, 0, delays, *table, half_gate)
+    got = run_gated(ts, ch, delays, table, half_gate)
+    exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
     return all(np.array_equal(g, e) for g, e in zip(got, exp, strict=True))
 
 
