@@ -1,0 +1,283 @@
+"""From a capture to a secure key rate: clock recovery, pulse assignment, the sifting exchange
+with the source, per-class counts, QBER and the finite-key length.
+
+The numbers come from ``hil.analysis`` (pure functions); this module only feeds them: it reads
+the tags from the capture file and asks the source (through its driver) for the basis,
+intensity and disclosed bits of the detected pulses. Disclosed Z-basis bits are public after
+the exchange, so they are removed from the key block; undisclosed key bits never leave the
+source and are not seen here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .analysis.finitekey import FiniteKeyResult, finite_key_three_intensity
+from .analysis.sifting import SiftCounts, sift
+from .analysis.timing import (
+    SYNC_CHANNEL,
+    ClockRecovery,
+    assign_pulses,
+    estimate_delays,
+    recover_clock,
+)
+
+DETECTOR_CHANNELS = (1, 2, 3, 4)
+# Sifter: (unique sorted pulse indices) -> (basis, intensity class, bit or 255)
+Sifter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class LinkSettings:
+    """What post-processing must know of the source (read from its driver)."""
+
+    clock_hz: float
+    sync_divider: int
+    mu: tuple[float, float, float]
+    p_mu: tuple[float, float, float]
+
+    @classmethod
+    def from_source(cls, source) -> LinkSettings:
+        return cls(
+            float(source.clock_hz),
+            int(source.sync_divider),
+            tuple(source.intensities),
+            tuple(source.probabilities),
+        )
+
+
+@dataclass
+class KeyParameters:
+    """Security parameters of the finite-key bound (Lim et al., PRA 89, 022307 (2014))."""
+
+    eps_sec: float = 1e-10
+    eps_cor: float = 1e-15
+    f_ec: float = 1.16
+
+
+@dataclass
+class WindowResult:
+    """Post-processing of one span of link time."""
+
+    t_start_ps: int
+    t_stop_ps: int
+    counts: SiftCounts
+    key: FiniteKeyResult
+    detections: int
+    outside_gate: int
+
+    @property
+    def duration_s(self) -> float:
+        return (self.t_stop_ps - self.t_start_ps) * 1e-12
+
+    @property
+    def secure_key_rate(self) -> float:
+        """Finite-key secure key rate in bit/s (0 when the bound aborts)."""
+        return self.key.key_length / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def qber_z(self) -> float:
+        return self.counts.qber_z
+
+    @property
+    def qber_x(self) -> float:
+        d, m = self.counts.d[1].sum(), self.counts.m[1].sum()
+        return float(m / d) if d else float("nan")
+
+    def summary(self) -> dict:
+        """JSON-able summary (counts and bounds; no key material)."""
+        q = self.counts.qber
+        return {
+            "t_start_s": self.t_start_ps * 1e-12,
+            "t_stop_s": self.t_stop_ps * 1e-12,
+            "detections": self.detections,
+            "outside_gate": self.outside_gate,
+            "n": self.counts.n.tolist(),
+            "d": self.counts.d.tolist(),
+            "m": self.counts.m.tolist(),
+            "qber_per_basis_and_class": np.where(np.isfinite(q), q, -1.0).tolist(),
+            "qber_z": self.qber_z,
+            "qber_x": self.qber_x,
+            "multi_clicks": self.counts.n_multi_click,
+            "secure_key_rate_bps": self.secure_key_rate,
+            "key": self.key.as_dict(),
+        }
+
+
+@dataclass
+class KeyAnalysis:
+    """A whole capture analysed: the clock, the gate, per-window and overall results."""
+
+    clock: ClockRecovery
+    delays_ps: np.ndarray
+    total: WindowResult
+    windows: list[WindowResult] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        st = self.clock.status
+        return {
+            "clock": {
+                "period_ps": self.clock.period_ps,
+                "offset_ps": self.clock.offset_ps,
+                "drift_ppm": self.clock.drift_ppm,
+                "n_syncs": st.n_syncs,
+                "sync_gaps": st.n_gaps,
+                "max_residual_ps": st.max_residual_ps,
+                "in_sync": st.in_sync,
+            },
+            "delays_ps": self.delays_ps.tolist(),
+            "total": self.total.summary(),
+            "windows": [w.summary() for w in self.windows],
+        }
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted unique values; pulse indices arrive almost sorted, where a sort plus a
+    neighbour comparison is much faster than np.unique's hash path."""
+    if len(values) > 1 and np.any(values[1:] < values[:-1]):
+        values = np.sort(values, kind="stable")
+    if len(values) == 0:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _source_sifter(source) -> Sifter:
+    return source.sift
+
+
+def _window_counts(pulse, det, answers, idx_sorted, seed: int) -> SiftCounts:
+    pos = np.searchsorted(idx_sorted, pulse)
+    basis, intensity, bit = (a[pos] for a in answers)
+    return sift(pulse, det, basis, intensity, bit, seed=seed)
+
+
+def _key(counts: SiftCounts, link: LinkSettings, kp: KeyParameters) -> FiniteKeyResult:
+    # Disclosed Z bits were announced for QBER estimation: they leave the key block.
+    n_z_key = counts.n[0] - counts.d[0]
+    qber = counts.qber_z
+    if not np.isfinite(qber):
+        qber = 0.5  # no disclosed sample: assume the worst
+    return finite_key_three_intensity(
+        n_z_key,
+        counts.n_x,
+        counts.m_x,
+        qber,
+        link.mu,
+        link.p_mu,
+        eps_sec=kp.eps_sec,
+        eps_cor=kp.eps_cor,
+        f_ec=kp.f_ec,
+    )
+
+
+def analyse_tags(
+    timestamps_ps: np.ndarray,
+    channels: np.ndarray,
+    link: LinkSettings,
+    sifter: Sifter,
+    *,
+    t_start_ps: int | None = None,
+    t_stop_ps: int | None = None,
+    window_s: float | None = None,
+    delays_ps: np.ndarray | None = None,
+    gate_width_ps: float | None = None,
+    key_params: KeyParameters | None = None,
+    seed: int = 0,
+) -> KeyAnalysis:
+    """Analyse one capture's tags; with ``window_s`` also per window of link time.
+
+    ``sifter`` answers the sifting exchange for sorted unique pulse indices (the source
+    driver's ``sift``). ``delays_ps`` per channel default to an estimate from the data; the gate
+    defaults to the full pulse period.
+    """
+    kp = key_params or KeyParameters()
+    ts = np.asarray(timestamps_ps, dtype=np.int64)
+    ch = np.asarray(channels, dtype=np.uint8)
+    if t_start_ps is None:
+        t_start_ps = int(ts[0]) if len(ts) else 0
+    if t_stop_ps is None:
+        t_stop_ps = int(ts[-1]) + 1 if len(ts) else 1
+    clock = recover_clock(ts, ch, link.sync_divider, link.clock_hz, sync_channel=SYNC_CHANNEL)
+    if delays_ps is None:
+        delays_ps = estimate_delays(ts, ch, clock)
+    pa = assign_pulses(ts, ch, clock, delays_ps, gate_width_ps)
+    det_ts = ts[np.isin(ch, DETECTOR_CHANNELS)]
+    pulse, det = pa.pulse_index, pa.channels
+    inside = pulse >= 0
+    idx_sorted = _sorted_unique(pulse[inside])
+    answers = sifter(idx_sorted)
+    total_counts = _window_counts(pulse[inside], det[inside], answers, idx_sorted, seed)
+    total = WindowResult(
+        t_start_ps,
+        t_stop_ps,
+        total_counts,
+        _key(total_counts, link, kp),
+        int(len(pulse)),
+        int(pa.n_outside.sum()),
+    )
+    windows = []
+    if window_s:
+        if len(det_ts) != len(pulse):
+            raise RuntimeError("pulse assignment does not cover every detector tag")
+        step = int(window_s * 1e12)
+        for w0 in range(t_start_ps, t_stop_ps, step):
+            w1 = min(w0 + step, t_stop_ps)
+            sel = (det_ts >= w0) & (det_ts < w1)
+            sel_in = sel & inside
+            c = _window_counts(pulse[sel_in], det[sel_in], answers, idx_sorted, seed)
+            windows.append(
+                WindowResult(
+                    w0, w1, c, _key(c, link, kp), int(sel.sum()), int((sel & ~inside).sum())
+                )
+            )
+    return KeyAnalysis(clock, np.asarray(delays_ps), total, windows)
+
+
+def analyse_capture(
+    path,
+    source,
+    *,
+    window_s: float | None = None,
+    key_params: KeyParameters | None = None,
+    link: LinkSettings | None = None,
+    store_result: bool = True,
+) -> KeyAnalysis:
+    """Analyse a capture file with the bench's source answering the sifting exchange, and
+    store the summary (counts and bounds, no key material) under /user/qkd/results."""
+    from .store import CaptureReader
+
+    link = link or LinkSettings.from_source(source)
+    with CaptureReader(path) as cap:
+        ts, ch = cap.tags()
+        duration = cap.duration_s
+    t0 = int(ts[0]) if len(ts) else 0
+    result = analyse_tags(
+        ts,
+        ch,
+        link,
+        _source_sifter(source),
+        t_start_ps=t0,
+        t_stop_ps=t0 + int(duration * 1e12),
+        window_s=window_s,
+        key_params=key_params,
+    )
+    if store_result:
+        import h5py
+
+        with h5py.File(path, "a") as f:
+            grp = f.require_group("user/qkd/results")
+            if "key_analysis_json" in grp:
+                del grp["key_analysis_json"]
+            import json
+
+            grp.create_dataset(
+                "key_analysis_json",
+                data=json.dumps({"link": asdict(link), **result.summary()}, default=float),
+            )
+    return result
