@@ -19,13 +19,23 @@ criterion's unit; ``judge`` takes values in the quantity's SI base unit.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from .config import ConfigError, load_yaml, validate
+from .config import ConfigError, error_line, load_yaml, validate
 
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
 _RATE = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "1/s": 1.0}
@@ -54,18 +64,28 @@ QUANTITIES: dict[str, tuple[str, dict[str, float], str]] = {
 }
 
 
+# A limit is a plain finite number: a quoted "100" or "100 kHz" is a mistake, not a limit.
+LimitValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+def _at(key: str, message: str) -> PydanticCustomError:
+    """A validation error reported at the sub-key ``key`` of the model that raised it."""
+    # the message goes in as context, not as the template: user text may hold braces
+    return PydanticCustomError("hil_at", "{hil_message}", {"hil_at": key, "hil_message": message})
+
+
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min: float | None = None
-    max: float | None = None
+    min: LimitValue | None = None
+    max: LimitValue | None = None
 
     @model_validator(mode="after")
     def _some(self) -> Limits:
         if self.min is None and self.max is None:
             raise ValueError("give at least one of min, max")
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+            raise _at("min", f"min {self.min:g} is above max {self.max:g}")
         return self
 
 
@@ -93,9 +113,10 @@ class Criterion(BaseModel):
     def _consistent(self) -> Criterion:
         units = QUANTITIES[self.quantity][1]
         if self.unit not in units:
-            raise ValueError(
+            raise _at(
+                "unit",
                 f"unit {self.unit!r} does not measure {self.quantity}; use one of "
-                f"{', '.join(units)}"
+                f"{', '.join(units)}",
             )
         lim, m = self.limits, self.marginal
         if m is not None:
@@ -104,11 +125,29 @@ class Criterion(BaseModel):
                 if mv is None:
                     continue
                 if lv is None:
-                    raise ValueError(f"marginal.{side} given without limits.{side}")
+                    raise _at(f"marginal.{side}", f"marginal.{side} given without limits.{side}")
                 inside = mv >= lv if side == "min" else mv <= lv
                 if not inside:
-                    raise ValueError(f"marginal.{side} {mv:g} lies outside limits.{side} {lv:g}")
+                    raise _at(
+                        f"marginal.{side}",
+                        f"marginal.{side} {mv:g} lies outside limits.{side} {lv:g} "
+                        "(the marginal band is the passing edge inside the limit)",
+                    )
         return self
+
+    @field_validator("conditions")
+    @classmethod
+    def _conditions(cls, v: dict) -> dict:
+        # Conditions are printed in reports and compared across runs: keep them flat scalars.
+        for k, c in v.items():
+            items = c if isinstance(c, list) else [c]
+            if not all(isinstance(x, (str, int, float, bool)) for x in items):
+                raise _at(
+                    str(k),
+                    "a condition is a number, a string, a boolean or a list of them "
+                    "(name its unit in the key, e.g. attenuation_db)",
+                )
+        return v
 
 
 class CriteriaFile(BaseModel):
@@ -129,9 +168,98 @@ class CriteriaFile(BaseModel):
 _ID_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
+def _duplicate_key(node: yaml.Node, path: tuple = ()) -> tuple[tuple, int, int] | None:
+    """The first key that a mapping repeats: (key path, its line, the first one's line).
+
+    PyYAML keeps the last of duplicate keys silently; the composed node tree still has both."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                return (*path, key), k.start_mark.line + 1, seen[key]
+            seen[key] = k.start_mark.line + 1
+            found = _duplicate_key(v, (*path, key))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            found = _duplicate_key(v, (*path, i))
+            if found:
+                return found
+    return None
+
+
+def _key_path_at(text: str, line: int) -> str:
+    """The block-style key path of the key on 1-based ``line`` (by indentation), or ''."""
+    rows = text.splitlines()
+    if not 0 < line <= len(rows):
+        return ""
+    path: list[str] = []
+    indent = None
+    for row in reversed(rows[:line]):
+        m = re.match(r"^(\s*)([^\s#:{}\[\]-][^:#{}]*?)\s*:(\s|$)", row)
+        if not m or (indent is not None and len(m.group(1)) >= indent):
+            continue
+        # a parent opens a block: nothing but a comment after its colon
+        if indent is None or re.match(r"^\s*(#.*)?$", row[m.end() :]):
+            path.insert(0, m.group(2).strip("'\""))
+            indent = len(m.group(1))
+            if indent == 0:
+                break
+    return ".".join(path)
+
+
+def _check_syntax(path: Path) -> None:
+    """A YAML syntax error as one line at the construct that was left open, with its key."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return  # load_yaml reports it
+    try:
+        yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.context_mark or exc.problem_mark
+        if mark is None:
+            return
+        line = mark.line + 1
+        key = _key_path_at(text, line) or "(top level)"
+        what = f"{exc.context}, " if exc.context else ""
+        where = f" on line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise ConfigError(
+            f"{path}:{line}: {key}: invalid YAML: {what}{exc.problem}{where}"
+        ) from None
+    except yaml.YAMLError:
+        return
+
+
+def _validate_criteria(data: Any, path: Path, lines: dict) -> CriteriaFile:
+    """Like config.validate, but an error raised with ``_at`` names the sub-key it is about."""
+    if isinstance(data, dict):
+        try:
+            return CriteriaFile.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            if err["type"] == "hil_at":
+                loc = tuple(
+                    p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function"))
+                )
+                loc = (*loc, *err["ctx"]["hil_at"].split("."))
+                raise ConfigError(error_line(path, lines, loc, err["msg"])) from None
+    return validate(CriteriaFile, data, path, lines)
+
+
 def load_criteria(path: str | Path) -> tuple[CriteriaFile, Path]:
+    """Load and validate a criteria file; a bad one raises one ConfigError line
+    ``file:line: key.path: message``."""
     path = Path(path)
+    _check_syntax(path)
     data, lines = load_yaml(path)
+    dup = _duplicate_key(yaml.compose(path.read_text(), Loader=yaml.SafeLoader))
+    if dup:
+        loc, line, first = dup
+        key = ".".join(str(p) for p in loc)
+        raise ConfigError(f"{path}:{line}: {key}: duplicate key (first given on line {first})")
     if isinstance(data, dict) and isinstance(data.get("criteria"), dict):
         for cid in data["criteria"]:
             if not isinstance(cid, str) or not cid or set(cid) - _ID_OK:
@@ -140,7 +268,7 @@ def load_criteria(path: str | Path) -> tuple[CriteriaFile, Path]:
                     f"{path}:{line}: criteria.{cid}: requirement id may only hold "
                     "letters, digits, '-', '_' and '.'"
                 )
-    spec = validate(CriteriaFile, data, path, lines)
+    spec = _validate_criteria(data, path, lines)
     return spec, path
 
 
