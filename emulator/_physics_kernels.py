@@ -182,7 +182,7 @@ def click_pattern_tables(mu, tj):
     A coherent pulse has a Poisson photon number; independent losses split it into independent
     Poisson numbers per detector (thinning), so detector j clicks with probability
     1 - exp(-mu_c tj[s, j]) independently of the others (Ma et al., PRA 72, 012326 (2005),
-    Sec. II; Lütkenhaus, PRA 61, 052304 (2000), Sec. III for the multi-detector form).
+    Sec. II; the same splitting applied to each of the four detectors).
     Returns order[c, s, m]: the 15 non-empty patterns (bit j = detector j) by decreasing
     probability, cum[c, s, m]: their running sum (cum[c, s, 14] = P(at least one click))."""
     order = np.zeros((3, 4, 15), np.int64)
@@ -203,6 +203,38 @@ def click_pattern_tables(mu, tj):
                 run += pr[idx[m]]
                 cum[c, s, m] = run
     return order, cum
+
+
+_BATCH = 1024
+
+
+@njit(cache=True)
+def _emit_clicks(
+    out,
+    n_out,
+    batch_i,
+    batch_pat,
+    n_batch,
+    k_jit,
+    sigma_ps,
+    anchor_i,
+    tau0_int,
+    tau0_frac,
+    p_int,
+    p_rest,
+):
+    """Write the jittered click times of a batch of (pulse index, click pattern) to `out`."""
+    for q in range(n_batch):
+        i = batch_i[q]
+        pattern = batch_pat[q]
+        cm = counter_mix(i)
+        t_int, t_frac = nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
+        for j in range(4):
+            if (pattern >> j) & 1:
+                g = gauss_from_hash(keyed(k_jit[j], cm))
+                out[n_out] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + j
+                n_out += 1
+    return n_out
 
 
 @njit(cache=True)
@@ -252,6 +284,9 @@ def signal_detections(
     for j in range(4):
         k_jit[j] = stream_key(seed, STREAM_JITTER + j)
     log_q = math.log1p(-p_c) if p_c < 1.0 else -math.inf
+    batch_i = np.empty(_BATCH, np.int64)
+    batch_pat = np.empty(_BATCH, np.int64)
+    n_batch = 0
     b = i_lo // BLOCK_PULSES
     while b * BLOCK_PULSES < i_hi:
         start = b * BLOCK_PULSES
@@ -270,7 +305,21 @@ def signal_detections(
             pos += 1 + np.int64(skip)
             if pos < i_lo:
                 continue
-            if n_out + 4 > out.shape[0]:
+            if n_out + 4 * n_batch + 4 > out.shape[0]:
+                n_out = _emit_clicks(
+                    out,
+                    n_out,
+                    batch_i,
+                    batch_pat,
+                    n_batch,
+                    k_jit,
+                    sigma_ps,
+                    anchor_i,
+                    tau0_int,
+                    tau0_frac,
+                    p_int,
+                    p_rest,
+                )
                 return n_out, pos
             i = pos
             cm = counter_mix(i)
@@ -292,15 +341,42 @@ def signal_detections(
             m = 0
             while cum[cls, s, m] <= x:
                 m += 1
-            pattern = order[cls, s, m]
-            t_int, t_frac = nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-            for j in range(4):
-                if (pattern >> j) & 1:
-                    g = gauss_from_hash(keyed(k_jit[j], cm))
-                    t = t_int + np.int64(math.floor(t_frac + sigma_ps * g))
-                    out[n_out] = t * 4 + j
-                    n_out += 1
+            batch_i[n_batch] = i
+            batch_pat[n_batch] = order[cls, s, m]
+            n_batch += 1
+            if n_batch == _BATCH:
+                # Times are computed in a separate loop over a batch: its iterations are
+                # independent, so the CPU overlaps their latencies.
+                n_out = _emit_clicks(
+                    out,
+                    n_out,
+                    batch_i,
+                    batch_pat,
+                    n_batch,
+                    k_jit,
+                    sigma_ps,
+                    anchor_i,
+                    tau0_int,
+                    tau0_frac,
+                    p_int,
+                    p_rest,
+                )
+                n_batch = 0
         b += 1
+    n_out = _emit_clicks(
+        out,
+        n_out,
+        batch_i,
+        batch_pat,
+        n_batch,
+        k_jit,
+        sigma_ps,
+        anchor_i,
+        tau0_int,
+        tau0_frac,
+        p_int,
+        p_rest,
+    )
     return n_out, i_hi
 
 

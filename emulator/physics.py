@@ -189,7 +189,8 @@ def photon_click_table(params: LinkParams) -> np.ndarray:
     """Probability tj[s, j] that one photon in state s = 2 * basis + bit clicks detector j.
 
     Passive basis split (p_z_bob to Z), projection with misalignment e_mis in the matching basis
-    and 1/2 in the other (Lim et al., PRA 89, 022307 (2014), Appendix: e_mis model), efficiency."""
+    and 1/2 in the other (as in the simulation model of Lim et al., PRA 89, 022307 (2014)),
+    then the detector efficiency."""
     eta = channel_transmittance(params)
     tj = np.zeros((4, N_DETECTORS))
     for basis in (0, 1):
