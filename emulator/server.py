@@ -72,6 +72,9 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
                 continue
             message = bytes(buf[:end])
             del buf[: end + 1]
+            if len(message) > limit:
+                device.error(-100, f"program message longer than {limit} bytes")
+                continue
             if message.endswith(b"\r"):
                 message = message[:-1]
             if not message.strip(b" \t"):
@@ -121,7 +124,9 @@ class Emulator:
             srv = _Server((self.host, ports.get(role, 0)), _ScpiHandler)
             srv.device = device
             srv.max_message_bytes = self.max_message_bytes
-            threading.Thread(target=srv.serve_forever, name=f"scpi-{role}", daemon=True).start()
+            threading.Thread(
+                target=srv.serve_forever, args=(0.05,), name=f"scpi-{role}", daemon=True
+            ).start()
             self._servers.append(srv)
             port = srv.server_address[1]
             self.resources[role] = f"TCPIP::{self.host}::{port}::SOCKET"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Instrument, control, strict_range, to_bool
+from .base import Instrument, control, strict_bool, strict_range, to_bool
 
 
 class KeysightAttenuator(Instrument):
@@ -43,7 +43,7 @@ class KeysightAttenuator(Instrument):
         "OUTP{ch}:STAT?",
         "OUTP{ch}:STAT {}",
         "Control the output shutter (bool: True = light passes).",
-        validator=lambda v, _: bool(v),
+        validator=strict_bool,
         get_process=to_bool,
         set_process=lambda v: int(v),
     )

@@ -60,8 +60,16 @@ def strict_range(value: float, values: tuple[float, float]) -> float:
 
 
 def strict_discrete_set(value: Any, values: Sequence) -> Any:
-    if value not in values:
+    """Accept one of ``values`` exactly (no case folding, no nearest match)."""
+    if isinstance(value, bool) or value not in values:
         raise ValueError(f"{value!r} is not one of {list(values)}")
+    return value
+
+
+def strict_bool(value: Any, values: Any = None) -> bool:
+    """Accept True/False only (not 'yes', 2 or None: a typo must not switch a laser on)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"expected True or False, got {value!r}")
     return value
 
 
@@ -97,7 +105,7 @@ def control(
     def fset(self, value):
         if set_cmd is None:
             raise AttributeError("read-only property")
-        if validator is not None:
+        if validator is not None:  # before anything is sent
             try:
                 value = validator(value, values)
             except (TypeError, ValueError) as exc:
@@ -151,6 +159,7 @@ class Instrument:
         self.check_errors = check_errors
         self.on_action = on_action  # called with (instrument name, command) for every write
         self._lock = threading.RLock()
+        self._stale = False  # a query timed out: clear once more before the next I/O
         try:
             self.session = resource_manager().open_resource(
                 resource,
@@ -167,6 +176,8 @@ class Instrument:
     # -- raw I/O -------------------------------------------------------------------------------
     def _io(self, command: str, fn: Callable[[], Any]) -> Any:
         with self._lock:
+            if self._stale:
+                self._recover_after_timeout()
             try:
                 return fn()
             except pyvisa.errors.VisaIOError as exc:
@@ -187,9 +198,12 @@ class Instrument:
                 ) from None
 
     def _recover_after_timeout(self) -> None:
-        # pyvisa-py keeps a late reply buffered and hands it to the next query (#376): clear.
+        """Discard whatever a timed-out query may still deliver (pyvisa-py keeps a late reply
+        buffered and hands it to the next query, pyvisa-py #376). Called at the timeout and
+        once more before the next I/O, since the late reply may arrive after the first clear."""
+        self._stale = not self._stale
         try:
-            self.session.clear()
+            self.session.clear()  # sockets: drop the buffer, read until 0.1 s of silence
         except Exception:  # noqa: BLE001 - best effort on a link that already failed
             pass
 
@@ -253,12 +267,19 @@ class Instrument:
         return self.query("*IDN?")
 
     def errors(self, limit: int = 64) -> list[str]:
-        """Get and clear the error queue (``SYST:ERR?`` until ``0,...``)."""
+        """Get and clear the error queue: ``SYST:ERR?`` until ``0,"No error"``; each entry as
+        the instrument wrote it (e.g. ``-222,"Data out of range"``)."""
         out = []
         for _ in range(limit):
             text = self.query("SYST:ERR?")
             code = text.split(",", 1)[0].strip()
-            if int(code) == 0:
+            try:
+                number = int(code)
+            except ValueError:
+                raise InstrumentError(
+                    self.name, "SYST:ERR?", f"answer {text[:60]!r} is not '<code>,\"<text>\"'"
+                ) from None
+            if number == 0:
                 break
             out.append(text)
         return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Instrument, strict_range, to_bool
+from .base import Instrument, strict_bool, strict_range, to_bool
 
 
 class DetectorChannel:
@@ -57,7 +57,11 @@ class DetectorChannel:
 
     @running.setter
     def running(self, on: bool) -> None:
-        self.unit.set_checked(f"DET{self.channel}:RUN {int(bool(on))}")
+        try:
+            strict_bool(on)
+        except TypeError as exc:
+            raise ValueError(f"{self.unit.name}.detector{self.channel}.running: {exc}") from None
+        self.unit.set_checked(f"DET{self.channel}:RUN {int(on)}")
 
 
 class DetectorUnit(Instrument):
@@ -81,7 +85,10 @@ class DetectorUnit(Instrument):
 
     @integration_s.setter
     def integration_s(self, v: float) -> None:
-        strict_range(v, (1e-3, 60.0))
+        try:
+            strict_range(v, (1e-3, 60.0))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.name}.integration_s: {exc}") from None
         self.set_checked(f"COUN:INT {v:.6g}")
 
     def counts(self) -> list[int]:

@@ -8,11 +8,13 @@ from .base import Instrument, control, measurement, strict_discrete_set, strict_
 class PM100(Instrument):
     """Thorlabs PM100-series power meter."""
 
-    power_w = measurement("MEAS:POW?", "Measure the optical power (float, in W or dBm per unit).")
+    power = measurement(
+        "MEAS:POW?", "Measure the optical power in the current unit (W or dBm, see ``unit``)."
+    )
     wavelength_m = control(
         "SENS:CORR:WAV?",
         "SENS:CORR:WAV {:.3f}",
-        "Control the correction wavelength in m (float, 4e-7 to 1.8e-6).",
+        "Control the correction wavelength in m (float, 4e-7 to 1.8e-6; sent in nm).",
         validator=strict_range,
         values=(400e-9, 1800e-9),
         get_process=lambda t: float(t) * 1e-9,
@@ -26,3 +28,9 @@ class PM100(Instrument):
         values=("W", "DBM"),
         get_process=str.strip,
     )
+
+    def power_w(self) -> float:
+        """Measure the optical power in W, whatever the display unit."""
+        unit = self.unit
+        value = self.power
+        return 1e-3 * 10 ** (value / 10) if unit == "DBM" else value

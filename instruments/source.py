@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Instrument, control, strict_range, to_bool
+from .base import Instrument, control, strict_bool, strict_range, to_bool
 
 UNDISCLOSED = 255
 MAX_SIFT_INDICES = 1_000_000
@@ -59,7 +59,7 @@ class QKDSource(Instrument):
         "OUTP?",
         "OUTP {}",
         "Control the optical output (bool).",
-        validator=lambda v, _: bool(v),
+        validator=strict_bool,
         get_process=to_bool,
         set_process=int,
     )
