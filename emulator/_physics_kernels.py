@@ -42,7 +42,7 @@ STREAM_AP_PROB = 24  # 24..27
 STREAM_AP_DELAY = 28  # 28..31
 
 JITTER_CLIP_SIGMA = 8.0  # Gaussian jitter truncated at 8 sigma (probability 1e-15 per click)
-BLOCK_PULSES = 1 << 16  # geometric-skip blocks: the skip sequence restarts at each block start
+BLOCK_PULSES = 1 << 12  # geometric-skip blocks: the skip sequence restarts at each block start
 DARK_SLOT_PS = 1 << 24  # dark counts are drawn per fixed 16.8 us slot of link time
 _POISSON_PIECE = 30.0  # Poisson inversion on pieces of mean <= 30 (no exp underflow)
 
@@ -243,12 +243,12 @@ def signal_detections(
     seed,
     i_lo,
     i_hi,
-    mu,
+    order,
+    cum,
     c0,
     c1,
     p_z,
     eve_fraction,
-    tj,
     sigma_ps,
     anchor_i,
     tau0_int,
@@ -262,12 +262,10 @@ def signal_detections(
     p_c (Devroye, Non-Uniform Random Variate Generation, 1986, ch. X.2: the gap between
     Bernoulli(p) successes is geometric); a candidate of class c and state s is kept with
     probability P_any(c, s) / p_c (thinning), so kept pulses are exactly Bernoulli(P_any). The
-    same uniform, rescaled, picks the click pattern from click_pattern_tables.
-    tj[s, j]: probability that one photon in state s = 2 * basis + bit clicks detector j.
+    same uniform, rescaled, picks the click pattern from the tables of click_pattern_tables.
     Fills `out` and returns (n written, next pulse index): if `out` fills up, call again from
     that index (the caller's buffer keeps this loop free of reallocation)."""
     n_out = 0
-    order, cum = click_pattern_tables(mu, tj)
     p_c = 0.0
     for c in range(3):
         for s in range(4):
@@ -442,6 +440,20 @@ def dark_detections(out, seed, det, rate_hz, t_lo, t_hi):
             out[q] = t * 4 + det
             n_out += 1
     return n_out, t_hi
+
+
+@njit(cache=True)
+def dark_detections_all(out, seed, rates_hz, t_lo, t_hi):
+    """Dark counts of all four detectors in [t_lo, t_hi), merged and sorted, in `out`.
+    Returns the number written, or -1 if `out` is too small (call again with a larger one)."""
+    n = 0
+    for det in range(4):
+        m, t_next = dark_detections(out[n:], seed, det, rates_hz[det], t_lo, t_hi)
+        if t_next < t_hi:
+            return -1
+        n += m
+    out[:n].sort()
+    return n
 
 
 @njit(cache=True)

@@ -348,57 +348,112 @@ def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
     return merged
 
 
-def _signal_clicks(p: LinkParams, i_lo: int, i_hi: int, timing) -> np.ndarray:
+@dataclass
+class _Derived:
+    """Quantities derived from one LinkParams value, computed once per parameter change."""
+
+    snapshot: dict
+    seed: int
+    c0: float
+    c1: float
+    p_z: float
+    eve_fraction: float
+    order: np.ndarray
+    cum: np.ndarray
+    p_c: float
+    jitter_ps: float
+    jitter_reach: int
+    lead_in: int
+    dark_rates: np.ndarray
+    dead_ps: np.ndarray
+    on: np.ndarray
+    afterpulse_prob: float
+    afterpulse_tau_ps: float
+    delays: np.ndarray
+    enabled: np.ndarray
+    resolution: int
+
+
+def _derive(p: LinkParams) -> _Derived:
+    validate(p)
+    mu = np.array(p.mu if p.output_on else (0.0, 0.0, 0.0), dtype=np.float64)
+    order, cum = _k.click_pattern_tables(mu, photon_click_table(p))
+    jitter_reach = int(math.ceil(_k.JITTER_CLIP_SIGMA * p.jitter_ps)) + 1
+    dead_ps = np.array([int(math.ceil(d * 1e12)) for d in p.dead_time_s], dtype=np.int64)
+    delays = np.array([int(d) for d in p.channel_delay_ps], dtype=np.int64)
+    lead_in = (
+        2 * jitter_reach
+        + int(dead_ps.max())
+        + 2 * int(np.abs(delays).max())
+        + 2 * int(p.resolution_ps)
+    )
+    return _Derived(
+        snapshot=dict(vars(p)),
+        seed=int(p.seed),
+        c0=float(p.p_mu[0]),
+        c1=float(p.p_mu[0] + p.p_mu[1]),
+        p_z=float(p.p_z),
+        eve_fraction=float(p.eve_fraction),
+        order=order,
+        cum=cum,
+        p_c=float(cum[:, :, 14].max()),
+        jitter_ps=float(p.jitter_ps),
+        jitter_reach=jitter_reach,
+        lead_in=lead_in,
+        dark_rates=np.array([dark_count_rate_hz(p, j) for j in range(N_DETECTORS)]),
+        dead_ps=dead_ps,
+        on=np.array(p.detector_on, dtype=np.bool_),
+        afterpulse_prob=float(p.afterpulse_prob),
+        afterpulse_tau_ps=float(p.afterpulse_tau_s * 1e12),
+        delays=delays,
+        enabled=np.array(p.channel_enabled, dtype=np.bool_),
+        resolution=int(p.resolution_ps),
+    )
+
+
+def _signal_clicks(dv: _Derived, i_lo: int, i_hi: int, timing) -> np.ndarray:
     """Clicks (keys t * 4 + detector) caused by the light of pulses [i_lo, i_hi)."""
-    mu = np.array(p.mu, dtype=np.float64)
-    tj = photon_click_table(p)
-    p_c = -math.expm1(-float(mu.max()) * float(tj.sum(axis=1).max()))  # for the buffer size
-    if p_c <= 0:
+    if dv.p_c <= 0 or i_hi <= i_lo:
         return np.empty(0, np.int64)
-    expected = (i_hi - i_lo) * p_c * 1.1
+    expected = (i_hi - i_lo) * dv.p_c * 1.1
     cap = int(expected + 6 * math.sqrt(expected)) + 4096
-    c1 = float(p.p_mu[0] + p.p_mu[1])
     out = []
     i = i_lo
     while i < i_hi:
         buf = np.empty(cap, np.int64)
         n, i = _k.signal_detections(
             buf,
-            int(p.seed),
+            dv.seed,
             i,
             i_hi,
-            mu,
-            float(p.p_mu[0]),
-            c1,
-            float(p.p_z),
-            float(p.eve_fraction),
-            tj,
-            float(p.jitter_ps),
+            dv.order,
+            dv.cum,
+            dv.c0,
+            dv.c1,
+            dv.p_z,
+            dv.eve_fraction,
+            dv.jitter_ps,
             *timing,
         )
         out.append(buf[:n])
     return np.concatenate(out) if len(out) > 1 else out[0]
 
 
-def _dark_clicks(p: LinkParams, det: int, rate_hz: float, t_lo: int, t_hi: int) -> np.ndarray:
-    """Dark counts (keys t * 4 + det) of one detector in [t_lo, t_hi)."""
-    expected = rate_hz * (t_hi - t_lo) * 1e-12
-    cap = int(expected + 6 * math.sqrt(expected) + 4 * rate_hz * _k.DARK_SLOT_PS * 1e-12) + 1024
-    out = []
-    t = t_lo
-    while t < t_hi:
+def _dark_clicks(dv: _Derived, t_lo: int, t_hi: int) -> np.ndarray:
+    """Dark counts (keys t * 4 + detector) of all detectors in [t_lo, t_hi), sorted."""
+    expected = float(dv.dark_rates.sum()) * (t_hi - t_lo) * 1e-12
+    cap = int(expected + 6 * math.sqrt(expected) + 1024)
+    while True:
         buf = np.empty(cap, np.int64)
-        n, t = _k.dark_detections(buf, int(p.seed), det, rate_hz, t, t_hi)
-        out.append(buf[:n])
-        cap *= 2  # only reached again if one slot held more than the buffer
-    return np.concatenate(out) if len(out) > 1 else out[0]
+        n = _k.dark_detections_all(buf, dv.seed, dv.dark_rates, t_lo, t_hi)
+        if n >= 0:
+            return buf[:n]
+        cap *= 4
 
 
-def _register(p: LinkParams, st: _State, keys: np.ndarray, horizon: int) -> np.ndarray:
+def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.ndarray:
     """Dead time and afterpulsing over sorted primary clicks; updates the detector state."""
-    dead_ps = np.array([int(math.ceil(d * 1e12)) for d in p.dead_time_s], dtype=np.int64)
-    on = np.array(p.detector_on, dtype=np.bool_)
-    cap = int(keys.shape[0] * (1 + 2 * p.afterpulse_prob)) + st.n_heap + 1024
+    cap = int(keys.shape[0] * (1 + 2 * dv.afterpulse_prob)) + st.n_heap + 1024
     out = []
     while True:
         if st.heap.shape[0] < st.n_heap + cap:
@@ -410,11 +465,11 @@ def _register(p: LinkParams, st: _State, keys: np.ndarray, horizon: int) -> np.n
             buf,
             keys,
             horizon,
-            dead_ps,
-            on,
-            float(p.afterpulse_prob),
-            float(p.afterpulse_tau_s * 1e12),
-            int(p.seed),
+            dv.dead_ps,
+            dv.on,
+            dv.afterpulse_prob,
+            dv.afterpulse_tau_ps,
+            dv.seed,
             st.last_click,
             st.heap,
             st.n_heap,
@@ -505,20 +560,17 @@ class LinkGenerator:
         self.params = params if params is not None else LinkParams()
         validate(self.params)
         self._state: _State | None = None
+        self._derived: _Derived | None = None
         self.dropped_early_tags = 0  # tags that a delay/offset decrease pushed before t0
 
-    def _margins(self, p: LinkParams) -> tuple[int, int]:
-        jitter_reach = int(math.ceil(_k.JITTER_CLIP_SIGMA * p.jitter_ps)) + 1
-        lead_in = (
-            2 * jitter_reach
-            + int(math.ceil(max(p.dead_time_s) * 1e12))
-            + 2 * max(abs(int(d)) for d in p.channel_delay_ps)
-            + 2 * p.resolution_ps
-        )
-        return jitter_reach, lead_in
+    def _derived_for(self, p: LinkParams) -> _Derived:
+        dv = self._derived
+        if dv is None or dv.snapshot != vars(p):
+            dv = self._derived = _derive(p)
+        return dv
 
-    def _restart(self, p: LinkParams, t0: int) -> None:
-        jitter_reach, lead_in = self._margins(p)
+    def _restart(self, p: LinkParams, dv: _Derived, t0: int) -> None:
+        jitter_reach, lead_in = dv.jitter_reach, dv.lead_in
         clock = _Clock(p.clock_hz, p.drift_ppm)
         if self._state is not None:
             clock = self._state.clock
@@ -538,7 +590,7 @@ class LinkGenerator:
         Calls must move forward: t0_ps equal to the previous t1_ps continues the link; a larger
         t0_ps skips the gap (the detectors' state restarts a short lead-in before t0_ps)."""
         p = params
-        validate(p)
+        dv = self._derived_for(p)
         t0, t1 = int(t0_ps), int(t1_ps)
         if t1 < t0:
             raise ValueError(f"generate: t1_ps={t1} is before t0_ps={t0}")
@@ -549,56 +601,42 @@ class LinkGenerator:
                 f"({st.t_end} ps); link time only moves forward"
             )
         if st is None or t0 > st.t_end:
-            self._restart(p, t0)
+            self._restart(p, dv, t0)
             st = self._state
         if (st.clock.clock_hz, st.clock.drift_ppm) != (p.clock_hz, p.drift_ppm):
             st.clock.rebase(st.next_pulse, p.clock_hz, p.drift_ppm)
         self.params = p
         offset = int(p.offset_ps)
-        res = int(p.resolution_ps)
-        delays = [int(d) for d in p.channel_delay_ps]
-        jitter_reach, _ = self._margins(p)
+        res = dv.resolution
         timing = st.clock.kernel_args(offset)
 
-        # Detector events before `horizon` cannot produce tags after t1 only if their tag time
-        # t + delay (floored to the resolution) is < t1 for every detector channel.
-        horizon = max(t1 - min(delays[1:]) + res, st.horizon)
+        # Detector events at or after `horizon` give tags at or after t1 on every channel:
+        # floor((t + delay) / res) * res >= t1 when t >= t1 - min(delay) + res.
+        horizon = max(t1 - int(dv.delays[1:].min()) + res, st.horizon)
 
         # light: pulses whose clicks can fall before the horizon
-        i_hi = st.clock.first_at_or_after(horizon + jitter_reach, offset)
+        i_hi = st.clock.first_at_or_after(horizon + dv.jitter_reach, offset)
         parts = [st.pending_clicks]
-        if i_hi > st.next_pulse and p.output_on:
-            parts.append(_signal_clicks(p, st.next_pulse, i_hi, timing))
+        if i_hi > st.next_pulse:
+            parts.append(_signal_clicks(dv, st.next_pulse, i_hi, timing))
         st.next_pulse = max(st.next_pulse, i_hi)
-        # dark counts
         if horizon > st.dark_from:
-            for j in range(N_DETECTORS):
-                rate = dark_count_rate_hz(p, j)
-                if rate > 0:
-                    parts.append(_dark_clicks(p, j, rate, st.dark_from, horizon))
+            parts.append(_dark_clicks(dv, st.dark_from, horizon))
             st.dark_from = horizon
         clicks = _sorted_union(parts)
         split = int(np.searchsorted(clicks, horizon * 4))
         st.pending_clicks = clicks[split:].copy()
-        registered = _register(p, st, clicks[:split], horizon)
+        registered = _register(dv, st, clicks[:split], horizon)
         st.horizon = horizon
 
-        # tagger: delay, quantisation, channel enable
-        tag_parts = [
-            st.pending_tags,
-            _k.tag_keys(
-                registered,
-                np.asarray(delays, dtype=np.int64),
-                res,
-                np.asarray(p.channel_enabled, dtype=np.bool_),
-            ),
-        ]
-        # sync: pulses 0, N, 2N, ... as seen through the tagger clock
-        i_sync_end = st.clock.first_at_or_after(t1 - delays[0] + res, offset)
+        # tagger: delay, quantisation, channel enable; sync at pulses 0, N, 2N, ...
+        tag_parts = [st.pending_tags, _k.tag_keys(registered, dv.delays, res, dv.enabled)]
+        d0 = int(dv.delays[0])
+        i_sync_end = st.clock.first_at_or_after(t1 - d0 + res, offset)
         if i_sync_end > st.next_sync:
             if p.sync_enabled and p.channel_enabled[0]:
                 sync = _k.sync_tags(st.next_sync, i_sync_end - 1, int(p.sync_divider), *timing)
-                tag_parts.append(((sync + delays[0]) // res) * res * 8)
+                tag_parts.append(((sync + d0) // res) * res * 8)
             st.next_sync = i_sync_end
         tags = _sorted_union(tag_parts)
         lo = int(np.searchsorted(tags, t0 * 8))

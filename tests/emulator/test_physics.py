@@ -93,10 +93,12 @@ def test_signal_kernel_matches_reference(eve):
     p = BASE.replace(attenuation_db=0.0, efficiency=(0.3, 0.2, 0.25, 0.1), e_mis=0.03)
     tj = physics.photon_click_table(p)
     mu = np.array([0.6, 0.2, 0.0])
+    order, cum = k.click_pattern_tables(mu, tj)
     timing = (3, 1234, 0.25, 1000, 1e-3)  # anchor 3, nonzero fraction and drift
+    args = (order, cum, 0.5, 0.8, 0.7, eve, 30.0, *timing)
     for i_lo, i_hi in ((0, 20_000), (65_000, 66_000), (131_071, 131_073), (10, 10)):
         buf = np.empty(4 * (i_hi - i_lo) + 8, np.int64)
-        n, nxt = k.signal_detections(buf, 9, i_lo, i_hi, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, *timing)
+        n, nxt = k.signal_detections(buf, 9, i_lo, i_hi, *args)
         expected = ref.signal_detections(9, i_lo, i_hi, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
         assert nxt == i_hi
         assert buf[:n].tolist() == expected
@@ -104,7 +106,7 @@ def test_signal_kernel_matches_reference(eve):
     buf = np.empty(40, np.int64)
     got, i = [], 0
     while i < 20_000:
-        n, i = k.signal_detections(buf, 9, i, 20_000, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, *timing)
+        n, i = k.signal_detections(buf, 9, i, 20_000, *args)
         got += buf[:n].tolist()
     assert got == ref.signal_detections(9, 0, 20_000, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
 
@@ -124,6 +126,12 @@ def test_dark_kernel_matches_reference():
         n, nxt = k.dark_detections(buf, 4, 2, rate, t_lo, t_hi)
         assert nxt == t_hi
         assert buf[:n].tolist() == ref.dark_detections(4, 2, rate, t_lo, t_hi)
+    rates = np.array([1e5, 0.0, 3e6, 7e4])
+    buf = np.empty(10_000, np.int64)
+    n = k.dark_detections_all(buf, 4, rates, 10**6, 10**9)
+    merged = sorted(sum((ref.dark_detections(4, j, rates[j], 10**6, 10**9) for j in range(4)), []))
+    assert buf[:n].tolist() == merged
+    assert k.dark_detections_all(np.empty(10, np.int64), 4, rates, 10**6, 10**9) == -1
 
 
 def test_register_kernel_matches_reference():
