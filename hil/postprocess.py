@@ -38,6 +38,7 @@ class LinkSettings:
     sync_divider: int
     mu: tuple[float, float, float]
     p_mu: tuple[float, float, float]
+    p_z: float  # probability that the source prepares the key basis Z
 
     @classmethod
     def from_source(cls, source) -> LinkSettings:
@@ -46,6 +47,7 @@ class LinkSettings:
             int(source.sync_divider),
             tuple(source.intensities),
             tuple(source.probabilities),
+            float(source.z_probability),
         )
 
 
@@ -281,3 +283,41 @@ def analyse_capture(
                 data=json.dumps({"link": asdict(link), **result.summary()}, default=float),
             )
     return result
+
+
+def add_counts(parts: list[SiftCounts]) -> SiftCounts:
+    """Sum sifted counts of several windows (the block grows as windows are added)."""
+    if not parts:
+        z = np.zeros((2, 3), dtype=np.int64)
+        return SiftCounts(z, z.copy(), z.copy(), 0, 0, 0, 0, 0)
+    return SiftCounts(
+        n=sum(p.n for p in parts),
+        d=sum(p.d for p in parts),
+        m=sum(p.m for p in parts),
+        n_unassigned=sum(p.n_unassigned for p in parts),
+        n_multi_click=sum(p.n_multi_click for p in parts),
+        n_cross_basis=sum(p.n_cross_basis for p in parts),
+        n_conflicting=sum(p.n_conflicting for p in parts),
+        n_basis_mismatch=sum(p.n_basis_mismatch for p in parts),
+    )
+
+
+def time_to_first_key(
+    analysis: KeyAnalysis,
+    link: LinkSettings,
+    t_from_ps: int,
+    key_params: KeyParameters | None = None,
+) -> tuple[float, int]:
+    """Integration time: link time from ``t_from_ps`` until the block accumulated window by
+    window first gives a positive finite-key length. Returns (seconds, key bits) or
+    (inf, 0) when the capture never gets there."""
+    kp = key_params or KeyParameters()
+    acc = []
+    for w in analysis.windows:
+        if w.t_stop_ps <= t_from_ps:
+            continue
+        acc.append(w.counts)
+        key = _key(add_counts(acc), link, kp)
+        if key.key_length > 0:
+            return (w.t_stop_ps - t_from_ps) * 1e-12, key.key_length
+    return float("inf"), 0

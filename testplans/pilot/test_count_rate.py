@@ -9,8 +9,8 @@ from hil.store import open_capture
 DETECTOR_CHANNELS = [1, 2, 3, 4]
 
 
-def test_detector_count_rate(bench, source, attenuator, tagger, run, criteria, judge_value):
-    cond = criteria[0].criteria["PIL-RATE-001"].conditions
+def test_detector_count_rate(bench, source, attenuator, tagger, run, conditions, judge_value):
+    cond = conditions("PIL-RATE-001")
     attenuator.output_enabled = True
     attenuator.set_attenuation_and_wait(cond["attenuation_db"])
     source.output_enabled = True
