@@ -10,8 +10,9 @@ Timestamp mapping (picoseconds, int64):
   resolution (1 ps on HydraHarp, 4 ps on PicoHarp), an integer number of picoseconds.
 - T3: ``time`` counts sync periods and ``dtime`` TCSPC bins after the sync; the photon's
   arrival is ``timestamps_ps = rint((time * global_resolution + dtime * tcspc_resolution) *
-  1e12)``, evaluated in float64 (exact to well under 1 ps for any sync index below 2**44 at a
-  100 ns period). The raw ``dtime`` is kept in /photon_data/nanotimes with
+  1e12)``, evaluated in float64: the nearest picosecond to the exact value, give or take a few
+  ulps (5e-4 ps at 5 s), so a value at an exact half picosecond may go to either neighbour.
+  The raw ``dtime`` is kept in /photon_data/nanotimes with
   ``nanotimes_specs/tcspc_unit = tcspc_resolution``, so the sync index is recoverable as
   ``rint((timestamps_ps * 1e-12 - nanotimes * tcspc_unit) / global_resolution)``.
 

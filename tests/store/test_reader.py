@@ -1,0 +1,147 @@
+"""Reader API: chunks, time windows (checked against numpy.searchsorted on the whole array),
+snapshot, events, results; writer input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hil.store import CaptureWriter, open_capture
+
+
+def write(path, ts, ch, chunk_tags=64, pieces=7):
+    with CaptureWriter(path, snapshot={"bench_name": "t"}, chunk_tags=chunk_tags) as w:
+        for part_ts, part_ch in zip(
+            np.array_split(ts, pieces), np.array_split(ch, pieces), strict=True
+        ):
+            w.append(part_ts, part_ch)
+
+
+@pytest.fixture
+def dup_capture(tmp_path):
+    """Many duplicate timestamps, runs of equal values that straddle HDF5 chunk boundaries."""
+    rng = np.random.default_rng(7)
+    ts = np.sort(rng.integers(0, 400, 1000)).astype(np.int64) * 1000
+    ch = rng.integers(0, 5, 1000).astype(np.uint8)
+    write(tmp_path / "dup.h5", ts, ch)
+    return tmp_path / "dup.h5", ts, ch
+
+
+def test_index_at_matches_searchsorted(dup_capture):
+    path, ts, _ = dup_capture
+    rng = np.random.default_rng(3)
+    probes = np.concatenate(
+        [
+            rng.integers(-5000, 410_000, 300),  # random, including before and after all tags
+            ts[rng.integers(0, len(ts), 100)],  # exact hits (left-most of a run expected)
+            ts[::64],  # first tag of every HDF5 chunk
+            [ts[0], ts[-1], ts[-1] + 1, np.iinfo(np.int64).min, np.iinfo(np.int64).max],
+        ]
+    )
+    with open_capture(path) as cap:
+        assert cap.chunk_tags == 64
+        for t in probes:
+            assert cap.index_at(int(t)) == np.searchsorted(ts, t, side="left"), t
+
+
+def test_window(dup_capture):
+    path, ts, ch = dup_capture
+    rng = np.random.default_rng(4)
+    with open_capture(path) as cap:
+        for _ in range(100):
+            t0, t1 = sorted(rng.integers(-1000, 410_000, 2))
+            sel = (ts >= t0) & (ts < t1)
+            wts, wch = cap.window(int(t0), int(t1))
+            np.testing.assert_array_equal(wts, ts[sel])
+            np.testing.assert_array_equal(wch, ch[sel])
+        assert len(cap.window(10, 10)[0]) == 0
+        assert len(cap.window(500, 100)[0]) == 0  # reversed bounds: empty, not an error
+
+
+def test_iter_chunks_reassembles(dup_capture):
+    path, ts, ch = dup_capture
+    with open_capture(path) as cap:
+        for n in (1, 64, 100, 5000):
+            parts = list(cap.iter_chunks(n))
+            assert all(len(p[0]) <= n for p in parts)
+            np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), ts)
+            np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), ch)
+        part = list(cap.iter_chunks(50, start=10, stop=130))
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in part]), ts[10:130])
+        assert cap.n_tags == len(ts)
+        assert cap.complete
+
+
+def test_empty_capture(tmp_path):
+    CaptureWriter(tmp_path / "e.h5").close(duration_s=0.5)
+    with open_capture(tmp_path / "e.h5") as cap:
+        assert cap.n_tags == 0 and cap.complete and cap.duration_s == 0.5
+        assert cap.index_at(123) == 0
+        assert len(cap.window(0, 10)[0]) == 0
+        assert list(cap.iter_chunks()) == []
+
+
+def test_events_results_snapshot(tmp_path):
+    snap = {"bench_name": "b", "instruments": {"source": {"idn": "X", "settings": {"a": 1}}}}
+    with CaptureWriter(tmp_path / "c.h5", snapshot=snap) as w:
+        w.append(np.array([1, 2, 3]), np.array([0, 1, 2], "u1"))
+        w.add_event(2, "action", "attenuation 20 dB")
+        w.add_event(3, "marker")
+        w.set_result("rates_hz", np.array([1.0, 2.0]))
+        w.set_result("verdict", {"qber": 0.02, "ok": True})
+    with open_capture(tmp_path / "c.h5") as cap:
+        assert cap.events() == [(2, "action", "attenuation 20 dB"), (3, "marker", "")]
+        np.testing.assert_array_equal(cap.result("rates_hz"), [1.0, 2.0])
+        assert cap.result("verdict") == {"qber": 0.02, "ok": True}
+        assert cap.snapshot() == snap
+        assert cap.counts() == {0: 1, 1: 1, 2: 1}
+        assert cap.channel_labels()[1] == "H"
+
+
+def test_duration_from_tags_when_not_given(tmp_path):
+    with CaptureWriter(tmp_path / "d.h5") as w:
+        w.append(np.array([1_000, 2_000]), np.array([1, 1], "u1"))
+        w.append(np.array([3_000_001_000]), np.array([2], "u1"))
+    with open_capture(tmp_path / "d.h5") as cap:
+        assert cap.duration_s == pytest.approx(3e-3)
+
+
+def test_channel_outside_layout_is_added(tmp_path):
+    with CaptureWriter(tmp_path / "x.h5") as w:
+        w.append(np.array([1, 2, 3]), np.array([1, 7, 7], "u1"))
+    with open_capture(tmp_path / "x.h5") as cap:
+        assert cap.counts() == {1: 1, 7: 2}
+        assert cap.channel_labels()[7] == "input 7"
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    with CaptureWriter(tmp_path / "w.h5") as w:
+        w.append(np.array([10, 20]), np.array([1, 2], "u1"))
+        with pytest.raises(ValueError, match="before the end of the previous"):
+            w.append(np.array([5]), np.array([1], "u1"))
+        with pytest.raises(ValueError, match="differ in length"):
+            w.append(np.array([30, 40]), np.array([1], "u1"))
+        with pytest.raises(ValueError, match="nanotimes"):
+            w.append(np.array([30]), np.array([1], "u1"), np.array([3], "u2"))
+    with pytest.raises(ValueError, match="compression 'lzf' unknown"):
+        CaptureWriter(tmp_path / "z.h5", compression="lzf")
+
+
+def test_exception_inside_with_leaves_incomplete(tmp_path):
+    with pytest.raises(RuntimeError), CaptureWriter(tmp_path / "i.h5") as w:
+        w.append(np.array([1]), np.array([1], "u1"))
+        raise RuntimeError("tagger died")
+    with open_capture(tmp_path / "i.h5") as cap:
+        assert not cap.complete
+        assert cap.n_tags == 1
+
+
+def test_open_capture_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such capture file"):
+        open_capture(tmp_path / "missing.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(OSError, match="not a qkd-hil capture"):
+        open_capture(tmp_path / "other.h5")
