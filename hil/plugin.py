@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 
 from .config import ConfigError, load_bench
-from .report import Run
+from .report import (
+    Run,
+    allure_attach_test,
+    allure_dir,
+    plan_criteria_files,
+    terminal_lines,
+    write_allure_environment,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -107,10 +114,32 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         run.outcomes[item.nodeid] = report.outcome
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # the plan's criteria files, so that criteria no test measured are reported as such
+    session.config._hil_criteria_files = plan_criteria_files(i.path for i in session.items)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    run = getattr(item.config, "_hil_run", None)
+    uses_run = run is not None and (run.created or "run" in getattr(item, "fixturenames", ()))
+    if uses_run:
+        run.set_current_test(item.nodeid)  # series and verdicts belong to the running test
+    yield
+    if uses_run:
+        run.set_current_test("")
+        if allure_dir(item.config):
+            allure_attach_test(run, item.nodeid)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = getattr(session.config, "_hil_run", None)
     if run is not None and run.created:
+        for path in getattr(session.config, "_hil_criteria_files", []):
+            run.add_criteria_file(path)
         run.finish()
+        if allure_dir(session.config):
+            write_allure_environment(allure_dir(session.config), run)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -119,11 +148,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     tr = terminalreporter
     tr.section("qkd-hil verdicts")
-    for v in run.verdicts:
+    for text, outcome in terminal_lines(run):
         markup = {
             "PASS": {"green": True},
             "MARGINAL": {"yellow": True, "bold": True},
             "FAIL": {"red": True, "bold": True},
-        }[v.outcome]
-        tr.write_line(v.line(), **markup)
-    tr.write_line(f"run folder: {run.dir}")
+        }.get(outcome, {})
+        tr.write_line(text, **markup)
+    tr.write_line(f"run folder: {run.dir}  (summary.html, summary.json, manifest.sha256)")

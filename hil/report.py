@@ -1,31 +1,82 @@
-"""Run folders and their reports: verdicts, ``summary.json`` and ``manifest.sha256``.
+"""Run folders and the reports people read: verdicts, plots, ``summary.json``, ``summary.html``,
+``manifest.sha256``, and the allure attachments of a run.
 
-A run folder ``results/<run-id>/`` holds the acquisitions, ``summary.json`` (every criterion,
-value, limits, verdict, conditions and evidence file) and ``manifest.sha256`` over everything in
-it, so that ``sha256sum -c manifest.sha256`` proves the evidence untouched.
+A run folder ``results/<run-id>/`` holds the acquisitions, ``summary.json`` (every criterion of
+the plan's criteria files, measured or not, with value, limits, verdict, conditions and evidence
+files; the bench identity; the plot data), ``summary.html`` (the same for people, readable
+offline: styles and plots are inline, no external URL) and ``manifest.sha256`` over everything in
+it, so that ``sha256sum -c manifest.sha256`` run inside the folder proves the evidence untouched.
+
+Plot data: a test plan stores a series with :meth:`Run.add_series`; series that share ``plot``
+are drawn in one figure. For example::
+
+    run.add_series("key rate", loss_db, rates_bps, x_label="loss (dB)",
+                   y_label="secure key rate", plot="Key rate against loss",
+                   criterion_id="PIL-SKR-001", log_y=True)
+    run.add_series("QBER Z", t_s, qber_z, x_label="time (s)", y_label="QBER",
+                   plot="QBER over time")
+
+Without ``criterion_id`` the values are drawn as given. With it, ``y`` is in the criterion
+quantity's SI base unit (as ``judge_value`` takes it); the plot shows it in the criterion's unit
+with the limit (solid) and the marginal band's edge (dashed) as horizontal lines. The series is
+saved in ``summary.json`` under ``series`` and belongs to the test that was running when it was
+added (or ``test=``).
+
+Allure (active with ``--alluredir``): every instrument write is a step (:func:`instrument_steps`);
+each test gets its verdict table and its plots as attachments and the labels epic = plan,
+feature = criterion id, and a ``requirement`` link per criterion id (``--allure-link-pattern
+requirement:https://tracker/{}`` turns them into URLs); ``environment.properties`` names the bench
+and every instrument's ``*IDN?``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
+import io
 import json
+import math
 import os
 import secrets
 import socket
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import hil
 
-from .criteria import Verdict
+from .config import ConfigError
+from .criteria import QUANTITIES, Verdict, load_criteria
+
+NOT_MEASURED = "NOT MEASURED"
+# worst first: a criterion measured by several tests takes its worst verdict
+_RANK = {"FAIL": 0, "MARGINAL": 1, "PASS": 2, NOT_MEASURED: 3}
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+@dataclass
+class Series:
+    """One line of a plot: x and y values with their axis labels (see the module docstring)."""
+
+    name: str
+    x: list[float]
+    y: list[float]
+    x_label: str
+    y_label: str
+    plot: str
+    criterion_id: str | None = None
+    test: str = ""
+    log_y: bool = False
+    style: str = "line"  # "line" or "points"
+
+
 class Run:
-    """One run of a test plan: its folder, its verdicts, its summary."""
+    """One run of a test plan: its folder, verdicts, criteria, plot series and summary."""
 
     def __init__(self, results_dir: str | Path, run_id: str | None = None):
         self.run_id = run_id or new_run_id()
@@ -35,6 +86,14 @@ class Run:
         self.verdicts: list[Verdict] = []
         self.bench_info: dict = {}
         self.outcomes: dict[str, str] = {}  # test nodeid -> passed/failed/skipped
+        self.series: list[Series] = []
+        self.criteria: dict[str, dict] = {}  # requirement id -> criterion (from its file)
+        self.criteria_errors: list[str] = []
+        self.current_test: str = ""  # set by the plugin while a test runs
+
+    def set_current_test(self, nodeid: str) -> None:
+        """The test now running (pytest nodeid): verdicts and series added belong to it."""
+        self.current_test = nodeid
 
     def path(self, name: str) -> Path:
         """A path for an evidence file inside the run folder."""
@@ -48,6 +107,7 @@ class Run:
             "file": str(bench.path),
             "emulated": bench.emulated,
             "idn": dict(bench.idn),
+            "resources": {r: i.resource_name for r, i in bench.instruments.items()},
             "control_plane_latency_s": dict(bench.latency_s),
         }
 
@@ -58,30 +118,189 @@ class Run:
             else e
             for e in verdict.evidence
         ]
+        if not verdict.test:
+            verdict.test = self.current_test
         self.verdicts.append(verdict)
 
+    def add_series(
+        self,
+        name: str,
+        x,
+        y,
+        *,
+        x_label: str,
+        y_label: str,
+        plot: str | None = None,
+        criterion_id: str | None = None,
+        log_y: bool = False,
+        style: str = "line",
+        test: str | None = None,
+    ) -> Series:
+        """Store a plot series (drawn in summary.html and attached to allure; saved in
+        summary.json). ``plot`` groups series into one figure (default: ``name``)."""
+        xs = [float(v) for v in x]
+        ys = [float(v) for v in y]
+        if len(xs) != len(ys):
+            raise ValueError(f"series {name!r}: {len(xs)} x values but {len(ys)} y values")
+        if style not in ("line", "points"):
+            raise ValueError(f"series {name!r}: style is 'line' or 'points', not {style!r}")
+        s = Series(
+            name=name,
+            x=xs,
+            y=ys,
+            x_label=x_label,
+            y_label=y_label,
+            plot=plot or name,
+            criterion_id=criterion_id,
+            test=self.current_test if test is None else test,
+            log_y=log_y,
+            style=style,
+        )
+        self.series.append(s)
+        return s
+
+    def add_criteria_file(self, path: str | Path) -> None:
+        """Register every criterion of a criteria file, so that the ones no test measured are
+        listed as not measured."""
+        try:
+            spec, path = load_criteria(path)
+        except ConfigError as exc:
+            self.criteria_errors.append(str(exc))
+            return
+        for cid, c in spec.criteria.items():
+            self.criteria.setdefault(
+                cid,
+                {
+                    "id": cid,
+                    "plan": spec.plan,
+                    "criteria_file": str(path),
+                    "title": c.title,
+                    "quantity": c.quantity,
+                    "unit": c.unit,
+                    "limits": c.limits.model_dump(),
+                    "marginal": c.marginal.model_dump() if c.marginal else None,
+                    "conditions": dict(c.conditions),
+                },
+            )
+
+    def criteria_table(self) -> list[dict]:
+        """Every criterion (registered or judged) with its verdicts and overall status."""
+        table = {cid: {**c, "verdicts": []} for cid, c in self.criteria.items()}
+        for v in self.verdicts:
+            entry = table.setdefault(
+                v.criterion_id,
+                {
+                    "id": v.criterion_id,
+                    "plan": v.plan,
+                    "criteria_file": v.criteria_file,
+                    "title": v.title,
+                    "quantity": v.quantity,
+                    "unit": v.unit,
+                    "limits": v.limits,
+                    "marginal": v.marginal,
+                    "conditions": {},
+                    "verdicts": [],
+                },
+            )
+            entry["verdicts"].append(
+                {
+                    "test": v.test,
+                    "value": v.value,
+                    "margin": v.margin,
+                    "outcome": v.outcome,
+                    "conditions": v.conditions,
+                    "evidence": v.evidence,
+                }
+            )
+        for entry in table.values():
+            outcomes = [x["outcome"] for x in entry["verdicts"]] or [NOT_MEASURED]
+            entry["status"] = min(outcomes, key=_RANK.__getitem__)
+        return sorted(table.values(), key=lambda e: (e["plan"], e["id"]))
+
     def summary(self) -> dict:
-        counts = {
-            k: sum(v.outcome == k for v in self.verdicts) for k in ("PASS", "MARGINAL", "FAIL")
-        }
-        return {
-            "run_id": self.run_id,
-            "started_utc": self.started_utc,
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "host": socket.gethostname(),
-            "qkd_hil_version": hil.__version__,
-            "bench": self.bench_info,
-            "verdict_counts": counts,
-            "tests": self.outcomes,
-            "verdicts": [v.to_dict() for v in self.verdicts],
-        }
+        criteria = self.criteria_table()
+        counts = {k: sum(c["status"] == k for c in criteria) for k in _RANK}
+        return _clean(
+            {
+                "run_id": self.run_id,
+                "started_utc": self.started_utc,
+                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "host": socket.gethostname(),
+                "qkd_hil_version": hil.__version__,
+                "bench": self.bench_info,
+                "overall": overall_status(criteria, self.outcomes),
+                "verdict_counts": counts,
+                "tests": self.outcomes,
+                "criteria": criteria,
+                "criteria_errors": self.criteria_errors,
+                "verdicts": [v.to_dict() for v in self.verdicts],
+                "series": [asdict(s) for s in self.series],
+            }
+        )
 
     def finish(self) -> Path:
-        """Write summary.json and the manifest; returns the summary path."""
+        """Write summary.json, summary.html and the manifest; returns the summary path."""
+        summary = self.summary()
         out = self.dir / "summary.json"
-        out.write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
+        out.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        (self.dir / "summary.html").write_text(render_html(summary))
         write_manifest(self.dir)
         return out
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def overall_status(criteria: list[dict], tests: dict[str, str]) -> str:
+    """FAIL if a criterion failed or a test failed; else MARGINAL if one is marginal; else
+    PASS (criteria not measured are counted separately, they do not make a run fail)."""
+    statuses = {c["status"] for c in criteria}
+    if "FAIL" in statuses or "failed" in tests.values():
+        return "FAIL"
+    if "MARGINAL" in statuses:
+        return "MARGINAL"
+    return "PASS"
+
+
+def plan_criteria_files(test_paths) -> list[Path]:
+    """The ``criteria.yaml`` files next to the given test modules (the plan's folders)."""
+    found = []
+    for p in test_paths:
+        f = Path(p).parent / "criteria.yaml"
+        if f.is_file() and f not in found:
+            found.append(f)
+    return found
+
+
+def terminal_lines(run: Run) -> list[tuple[str, str]]:
+    """(text, outcome) lines for the terminal summary: verdicts, then what needs attention."""
+    out = [(v.line() + f"  [{v.test}]", v.outcome) for v in run.verdicts]
+    table = run.criteria_table()
+    counts = {k: sum(c["status"] == k for c in table) for k in _RANK}
+    out.append(
+        (
+            f"criteria: {counts['PASS']} PASS, {counts['MARGINAL']} MARGINAL, "
+            f"{counts['FAIL']} FAIL, {counts[NOT_MEASURED]} not measured",
+            "FAIL" if counts["FAIL"] else ("MARGINAL" if counts["MARGINAL"] else "PASS"),
+        )
+    )
+    for c in table:
+        if c["status"] == "MARGINAL":
+            out.append((f"MARGINAL (near its limit): {c['id']} {c['title']}", "MARGINAL"))
+    for c in table:
+        if c["status"] == NOT_MEASURED:
+            out.append((f"not measured: {c['id']} {c['title']}", NOT_MEASURED))
+    for err in run.criteria_errors:
+        out.append((f"criteria file error: {err}", "FAIL"))
+    return out
 
 
 def write_manifest(folder: Path) -> Path:
@@ -97,3 +316,347 @@ def write_manifest(folder: Path) -> Path:
     out = folder / "manifest.sha256"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _unit_factor(criterion: dict | None) -> float:
+    if not criterion:
+        return 1.0
+    return QUANTITIES[criterion["quantity"]][1][criterion["unit"]]
+
+
+def plot_png(series: list[dict], criteria: dict[str, dict], title: str) -> bytes:
+    """One figure of the series that share a plot, with criterion lines; PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must come before pyplot
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    drawn_limits = set()
+    y_label = series[0]["y_label"]
+    for s in series:
+        crit = criteria.get(s["criterion_id"]) if s.get("criterion_id") else None
+        f = _unit_factor(crit)
+        ys = [math.nan if v is None else v / f for v in s["y"]]
+        xs = [math.nan if v is None else v for v in s["x"]]
+        fmt = "o-" if s.get("style") == "line" else "o"
+        ax.plot(xs, ys, fmt, markersize=3, label=s["name"])
+        if crit:
+            y_label = f"{s['y_label']} ({crit['unit']})"
+        if crit and crit["id"] not in drawn_limits:
+            drawn_limits.add(crit["id"])
+            for side in ("min", "max"):
+                lim = crit["limits"].get(side)
+                if lim is not None:
+                    sign = ">=" if side == "min" else "<="
+                    ax.axhline(
+                        lim,
+                        color="#c62828",
+                        lw=1.5,
+                        label=f"{crit['id']} limit {sign} {lim:g} {crit['unit']}",
+                    )
+                mar = (crit.get("marginal") or {}).get(side)
+                if mar is not None:
+                    ax.axhline(
+                        mar, color="#ef6c00", lw=1.2, ls="--", label=f"{crit['id']} marginal edge"
+                    )
+    if any(s.get("log_y") for s in series):
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(series[0]["x_label"])
+    ax.set_ylabel(y_label)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plots(summary: dict, test: str | None = None) -> list[tuple[str, bytes]]:
+    """(title, PNG) of every plot in a summary (or of one test's series)."""
+    criteria = {c["id"]: c for c in summary.get("criteria", [])}
+    groups: dict[str, list[dict]] = {}
+    for s in summary.get("series", []):
+        if test is None or s.get("test") == test:
+            groups.setdefault(s["plot"], []).append(s)
+    return [(title, plot_png(group, criteria, title)) for title, group in groups.items()]
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1150px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #eee; }
+tr.PASS td.outcome { background: #c8e6c9; }
+tr.MARGINAL td { background: #fff3c4; } tr.MARGINAL td.outcome { background: #ffb300; }
+tr.FAIL td { background: #ffd9d9; } tr.FAIL td.outcome { background: #e53935; color: #fff; }
+tr.NOT-MEASURED td { color: #777; font-style: italic; }
+td.outcome { font-weight: bold; }
+.banner { padding: 0.6em 1em; font-size: 1.3em; font-weight: bold; border-radius: 4px; }
+.banner.PASS { background: #c8e6c9; } .banner.MARGINAL { background: #ffb300; }
+.banner.FAIL { background: #e53935; color: #fff; }
+.attention { border: 3px solid #ffb300; padding: 0.5em 1em; background: #fff8e1; }
+img.plot { display: block; margin: 0.8em 0; border: 1px solid #ddd; }
+code { font-size: 0.95em; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.6g}"
+
+
+def _band(lim: dict | None, unit: str) -> str:
+    if not lim:
+        return ""
+    parts = []
+    if lim.get("min") is not None:
+        parts.append(f">= {lim['min']:g} {unit}")
+    if lim.get("max") is not None:
+        parts.append(f"<= {lim['max']:g} {unit}")
+    return " and ".join(parts)
+
+
+def _conditions(c: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in c.items())
+
+
+def _evidence(files: list[str]) -> str:
+    links = []
+    for f in files:
+        # relative paths are files of the run folder: link them; others are named only
+        if not Path(f).is_absolute() and not f.startswith(".."):
+            links.append(f'<a href="{_e(f)}">{_e(f)}</a>')
+        else:
+            links.append(f"<code>{_e(f)}</code>")
+    return "<br>".join(links)
+
+
+def verdict_rows(criteria: list[dict]) -> str:
+    """The rows of the verdict table: one per verdict, one per criterion not measured."""
+    rows = []
+    for c in criteria:
+        head = f"<td>{_e(c['id'])}</td><td>{_e(c['title'])}</td><td>{_e(c['quantity'])}</td>"
+        limit = _e(_band(c["limits"], c["unit"]))
+        marginal = _e(_band(c.get("marginal"), c["unit"]))
+        if not c["verdicts"]:
+            rows.append(
+                f'<tr class="NOT-MEASURED">{head}<td>-</td><td>{limit}</td><td>{marginal}</td>'
+                f'<td>-</td><td class="outcome">not measured</td>'
+                f"<td>{_e(_conditions(c['conditions']))}</td><td></td><td></td></tr>"
+            )
+        for v in c["verdicts"]:
+            unit = _e(c["unit"])
+            rows.append(
+                f'<tr class="{_e(v["outcome"])}">{head}'
+                f"<td>{_num(v['value'])} {unit}</td><td>{limit}</td><td>{marginal}</td>"
+                f"<td>{_num(v['margin'])} {unit}</td>"
+                f'<td class="outcome">{_e(v["outcome"])}</td>'
+                f"<td>{_e(_conditions(v['conditions']))}</td>"
+                f"<td><code>{_e(v['test'])}</code></td><td>{_evidence(v['evidence'])}</td></tr>"
+            )
+    return "\n".join(rows)
+
+
+VERDICT_HEADER = (
+    "<tr><th>requirement</th><th>title</th><th>quantity</th><th>value</th><th>limit</th>"
+    "<th>marginal beyond</th><th>margin</th><th>verdict</th><th>conditions</th>"
+    "<th>test</th><th>evidence</th></tr>"
+)
+
+
+def verdict_table_html(criteria: list[dict]) -> str:
+    return f"<table>{VERDICT_HEADER}\n{verdict_rows(criteria)}</table>"
+
+
+def render_html(summary: dict) -> str:
+    """summary.html: one self-contained page (inline CSS, plots as inline PNG data)."""
+    criteria = summary.get("criteria", [])
+    counts = summary.get("verdict_counts", {})
+    overall = summary.get("overall", "PASS")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>qkd-hil run {_e(summary['run_id'])}: {_e(overall)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>qkd-hil run {_e(summary['run_id'])}</h1>",
+        f'<div class="banner {_e(overall)}">Overall: {_e(overall)} &mdash; '
+        f"{counts.get('PASS', 0)} PASS, {counts.get('MARGINAL', 0)} MARGINAL, "
+        f"{counts.get('FAIL', 0)} FAIL, {counts.get(NOT_MEASURED, 0)} not measured</div>",
+        f"<p>Started {_e(summary.get('started_utc'))}, finished "
+        f"{_e(summary.get('finished_utc'))} on {_e(summary.get('host'))}, qkd-hil "
+        f"{_e(summary.get('qkd_hil_version'))}.</p>",
+    ]
+    marginal = [c for c in criteria if c["status"] == "MARGINAL"]
+    failed = [c for c in criteria if c["status"] == "FAIL"]
+    if marginal or failed:
+        items = "".join(
+            f"<li><b>{_e(c['status'])}</b> {_e(c['id'])}: {_e(c['title'])}</li>"
+            for c in failed + marginal
+        )
+        parts.append(
+            '<div class="attention"><b>Needs attention</b> (MARGINAL passes but is near its '
+            f"limit):<ul>{items}</ul></div>"
+        )
+    for err in summary.get("criteria_errors", []):
+        parts.append(f'<p class="banner FAIL">criteria file error: {_e(err)}</p>')
+    parts += ["<h2>Verdicts</h2>", verdict_table_html(criteria)]
+
+    bench = summary.get("bench") or {}
+    parts.append("<h2>Bench</h2>")
+    if bench:
+        kind = "emulated" if bench.get("emulated") else "hardware"
+        parts.append(
+            f"<p>{_e(bench.get('name'))} ({kind}), bench file <code>{_e(bench.get('file'))}"
+            "</code></p><table><tr><th>role</th><th>*IDN?</th><th>resource</th>"
+            "<th>control-plane round trip</th></tr>"
+        )
+        lat = bench.get("control_plane_latency_s", {})
+        for role, idn in bench.get("idn", {}).items():
+            rt = lat.get(role)
+            rt_text = "-" if rt is None else f"{rt * 1e3:.3g} ms"
+            parts.append(
+                f"<tr><td>{_e(role)}</td><td><code>{_e(idn)}</code></td>"
+                f"<td><code>{_e(bench.get('resources', {}).get(role))}</code></td>"
+                f"<td>{rt_text}</td></tr>"
+            )
+        parts.append("</table>")
+    else:
+        parts.append("<p>No bench was opened in this run.</p>")
+
+    parts.append("<h2>Plots</h2>")
+    figures = plots(summary)
+    for title, png in figures:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<figure><img class="plot" alt="{_e(title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(title)}</figcaption></figure>"
+        )
+    if not figures:
+        parts.append("<p>No plot data in this run.</p>")
+
+    parts.append("<h2>Tests</h2><table><tr><th>test</th><th>outcome</th></tr>")
+    for nodeid, outcome in summary.get("tests", {}).items():
+        cls = {"failed": "FAIL", "passed": "PASS"}.get(outcome, "NOT-MEASURED")
+        parts.append(
+            f'<tr class="{cls}"><td><code>{_e(nodeid)}</code></td>'
+            f'<td class="outcome">{_e(outcome)}</td></tr>'
+        )
+    parts.append("</table>")
+    parts.append(
+        "<p>Every file of this run folder is listed with its SHA-256 in "
+        '<a href="manifest.sha256">manifest.sha256</a>; check it with '
+        "<code>sha256sum -c manifest.sha256</code> inside the folder.</p></body></html>"
+    )
+    return "\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------- allure
+
+
+def allure_dir(config) -> str | None:
+    """The ``--alluredir`` of this session, or None when allure reporting is off."""
+    return getattr(config.option, "allure_report_dir", None)
+
+
+def instrument_steps(bench) -> None:
+    """Make every instrument write of ``bench`` an allure step ("role: command")."""
+    import allure
+
+    def wrap(previous):
+        def on_action(instrument: str, command: str) -> None:
+            if previous is not None:
+                previous(instrument, command)
+            with allure.step(f"{instrument}: {command}"):
+                pass
+
+        return on_action
+
+    for inst in bench.instruments.values():
+        inst.on_action = wrap(inst.on_action)
+
+
+def allure_attach_test(run: Run, nodeid: str) -> None:
+    """Labels, verdict table and plots of one test, attached to its allure result."""
+    import allure
+
+    verdicts = [v for v in run.verdicts if v.test == nodeid]
+    for plan in dict.fromkeys(v.plan for v in verdicts if v.plan):
+        allure.dynamic.epic(plan)
+    for cid in dict.fromkeys(v.criterion_id for v in verdicts):
+        allure.dynamic.feature(cid)
+        allure.dynamic.link(cid, link_type="requirement", name=cid)
+    summary = run.summary()
+    if verdicts:
+        ids = {v.criterion_id for v in verdicts}
+        table = []
+        for c in summary["criteria"]:
+            if c["id"] in ids:
+                mine = [x for x in c["verdicts"] if x["test"] == nodeid]
+                table.append({**c, "verdicts": mine})
+        page = (
+            f'<html><head><meta charset="utf-8"><style>{_CSS}</style></head><body>'
+            f"{verdict_table_html(table)}</body></html>"
+        )
+        allure.attach(page, name="verdicts", attachment_type=allure.attachment_type.HTML)
+    for title, png in plots(summary, test=nodeid):
+        allure.attach(png, name=title, attachment_type=allure.attachment_type.PNG)
+
+
+def _prop(text: str, key: bool = False) -> str:
+    """Escape for a Java .properties file (ISO 8859-1 with \\u escapes)."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif (key and ch in "=:#!") or (ch == " " and (key or i == 0)):
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) > 126 or ord(ch) < 32:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def write_allure_environment(alluredir: str | Path, run: Run) -> Path:
+    """``environment.properties`` in the allure results: the bench and every *IDN?."""
+    info = run.bench_info
+    env = {"qkd_hil.version": hil.__version__, "run_id": run.run_id}
+    if info:
+        env["bench"] = info.get("name", "")
+        env["bench.file"] = info.get("file", "")
+        env["bench.emulated"] = str(bool(info.get("emulated"))).lower()
+        for role, idn in info.get("idn", {}).items():
+            env[f"{role}.idn"] = idn
+    out = Path(alluredir) / "environment.properties"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(f"{_prop(k, key=True)}={_prop(str(v))}\n" for k, v in env.items()))
+    return out
+
+
+__all__ = [
+    "NOT_MEASURED",
+    "Run",
+    "Series",
+    "allure_attach_test",
+    "allure_dir",
+    "instrument_steps",
+    "plan_criteria_files",
+    "render_html",
+    "terminal_lines",
+    "write_allure_environment",
+    "write_manifest",
+]
