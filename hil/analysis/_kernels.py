@@ -113,16 +113,19 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
     """Number the sync tags of the stream: count sync periods between successive sync tags,
     tolerating gaps, drift changes and glitches.
 
-    Each interval to the last accepted tag is divided by a running period estimate and rounded;
-    a tag farther than max_fraction of a period from that grid (or less than half a period
-    after the last one) is a glitch and is skipped. The estimate is kept as a frequency
-    (periods per ps), exponentially smoothed over the per-interval frequencies with weight
-    ``smoothing`` so that it follows drift; a frequency leaves no division on the
-    loop-carried dependency chain.
+    Each interval to the last accepted tag is divided by a running period estimate and rounded.
+    A tag less than half a period after the last one, or about one period after it but farther
+    than max_fraction of a period from the grid, is a glitch and is skipped. A tag after a gap
+    (two or more periods) is always accepted and flagged uncertain when off the grid by more
+    than max_fraction: the count across a long gap may then be wrong, but rejecting it would
+    make every later tag look off-grid too. The estimate is kept as a frequency (periods per
+    ps), exponentially smoothed over the per-interval frequencies with weight ``smoothing`` so
+    that it follows drift; a frequency leaves no division on the loop-carried chain.
 
-    Returns (table_ps, table_count, n_syncs, max_abs_residual_ps, gap_rows): the accepted sync
-    tags, their sync counts from the first tag, the number of sync tags seen, the largest
-    |residual| among accepted tags, and the table rows that follow a gap (count step > 1).
+    Returns (table_ps, table_count, n_syncs, max_abs_residual_ps, gap_rows, gap_uncertain): the
+    accepted sync tags, their sync counts from the first tag, the number of sync tags seen,
+    the largest |residual| among accepted tags, the table rows that follow a gap (count step
+    > 1) and whether each gap's count is uncertain.
     """
     n = 0
     for c in channels:
@@ -130,6 +133,7 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
     table_ps = np.empty(n, dtype=np.int64)
     table_count = np.empty(n, dtype=np.int64)
     gap_rows = np.empty(n, dtype=np.int64)
+    gap_uncertain = np.empty(n, dtype=np.bool_)
     n_gaps = 0
     m = 0
     max_res = 0.0
@@ -149,19 +153,21 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
         dt = np.float64(t - last_t)
         x = dt * freq
         steps = np.floor(x + 0.5)
-        if steps < 1.0 or abs(x - steps) > max_fraction:
+        off = abs(x - steps)
+        if steps < 1.0 or (steps < 1.5 and off > max_fraction):
             continue
-        max_res = max(max_res, abs(x - steps) / freq)
+        max_res = max(max_res, off / freq)
         last_count += np.int64(steps)
-        if steps > 1.0:
+        if steps > 1.5:
             gap_rows[n_gaps] = m
+            gap_uncertain[n_gaps] = off > max_fraction
             n_gaps += 1
         table_ps[m] = t
         table_count[m] = last_count
         m += 1
         last_t = t
         freq += smoothing * (steps / dt - freq)
-    return table_ps[:m], table_count[:m], n, max_res, gap_rows[:n_gaps]
+    return table_ps[:m], table_count[:m], n, max_res, gap_rows[:n_gaps], gap_uncertain[:n_gaps]
 
 
 @njit(cache=True)

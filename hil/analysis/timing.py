@@ -176,6 +176,9 @@ class SyncStatus:
 
     A gap is a pair of successive accepted sync tags more than one sync period apart;
     ``gap_missing[g]`` sync tags are missing between ``gap_start_ps[g]`` and ``gap_end_ps[g]``.
+    ``gap_uncertain[g]`` is True when the tag ending the gap was off the period grid by more
+    than the tolerance, so ``gap_missing[g]`` (and every pulse index after it) may be wrong by
+    a whole number of sync periods: a monitor should treat the link as out of sync from there.
     ``n_rejected`` counts sync tags off the period grid by more than the tolerance (glitches),
     which were ignored. ``max_residual_ps`` is the largest |deviation| of an accepted sync tag
     from the grid predicted by the preceding ones (jitter plus unmodelled drift changes).
@@ -186,6 +189,7 @@ class SyncStatus:
     gap_start_ps: np.ndarray
     gap_end_ps: np.ndarray
     gap_missing: np.ndarray
+    gap_uncertain: np.ndarray
     max_residual_ps: float
 
     @property
@@ -268,9 +272,11 @@ def recover_clock(
 
     Sync tags are numbered sequentially: each interval is divided by a running estimate of the
     sync period (exponentially smoothed with weight ``smoothing``, so it follows drift) and
-    rounded, so a gap of missing syncs adds the right number of periods as long as the drift
-    changes by less than half a period over the gap. Tags farther than
-    ``max_residual_fraction`` of a period from the grid are rejected and counted. The absolute
+    rounded, so a gap of missing syncs adds the right number of periods as long as the timing
+    error accumulated over the gap (period estimate error and drift change, times the gap
+    length) stays below half a sync period; above ``max_residual_fraction`` of a period the
+    gap is flagged uncertain. Isolated tags off the grid by more than that are rejected as
+    glitches and counted. The absolute
     index of the first sync is round(t_first / sync period): valid when the offset is below
     half a sync period (data convention in DESIGN.md) and the drift was constant before it.
     """
@@ -286,7 +292,7 @@ def recover_clock(
             f"{len(first)}: check the sync cable and the sync channel number"
         )
     period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
-    table_ps, count, n_seen, max_res, gap_rows = k.build_sync_table(
+    table_ps, count, n_seen, max_res, gap_rows, gap_uncertain = k.build_sync_table(
         timestamps_ps, channels, sync_channel, period0, smoothing, max_residual_fraction
     )
     if len(table_ps) < 2:
@@ -301,6 +307,7 @@ def recover_clock(
         gap_start_ps=table_ps[gap_rows - 1],
         gap_end_ps=table_ps[gap_rows],
         gap_missing=steps - 1,
+        gap_uncertain=gap_uncertain,
         max_residual_ps=float(max_res),
     )
     period = float(table_ps[-1] - table_ps[0]) / float(table_pulse[-1] - table_pulse[0])

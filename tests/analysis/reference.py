@@ -52,14 +52,17 @@ def correlation_histogram(start_ps, click_ps, range_ps, bin_width_ps, n_bins):
     return np.histogram(diff, bins=edges)[0].astype(np.int64)
 
 
-def number_sync_tags(sync_ps, period0_ps, smoothing, max_residual_fraction):
-    """Sequential by nature (the period estimate follows each accepted interval): Python loop."""
+def number_sync_tags(sync_ps, period0_ps, smoothing, max_fraction):
+    """Sequential by nature (the period estimate follows each accepted interval): Python loop.
+
+    Returns (count, residual_ps, accepted, uncertain) per sync tag."""
     n = len(sync_ps)
     count = np.zeros(n, dtype=np.int64)
     residual = np.zeros(n)
     accepted = np.zeros(n, dtype=bool)
+    uncertain = np.zeros(n, dtype=bool)
     if n == 0:
-        return count, residual, accepted
+        return count, residual, accepted, uncertain
     accepted[0] = True
     freq = 1.0 / float(period0_ps)  # sync periods per ps
     last_t = int(sync_ps[0])
@@ -68,24 +71,35 @@ def number_sync_tags(sync_ps, period0_ps, smoothing, max_residual_fraction):
         dt = float(int(sync_ps[i]) - last_t)
         x = dt * freq
         steps = np.floor(x + 0.5)
-        residual[i] = (x - steps) / freq
-        if steps < 1 or abs(x - steps) > max_residual_fraction:
+        off = abs(x - steps)
+        residual[i] = off / freq
+        if steps == 0 or (steps == 1 and off > max_fraction):
             count[i] = last_count
             continue
         accepted[i] = True
+        uncertain[i] = steps >= 2 and off > max_fraction
         last_count += int(steps)
         count[i] = last_count
         last_t = int(sync_ps[i])
         freq = freq + smoothing * (steps / dt - freq)
-    return count, residual, accepted
+    return count, residual, accepted, uncertain
 
 
 def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothing, max_fraction):
     sync = timestamps_ps[channels == sync_channel]
-    count, residual, accepted = number_sync_tags(sync, period0_ps, smoothing, max_fraction)
+    count, residual, accepted, uncertain = number_sync_tags(
+        sync, period0_ps, smoothing, max_fraction
+    )
     gap_rows = np.flatnonzero(np.diff(count[accepted]) > 1) + 1
-    max_res = float(np.max(np.abs(residual[accepted]))) if len(sync) else 0.0
-    return sync[accepted], count[accepted], len(sync), max_res, gap_rows
+    max_res = float(np.max(residual[accepted])) if len(sync) else 0.0
+    return (
+        sync[accepted],
+        count[accepted],
+        len(sync),
+        max_res,
+        gap_rows,
+        uncertain[accepted][gap_rows],
+    )
 
 
 def interval_periods(table_ps, table_pulse):

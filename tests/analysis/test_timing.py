@@ -227,7 +227,7 @@ def test_sync_table_matches_reference(rng, kw):
         k.interval_periods(got[0], table_pulse), ref.interval_periods(got[0], table_pulse)
     )
     empty = k.build_sync_table(ts[:0], ch[:0], *args)
-    assert empty[2] == 0 and all(len(empty[i]) == 0 for i in (0, 1, 4))
+    assert empty[2] == 0 and all(len(empty[i]) == 0 for i in (0, 1, 4, 5))
 
 
 def table_for(ts, ch):
@@ -356,10 +356,27 @@ def test_sync_gap_is_reported_and_bridged(rng):
     assert not st.in_sync
     assert st.n_gaps == 1
     # syncs at pulses 149_900 then 230_100: 802 sync periods apart, 801 syncs missing
-    assert st.gap_missing.tolist() == [801]
+    assert st.gap_missing.tolist() == [801] and st.gap_uncertain.tolist() == [False]
     t_before = 321 + 149_900 * PERIOD_PS * (1 + 15e-6)
     t_after = 321 + 230_100 * PERIOD_PS * (1 + 15e-6)
     assert abs(st.gap_start_ps[0] - t_before) <= 11 and abs(st.gap_end_ps[0] - t_after) <= 11
+
+
+def test_long_gap_off_grid_is_flagged_not_cascaded():
+    # 500 syncs, then 999 missing while the clock slips by 0.35 sync period, then 500 more
+    period = DIVIDER * PERIOD_PS
+    before = np.arange(500) * period
+    after = (np.arange(1499, 1999) + 0.35) * period
+    sync = np.concatenate([before, after]).astype(np.int64)
+    clock = timing.recover_clock_from_sync(sync, DIVIDER, CLOCK_HZ)
+    st = clock.status
+    assert st.n_rejected == 0  # the tags after the gap re-lock instead of all being rejected
+    assert st.gap_missing.tolist() == [999] and st.gap_uncertain.tolist() == [True]
+    assert clock.table_pulse[-1] == 1998 * DIVIDER
+    got = k.build_sync_table(sync, np.zeros(len(sync), np.uint8), 0, period, 1 / 16, 0.25)
+    exp = ref.build_sync_table(sync, np.zeros(len(sync), np.uint8), 0, period, 1 / 16, 0.25)
+    for g, e in zip(got, exp, strict=True):
+        np.testing.assert_array_equal(g, e)
 
 
 def test_glitch_tag_is_rejected(rng):
