@@ -10,16 +10,18 @@ it, so that ``sha256sum -c manifest.sha256`` run inside the folder proves the ev
 Plot data: a test plan stores a series with :meth:`Run.add_series`; series that share ``plot``
 are drawn in one figure. For example::
 
-    run.add_series("key rate", loss_db, rates_bps, x_label="loss (dB)",
-                   y_label="secure key rate", plot="Key rate against loss",
-                   criterion_id="PIL-SKR-001", log_y=True)
-    run.add_series("QBER Z", t_s, qber_z, x_label="time (s)", y_label="QBER",
-                   plot="QBER over time")
+    run.add_series("key rate", loss_db, rates_bps / 1e3, x_label="loss (dB)",
+                   y_label="secure key rate (kbit/s)", y_unit="kbit/s",
+                   plot="Key rate against loss", criterion_id="PIL-SKR-001", log_y=True)
+    run.add_series("QBER Z", t_s, qber_z * 100, x_label="time (s)", y_label="QBER (%)",
+                   plot="QBER over time", ref_lines=[(11.0, "abort threshold")])
 
-Without ``criterion_id`` the values are drawn as given. With it, ``y`` is in the criterion
-quantity's SI base unit (as ``judge_value`` takes it); the plot shows it in the criterion's unit
-with the limit (solid) and the marginal band's edge (dashed) as horizontal lines. The series is
-saved in ``summary.json`` under ``series`` and belongs to the test that was running when it was
+Values are drawn as given. ``criterion_id`` names the criterion the series shows: its limit
+(solid) and the marginal band's edge (dashed) are drawn as horizontal lines, converted into
+``y_unit`` (any unit of the criterion's quantity; default: the criterion's own unit). A ``y_unit``
+that does not measure the criterion's quantity draws no limit lines and says so in the plot's
+title. ``ref_lines`` adds other horizontal lines (value in the plot's y unit, label). The series
+is saved in ``summary.json`` under ``series`` and belongs to the test that was running when it was
 added (or ``test=``).
 
 Allure (active with ``--alluredir``): every instrument write is a step (:func:`instrument_steps`);
@@ -41,7 +43,7 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,8 @@ class Series:
     y_label: str
     plot: str
     criterion_id: str | None = None
+    y_unit: str | None = None  # None: the criterion's unit
+    ref_lines: list[tuple[float, str]] = field(default_factory=list)
     test: str = ""
     log_y: bool = False
     style: str = "line"  # "line" or "points"
@@ -132,6 +136,8 @@ class Run:
         y_label: str,
         plot: str | None = None,
         criterion_id: str | None = None,
+        y_unit: str | None = None,
+        ref_lines=(),
         log_y: bool = False,
         style: str = "line",
         test: str | None = None,
@@ -152,6 +158,8 @@ class Run:
             y_label=y_label,
             plot=plot or name,
             criterion_id=criterion_id,
+            y_unit=y_unit,
+            ref_lines=[(float(v), str(label)) for v, label in ref_lines],
             test=self.current_test if test is None else test,
             log_y=log_y,
             style=style,
@@ -321,10 +329,14 @@ def write_manifest(folder: Path) -> Path:
 # ----------------------------------------------------------------------------- plots
 
 
-def _unit_factor(criterion: dict | None) -> float:
-    if not criterion:
+def _limit_scale(crit: dict, y_unit: str | None) -> float | None:
+    """Factor from the criterion's unit to ``y_unit``; None when y_unit is another quantity."""
+    units = QUANTITIES[crit["quantity"]][1]
+    if y_unit is None:
         return 1.0
-    return QUANTITIES[criterion["quantity"]][1][criterion["unit"]]
+    if y_unit not in units:
+        return None
+    return units[crit["unit"]] / units[y_unit]
 
 
 def plot_png(series: list[dict], criteria: dict[str, dict], title: str) -> bytes:
@@ -336,39 +348,48 @@ def plot_png(series: list[dict], criteria: dict[str, dict], title: str) -> bytes
 
     fig = Figure(figsize=(7.5, 3.6), dpi=100)
     ax = fig.add_subplot()
-    drawn_limits = set()
-    y_label = series[0]["y_label"]
+    drawn = set()
+    notes = []
     for s in series:
-        crit = criteria.get(s["criterion_id"]) if s.get("criterion_id") else None
-        f = _unit_factor(crit)
-        ys = [math.nan if v is None else v / f for v in s["y"]]
         xs = [math.nan if v is None else v for v in s["x"]]
-        fmt = "o-" if s.get("style") == "line" else "o"
-        ax.plot(xs, ys, fmt, markersize=3, label=s["name"])
-        if crit:
-            y_label = f"{s['y_label']} ({crit['unit']})"
-        if crit and crit["id"] not in drawn_limits:
-            drawn_limits.add(crit["id"])
-            for side in ("min", "max"):
-                lim = crit["limits"].get(side)
-                if lim is not None:
-                    sign = ">=" if side == "min" else "<="
-                    ax.axhline(
-                        lim,
-                        color="#c62828",
-                        lw=1.5,
-                        label=f"{crit['id']} limit {sign} {lim:g} {crit['unit']}",
-                    )
-                mar = (crit.get("marginal") or {}).get(side)
-                if mar is not None:
-                    ax.axhline(
-                        mar, color="#ef6c00", lw=1.2, ls="--", label=f"{crit['id']} marginal edge"
-                    )
+        ys = [math.nan if v is None else v for v in s["y"]]
+        ax.plot(xs, ys, "o-" if s.get("style") == "line" else "o", markersize=3, label=s["name"])
+        for value, label in s.get("ref_lines") or []:
+            ax.axhline(value, color="#555", lw=1, ls=":", label=label)
+        cid = s.get("criterion_id")
+        if not cid or cid in drawn:
+            continue
+        drawn.add(cid)
+        crit = criteria.get(cid)
+        if crit is None:
+            notes.append(f"no criterion {cid}")
+            continue
+        scale = _limit_scale(crit, s.get("y_unit"))
+        if scale is None:
+            notes.append(
+                f"{cid} limit not drawn: {s['y_unit']} does not measure {crit['quantity']}"
+            )
+            continue
+        unit = s.get("y_unit") or crit["unit"]
+        for side, sign in (("min", ">="), ("max", "<=")):
+            lim = crit["limits"].get(side)
+            if lim is not None:
+                ax.axhline(
+                    lim * scale,
+                    color="#c62828",
+                    lw=1.5,
+                    label=f"{cid} limit {sign} {lim * scale:g} {unit}",
+                )
+            mar = (crit.get("marginal") or {}).get(side)
+            if mar is not None:
+                ax.axhline(
+                    mar * scale, color="#ef6c00", lw=1.2, ls="--", label=f"{cid} marginal edge"
+                )
     if any(s.get("log_y") for s in series):
         ax.set_yscale("log")
-    ax.set_title(title)
+    ax.set_title(title + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=10)
     ax.set_xlabel(series[0]["x_label"])
-    ax.set_ylabel(y_label)
+    ax.set_ylabel(series[0]["y_label"])
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

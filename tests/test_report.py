@@ -71,7 +71,8 @@ def _synthetic_run(tmp_path: Path) -> Run:
         loss,
         rate,
         x_label="loss (dB)",
-        y_label="secure key rate",
+        y_label="secure key rate (bit/s)",
+        y_unit="bit/s",
         plot="Key rate against loss",
         criterion_id="PIL-SKR-001",
         log_y=True,
@@ -81,7 +82,14 @@ def _synthetic_run(tmp_path: Path) -> Run:
     )
     run.current_test = "plan/test_link.py::test_qber"
     t = np.linspace(0, 60, 61)
-    run.add_series("QBER Z", t, 0.03 + 0.001 * np.sin(t), x_label="time (s)", y_label="QBER")
+    run.add_series(
+        "QBER Z",
+        t,
+        3 + 0.1 * np.sin(t),
+        x_label="time (s)",
+        y_label="QBER (%)",
+        ref_lines=[(11.0, "abort threshold")],
+    )
     run.add_verdict(judge("PIL-QBER-001", spec.criteria["PIL-QBER-001"], 0.045, plan="pilot"))
     run.current_test = ""
     run.outcomes = {
@@ -257,8 +265,8 @@ import numpy as np
 
 def test_key_rate(judge_value, run):
     loss = np.arange(0, 12, 2.0)
-    run.add_series("rate", loss, 4e3 * 10 ** (-loss / 10), x_label="loss (dB)",
-                   y_label="secure key rate", plot="Key rate against loss",
+    run.add_series("rate", loss, 4 * 10 ** (-loss / 10), x_label="loss (dB)",
+                   y_label="secure key rate (kbit/s)", plot="Key rate against loss",
                    criterion_id="PIL-SKR-001", log_y=True)
     judge_value("PIL-SKR-001", 1.5e3, evidence=[run.path("skr.h5")])
 
@@ -303,3 +311,18 @@ def test_plugin_writes_reports_and_junit_properties(pytester):
     )
     assert '<property name="PIL-SKR-001.outcome" value="MARGINAL"' in junit
     assert '<property name="PIL-QBER-001.value" value="2"' in junit
+
+
+def test_limit_lines_are_converted_into_the_series_unit():
+    from hil.report import _limit_scale, plot_png
+
+    skr = {"id": "S", "quantity": "secure_key_rate", "unit": "kbit/s"}
+    assert _limit_scale(skr, None) == 1.0  # default: the criterion's own unit
+    assert _limit_scale(skr, "bit/s") == 1000.0  # 1 kbit/s limit drawn at 1000 bit/s
+    assert _limit_scale(skr, "Mbit/s") == pytest.approx(1e-3)
+    assert _limit_scale(skr, "%") is None  # another quantity: no limit line
+    crit = {**skr, "limits": {"min": 1.0, "max": None}, "marginal": None}
+    series = {"name": "s", "x": [0, 1], "y": [1, None], "x_label": "x", "y_label": "y"}
+    for unit in ("bit/s", "%"):
+        png = plot_png([{**series, "criterion_id": "S", "y_unit": unit}], {"S": crit}, "t")
+        assert png.startswith(b"\x89PNG")
