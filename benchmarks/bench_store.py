@@ -1,0 +1,179 @@
+"""Throughput of the capture store: tags per second and bytes per tag.
+
+1. Store alone: arrays shaped like the emulated bench's tag stream written through
+   CaptureWriter to a closed file, for each compression; baseline in the same run: the same
+   bytes written with numpy ``tofile`` (what the disk / page cache takes without HDF5).
+2. Whole capture on the emulated bench (source on, attenuator at low loss, pace 0 = as fast as
+   the emulator generates): acquire() into a file, and the same acquisition with the tags
+   fetched and dropped (no store), which separates the store's cost from generation+transfer.
+
+Run: /work/venv/bin/python benchmarks/bench_store.py [--tags 2**25] [--no-bench] [--seconds 2]
+Targets (issue 5): store alone >= 100 Mtags/s; whole capture >= 20 Mtags/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hil.store import CHUNK_TAGS, CaptureWriter
+
+RATES_HZ = {0: 100e3, 1: 0.7e6, 2: 0.7e6, 3: 0.08e6, 4: 0.08e6}  # emulated bench at ~10 dB
+
+
+def realistic_tags(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` tags: a 100 kHz sync (exact period) and four Poisson detector streams, 1 ps
+    resolution, merged and sorted, as the emulated tagger returns them."""
+    rng = np.random.default_rng(seed)
+    total = sum(RATES_HZ.values())
+    dur_ps = n / total * 1e12
+    ts_parts, ch_parts = [], []
+    for c, r in RATES_HZ.items():
+        k = int(round(n * r / total))
+        if c == 0:
+            t = np.arange(k, dtype=np.int64) * int(1e12 / r) + 1234
+        else:
+            t = np.sort(rng.integers(0, int(dur_ps), k))
+        ts_parts.append(t)
+        ch_parts.append(np.full(k, c, np.uint8))
+    ts = np.concatenate(ts_parts)
+    order = np.argsort(ts, kind="stable")
+    return ts[order][:n], np.concatenate(ch_parts)[order][:n]
+
+
+def write_store(path: Path, ts, ch, compression: str | None) -> float:
+    t0 = time.perf_counter()
+    w = CaptureWriter(path, compression=compression)
+    for i in range(0, len(ts), CHUNK_TAGS):
+        w.append(ts[i : i + CHUNK_TAGS], ch[i : i + CHUNK_TAGS])
+    w.close()
+    return time.perf_counter() - t0
+
+
+def write_raw_h5py(path: Path, ts, ch, **filters) -> float:
+    """Plain h5py with a filter the store does not offer (LZF: unreadable by PyTables)."""
+    t0 = time.perf_counter()
+    with h5py.File(path, "w") as f:
+        kw = {"maxshape": (None,), "chunks": (CHUNK_TAGS,), **filters}
+        d1 = f.create_dataset("t", shape=(0,), dtype="<i8", **kw)
+        d2 = f.create_dataset("c", shape=(0,), dtype="u1", **kw)
+        for i in range(0, len(ts), CHUNK_TAGS):
+            j = min(i + CHUNK_TAGS, len(ts))
+            d1.resize((j,))
+            d1[i:j] = ts[i:j]
+            d2.resize((j,))
+            d2[i:j] = ch[i:j]
+    return time.perf_counter() - t0
+
+
+def bench_store_alone(n: int, tmp: Path) -> None:
+    ts, ch = realistic_tags(n)
+    print(f"store alone: {n} tags shaped like the emulated bench (2-core VM, page cache)")
+    t0 = time.perf_counter()
+    with open(tmp / "raw.bin", "wb") as fh:
+        ts.tofile(fh)
+        ch.tofile(fh)
+    base = n / (time.perf_counter() - t0)
+    print(f"  {'baseline numpy tofile':28s} {base / 1e6:8.1f} Mtags/s  9.00 bytes/tag")
+    os.unlink(tmp / "raw.bin")
+    rows = [("none", None), ("gzip-1", "gzip-1"), ("shuffle+gzip-1", "shuffle+gzip-1")]
+    rows += [("shuffle+gzip-4", "shuffle+gzip-4")]
+    for label, comp in rows:
+        m = n if comp is None else min(n, 1 << 23)  # compressed runs on fewer tags (slow)
+        p = tmp / f"s-{label}.h5"
+        best = min(write_store(p, ts[:m], ch[:m], comp) for _ in range(2 if comp is None else 1))
+        size = p.stat().st_size
+        print(
+            f"  {'CaptureWriter ' + label:28s} {m / best / 1e6:8.1f} Mtags/s  "
+            f"{size / m:5.2f} bytes/tag  ({m / best / base:.2f} x baseline)"
+        )
+        p.unlink()
+    m = min(n, 1 << 23)
+    lzf = {"compression": "lzf"}
+    for label, kw in (("lzf", lzf), ("shuffle+lzf", {**lzf, "shuffle": True})):
+        p = tmp / f"r-{label}.h5"
+        dt = write_raw_h5py(p, ts[:m], ch[:m], **kw)
+        print(
+            f"  {'h5py ' + label + ' (not offered)':28s} {m / dt / 1e6:8.1f} Mtags/s  "
+            f"{p.stat().st_size / m:5.2f} bytes/tag"
+        )
+        p.unlink()
+    # durability, not just the page cache: the same write followed by fsync
+    p = tmp / "fsync.h5"
+    t0 = time.perf_counter()
+    write_store(p, ts, ch, None)
+    fd = os.open(p, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    print(
+        f"  {'CaptureWriter none + fsync':28s} {n / (time.perf_counter() - t0) / 1e6:8.1f} Mtags/s"
+    )
+    p.unlink()
+
+
+def bench_capture(seconds: float, tmp: Path) -> None:
+    from hil.bench import Bench
+    from hil.capture import acquire
+
+    print(f"whole capture on the emulated bench ({seconds:g} s of link time, pace 0)")
+    t0 = time.perf_counter()
+    with Bench.open("emulated", measure_latency=False) as bench:
+        print(f"  bench open: {time.perf_counter() - t0:.1f} s")
+        bench.attenuator.output_enabled = True
+        bench.attenuator.attenuation_db = 0.0
+        bench.source.output_enabled = True
+        tagger = bench.tagger
+        emu_pid = bench.emulator.pid if bench.emulator else None
+        for label in ("acquire() into the store", "fetch only, tags dropped"):
+            t0, c0, e0 = time.perf_counter(), time.process_time(), _cpu_s(emu_pid)
+            if label.startswith("acquire"):
+                cap = acquire(bench, tmp / "cap.h5", seconds, pace=0, progress=False)
+                n = cap.n_tags
+                size = (tmp / "cap.h5").stat().st_size
+            else:
+                n = 0
+                tagger.start(seconds, pace=0)
+                for ts, _ in tagger.stream():
+                    n += len(ts)
+                size = 0
+            dt = time.perf_counter() - t0
+            cpu, emu = time.process_time() - c0, _cpu_s(emu_pid) - e0
+            per_tag = f"{size / n:5.2f} bytes/tag" if size and n else ""
+            print(f"  {label:28s} {n / dt / 1e6:8.2f} Mtags/s  {n} tags in {dt:.2f} s  {per_tag}")
+            print(
+                f"  {'':28s} CPU: this process {cpu:.2f} s, emulator process {emu:.2f} s "
+                f"({emu / dt:.0%} of wall time)"
+            )
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tags", type=lambda s: int(eval(s, {})), default=1 << 25)  # noqa: S307
+    ap.add_argument("--seconds", type=float, default=1.0, help="link time of the capture")
+    ap.add_argument("--no-bench", action="store_true", help="skip the emulated-bench capture")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as d:
+        bench_store_alone(args.tags, Path(d))
+        if not args.no_bench:
+            bench_capture(args.seconds, Path(d))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
