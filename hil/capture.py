@@ -77,7 +77,6 @@ def acquire(
     tagger = bench.tagger
     writer = CaptureWriter(path, snapshot=bench.snapshot())
     pending = sorted(actions or [], key=lambda a: a[0])
-    counts = np.zeros(256, dtype=np.int64)
     labels: deque[tuple[str, str]] = deque()  # one per marker the tagger will return
     events: list[tuple[int, str, str]] = []
     progress_bar = _Progress(duration_s, progress)
@@ -90,7 +89,6 @@ def acquire(
             if t_first is None:
                 t_first = int(ts[0])
             t_last = int(ts[-1])
-            counts += np.bincount(ch, minlength=256)
             for i in np.flatnonzero(ch == MARKER_CHANNEL):
                 kind, what = labels.popleft() if labels else ("marker", "")
                 events.append((int(ts[i]), kind, what))
@@ -112,5 +110,12 @@ def acquire(
         t_stop = int(tagger.link_time_s() * 1e12) if ok else (t_last or t_start)
         writer.close(complete=ok, duration_s=(t_stop - t_start) * 1e-12)
     return Capture(
-        Path(path), (t_stop - t_start) * 1e-12, writer.n_tags, counts, t_start, t_stop, lost, events
+        Path(path),
+        (t_stop - t_start) * 1e-12,
+        writer.n_tags,
+        writer.counts,  # counted once, by the writer (it stores them in /setup/detectors)
+        t_start,
+        t_stop,
+        lost,
+        events,
     )

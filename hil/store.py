@@ -427,6 +427,11 @@ class CaptureWriter:
         if time.monotonic() - self._last_flush > self._flush_every_s:
             self.flush()
 
+    @property
+    def counts(self) -> np.ndarray:
+        """Tags appended so far per channel id (int64, length 256)."""
+        return self._counts.copy()
+
     def add_event(self, time_ps: int, kind: str, detail: str = "") -> None:
         """Record a test action or fault at link time ``time_ps``."""
         i = len(self.events)

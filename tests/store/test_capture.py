@@ -1,0 +1,90 @@
+"""acquire() streams a tagger into a valid capture: a stand-in tagger (no emulator) with a
+known stream, a marker per action, and a tagger that dies halfway."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from phvalidate import validate
+
+from hil.capture import MARKER_CHANNEL, acquire
+from hil.store import open_capture
+
+
+class FakeTagger:
+    """Serves a fixed stream in chunks; a mark() puts a marker tag into the next chunk."""
+
+    def __init__(self, n_chunks=6, chunk=10_000, fail_after=None):
+        self.n_chunks, self.chunk, self.fail_after = n_chunks, chunk, fail_after
+        self.now_ps = 0
+        self.marks = 0
+
+    def link_time_s(self):
+        return self.now_ps * 1e-12
+
+    def start(self, duration_s, pace=None):
+        self.duration_ps = int(duration_s * 1e12)
+
+    def mark(self):
+        self.marks += 1
+
+    def data_lost(self):
+        return False
+
+    def stream(self):
+        step = self.duration_ps // (self.n_chunks * self.chunk)
+        for k in range(self.n_chunks):
+            if self.fail_after is not None and k == self.fail_after:
+                raise ConnectionError("tagger connection lost")
+            i = np.arange(k * self.chunk, (k + 1) * self.chunk, dtype=np.int64)
+            ts, ch = i * step, (i % 5).astype(np.uint8)
+            if self.marks:
+                ch[-self.marks :] = MARKER_CHANNEL
+                self.marks = 0
+            self.now_ps = int(ts[-1]) + step
+            yield ts, ch
+
+
+class FakeBench:
+    emulated = True
+
+    def __init__(self, tagger):
+        self.tagger = tagger
+
+    def snapshot(self):
+        return {
+            "bench_name": "fake",
+            "instruments": {"source": {"idn": "FAKE", "settings": {"clock_hz": 1e9}}},
+        }
+
+
+def test_acquire_writes_a_valid_complete_capture(tmp_path):
+    path = tmp_path / "cap.h5"
+    seen = []
+    actions = [(0.2, lambda: None, "attenuation 20 dB"), (0.6, lambda: None, "fiber cut")]
+    cap = acquire(
+        FakeBench(FakeTagger()),
+        path,
+        1.0,
+        actions=actions,
+        progress=False,
+        on_chunk=lambda ts, ch: seen.append(len(ts)),
+    )
+    assert cap.n_tags == 60_000 == sum(seen)
+    assert [e[1:] for e in cap.events] == [("action", "attenuation 20 dB"), ("action", "fiber cut")]
+    with open_capture(path) as f:
+        assert f.complete
+        assert f.n_tags == cap.n_tags
+        assert f.events() == cap.events
+        assert f.counts() == {int(c): int(n) for c, n in enumerate(cap.counts) if n}
+        assert f.duration_s == pytest.approx(cap.duration_s)
+    validate([path])
+
+
+def test_acquire_interrupted_leaves_incomplete_capture(tmp_path):
+    path = tmp_path / "cap.h5"
+    with pytest.raises(ConnectionError):
+        acquire(FakeBench(FakeTagger(fail_after=3)), path, 1.0, progress=False)
+    with open_capture(path) as f:
+        assert not f.complete
+        assert f.n_tags == 30_000  # the three chunks received before the failure
