@@ -476,12 +476,8 @@ class CaptureWriter:
             self.flush()
             if duration_s is not None:
                 self.duration[()] = float(duration_s)
-            grp = self.qkd["results"]
             for name, value in self._results.items():
-                if isinstance(value, np.ndarray):
-                    grp.create_dataset(name, data=value)
-                else:
-                    grp.create_dataset(name, data=_text(json.dumps(value, default=float)))
+                _write_result(self.qkd["results"], name, value)
             self.stop_ds[()] = _text(_utc())
             self.f.flush()
             if complete:
@@ -495,6 +491,24 @@ class CaptureWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(complete=exc_type is None)
+
+
+def _write_result(grp: h5py.Group, name: str, value: Any) -> None:
+    if name in grp:
+        del grp[name]
+    if isinstance(value, np.ndarray):
+        grp.create_dataset(name, data=value)
+    else:
+        grp.create_dataset(name, data=_text(json.dumps(value, default=float)))
+
+
+def store_result(path: str | Path, name: str, value: Any) -> None:
+    """Add an analysis result (array or JSON-able) to a closed capture's /user/qkd/results.
+
+    Completeness is untouched: a result does not make an incomplete capture complete.
+    """
+    with h5py.File(path, "r+") as f:
+        _write_result(f.require_group("user/qkd/results"), name, value)
 
 
 def _user() -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hil.store import CaptureWriter, open_capture
+from hil.store import CaptureWriter, open_capture, store_result
 
 
 def write(path, ts, ch, chunk_tags=64, pieces=7):
@@ -96,6 +96,18 @@ def test_events_results_snapshot(tmp_path):
         assert cap.snapshot() == snap
         assert cap.counts() == {0: 1, 1: 1, 2: 1}
         assert cap.channel_labels()[1] == "H"
+
+
+def test_store_result_after_close(tmp_path):
+    with CaptureWriter(tmp_path / "r.h5") as w:
+        w.append(np.array([1]), np.array([1], "u1"))
+        w.set_result("a", [1, 2])
+    store_result(tmp_path / "r.h5", "a", {"replaced": True})
+    store_result(tmp_path / "r.h5", "b", np.arange(4))
+    with open_capture(tmp_path / "r.h5") as cap:
+        assert cap.result("a") == {"replaced": True}
+        np.testing.assert_array_equal(cap.result("b"), np.arange(4))
+        assert cap.complete
 
 
 def test_duration_from_tags_when_not_given(tmp_path):
