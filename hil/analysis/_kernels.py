@@ -280,7 +280,7 @@ def assign_pulses_gated(
     at random among detections). Returns (n_outside_per_channel, n_outside_table).
     """
     n_ch = len(delays_ps)
-    n_outside = np.zeros(n_ch, dtype=np.int64)
+    outside = np.zeros(256, dtype=np.int64)  # by raw channel: no test of the channel needed
     n_outside_table = 0
     last_interval = len(table_ps) - 2
     t_first = table_ps[0]
@@ -301,11 +301,13 @@ def assign_pulses_gated(
         inside = (r >= -half_gate_ps) & (r < half_gate_ps)
         pulse[j] = table_pulse[k] + np.int64(step) if inside else -1
         det_ch[j] = c
-        if is_det and not inside:
-            n_outside[c] += 1
-        if is_det and (t < t_first or t > t_last):
-            n_outside_table += 1
+        if not inside:
+            outside[c] += 1
+        n_outside_table += is_det & ((t < t_first) | (t > t_last))
         j += is_det
+    n_outside = outside[:n_ch].copy()
+    if sync_channel < n_ch:
+        n_outside[sync_channel] = 0
     return n_outside, n_outside_table
 
 
@@ -334,6 +336,17 @@ def splitmix_bit(seed, pulse, salt):
 
 
 @njit(cache=True)
+def _sift_result(hist, stats, code):
+    """(n, d, m, stats, code) from the outcome histogram of sift_counts."""
+    h = hist.reshape(6, 2, 2, 2)  # [basis * 3 + class, match, disclosed, error]
+    n = (h[:, 1, 0, 0] + h[:, 1, 0, 1] + h[:, 1, 1, 0] + h[:, 1, 1, 1]).reshape(2, 3)
+    d = (h[:, 1, 1, 0] + h[:, 1, 1, 1]).reshape(2, 3)
+    m = h[:, 1, 1, 1].copy().reshape(2, 3)
+    stats[4] = h[:, 0].sum()
+    return n, d, m, stats, code
+
+
+@njit(cache=True)
 def sift_counts(pulse, channel, basis, intensity, bit, seed):
     """Per-(basis, class) counts from detections sorted by pulse index, with squashing.
 
@@ -342,10 +355,11 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
     int64 [5] = (unassigned rows, multi-click pulses, cross-basis multi-clicks, same-basis
     conflicting multi-clicks, basis-mismatched pulses); error_row is the first row with an
     invalid channel or answer, -2 if the pulses are not sorted (the caller sorts and calls
-    again), or -1. Single clicks take a branch-free path (basis matches
-    and disclosures are coin flips a branch predictor cannot learn); multi-clicks are rare.
+    again), or -1. Single clicks take a branch-free path (basis matches and disclosures are
+    coin flips a branch predictor cannot learn) that increments one bin of an outcome
+    histogram per pulse; multi-clicks are rare and take the slow path.
     """
-    counts = np.zeros(3 * 6, dtype=np.int64)  # n, d, m, each flattened [basis * 3 + class]
+    hist = np.zeros(48, dtype=np.int64)  # [basis * 3 + class, match, disclosed, error]
     stats = np.zeros(5, dtype=np.int64)
     rows = len(pulse)
     prev = np.int64(-1)
@@ -357,26 +371,14 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
             i += 1
             continue
         if p <= prev:
-            return (
-                counts[:6].reshape(2, 3),
-                counts[6:12].reshape(2, 3),
-                counts[12:].reshape(2, 3),
-                stats,
-                -2,
-            )
+            return _sift_result(hist, stats, -2)
         prev = p
         c = np.int64(channel[i]) - 1
         a_basis = np.int64(basis[i])
         a_class = np.int64(intensity[i])
         a_bit = np.int64(bit[i])
         if (c < 0) | (c > 3) | (a_basis > 1) | (a_class > 2) | ((a_bit > 1) & (a_bit != 255)):
-            return (
-                counts[:6].reshape(2, 3),
-                counts[6:12].reshape(2, 3),
-                counts[12:].reshape(2, 3),
-                stats,
-                i,
-            )
+            return _sift_result(hist, stats, i)
         if i + 1 < rows and pulse[i + 1] == p:
             # clicks seen per (basis, bit), as a 4-bit mask: bit (2 * basis + value)
             seen = 0
@@ -384,13 +386,7 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
             while j < rows and pulse[j] == p:
                 cj = np.int64(channel[j]) - 1
                 if cj < 0 or cj > 3:
-                    return (
-                        counts[:6].reshape(2, 3),
-                        counts[6:12].reshape(2, 3),
-                        counts[12:].reshape(2, 3),
-                        stats,
-                        j,
-                    )
+                    return _sift_result(hist, stats, j)
                 seen |= 1 << cj
                 j += 1
             stats[1] += 1
@@ -414,17 +410,11 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
             b_basis = c >> 1
             b_bit = c & 1
             i += 1
-        match = np.int64(b_basis == a_basis)
-        disclosed = match & np.int64(a_bit != 255)
-        cell = a_basis * 3 + a_class
-        counts[cell] += match
-        counts[6 + cell] += disclosed
-        counts[12 + cell] += disclosed & np.int64(a_bit != b_bit)
-        stats[4] += 1 - match
-    return (
-        counts[:6].reshape(2, 3),
-        counts[6:12].reshape(2, 3),
-        counts[12:].reshape(2, 3),
-        stats,
-        -1,
-    )
+        outcome = (
+            (a_basis * 3 + a_class) * 8
+            + np.int64(b_basis == a_basis) * 4
+            + np.int64(a_bit != 255) * 2
+            + np.int64(a_bit != b_bit)
+        )
+        hist[outcome] += 1
+    return _sift_result(hist, stats, -1)
