@@ -130,7 +130,13 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
     n = 0
     for c in channels:
         n += c == sync_channel
-    table_ps = np.empty(n, dtype=np.int64)
+    # branch-free extraction first (sync tags sit at random among detections, so a branch on
+    # the channel would be mispredicted twice per sync); slot j is overwritten until a sync
+    table_ps = np.empty(n + 1, dtype=np.int64)
+    j = 0
+    for i in range(len(timestamps_ps)):
+        table_ps[j] = timestamps_ps[i]
+        j += channels[i] == sync_channel
     table_count = np.empty(n, dtype=np.int64)
     gap_rows = np.empty(n, dtype=np.int64)
     gap_uncertain = np.empty(n, dtype=np.bool_)
@@ -138,19 +144,18 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
     m = 0
     max_res = 0.0
     freq = 1.0 / period0_ps
+    keep = 1.0 - smoothing
     last_t = 0
     last_count = 0
-    for i in range(len(timestamps_ps)):
-        if channels[i] != sync_channel:
-            continue
-        t = timestamps_ps[i]
+    for i in range(n):
+        t = table_ps[i]  # m <= i: the accepted tags are compacted in place
         if m == 0:
-            table_ps[0] = t
             table_count[0] = 0
             last_t = t
             m = 1
             continue
         dt = np.float64(t - last_t)
+        inv_dt = 1.0 / dt  # off the loop-carried chain (dt does not depend on freq)
         x = dt * freq
         steps = np.floor(x + 0.5)
         off = abs(x - steps)
@@ -166,7 +171,7 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
         table_count[m] = last_count
         m += 1
         last_t = t
-        freq += smoothing * (steps / dt - freq)
+        freq = freq * keep + (smoothing * steps) * inv_dt
     return table_ps[:m], table_count[:m], n, max_res, gap_rows[:n_gaps], gap_uncertain[:n_gaps]
 
 

@@ -81,7 +81,7 @@ def number_sync_tags(sync_ps, period0_ps, smoothing, max_fraction):
         last_count += int(steps)
         count[i] = last_count
         last_t = int(sync_ps[i])
-        freq = freq + smoothing * (steps / dt - freq)
+        freq = freq * (1.0 - smoothing) + (smoothing * steps) * (1.0 / dt)
     return count, residual, accepted, uncertain
 
 
