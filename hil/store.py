@@ -24,19 +24,23 @@ SWMR mode HDF5 orders its metadata writes so that a reader (or the file left beh
 writer) sees the state of the last flush; ``complete`` is written last by ``close``, so a file
 whose writer died reports itself incomplete with everything flushed before the kill.
 
-Compression, measured by ``benchmarks/bench_store.py`` on 2**25 tags shaped like the emulated
-bench (sync 100 kHz + four detectors at 0.7 and 0.08 MHz, 1 ps resolution), 2-core VM:
+Compression, measured by ``benchmarks/bench_store.py`` (2**25 tags shaped like the emulated
+bench: 100 kHz sync + detectors at 0.7, 0.7, 0.08, 0.08 MHz, 1 ps resolution; shared 2-core VM,
+page cache, best of runs on 2026-11-28; compressed rows on 2**23 tags)::
 
-    filter            Mtags/s write   bytes/tag
-    none                   ~130         9.00
-    lzf                     ~70         ~8.4
-    shuffle+lzf             ~45         ~3.4
-    shuffle+gzip-1          ~12         ~2.5
+    filter                    Mtags/s   bytes/tag
+    numpy tofile (baseline)   170-330     9.00
+    none                          125     9.00     (20-80 Mtags/s including fsync)
+    gzip-1                          4     4.11
+    shuffle+gzip-1                  7     3.35
+    shuffle+gzip-4                  5     3.35
+    h5py LZF / shuffle+LZF      12/15     6.54 / 3.85   (not offered: see below)
 
-Sorted picosecond timestamps are high-entropy in their low bytes, so only byte shuffling buys
-anything, and it costs more than a disk (or page cache) write of the raw bytes at the rates a
-tagger delivers. Captures are therefore written uncompressed (``compression=None``); pass
-``compression="shuffle+lzf"`` for archives (the PTU importer does) where size matters more.
+Sorted picosecond timestamps are high-entropy in their low bytes; only byte shuffling buys
+much (2.7x smaller), at 20x the CPU per tag, far below the rates a tagger delivers. Captures
+are therefore written uncompressed (the default); the PTU importer, where size matters more
+than speed, uses ``shuffle+gzip-1``. LZF is h5py's own filter: PyTables, hence phconvert and
+other Photon-HDF5 readers, cannot decode it, so only filters built into libhdf5 are offered.
 """
 
 from __future__ import annotations
