@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hil import cli_keyrate
 
     cli_keyrate.register(sub)
+    from hil import trend
+
+    trend.register(sub)  # hil report RESULTS_DIR: trend across runs
     return parser
 
 
