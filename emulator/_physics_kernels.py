@@ -131,12 +131,35 @@ def norm_ppf(p):
     )
 
 
+# Normal quantiles at k / 4096 (k = 1..4095) for table lookup. Linear interpolation inside a
+# cell is accurate to < 1.5e-4 sigma for cells 16..4079 (|z| < 2.67); the 16 outermost cells on
+# each side (probability 1/128), where the quantile curves strongly, use the rational formula.
+_GAUSS_BITS = 12
+_GAUSS_CELLS = 1 << _GAUSS_BITS
+_GAUSS_EDGE = 16
+_GAUSS_TABLE = np.zeros(_GAUSS_CELLS + 1)
+for _k in range(1, _GAUSS_CELLS):
+    _GAUSS_TABLE[_k] = norm_ppf.py_func(_k / _GAUSS_CELLS)
+_S52 = np.uint64(64 - _GAUSS_BITS)
+_FRAC_MASK = np.uint64((1 << 40) - 1)
+_S12 = np.uint64(12)
+_INV40 = 1.0 / float(1 << 40)
+_INV52 = 1.0 / float(1 << 52)
+
+
 @njit(cache=True)
 def gauss_from_hash(h):
-    """Standard normal variate from a hash: inverse CDF of a uniform in (0, 1) at 2**-54
-    resolution, truncated at JITTER_CLIP_SIGMA."""
-    u = (np.float64(h >> _S11) + 0.5) * _INV53
-    g = norm_ppf(u)
+    """Standard normal variate from a hash, truncated at JITTER_CLIP_SIGMA.
+
+    The top 12 bits pick a cell of the probability axis, 40 further bits the position in it:
+    the quantile is interpolated from _GAUSS_TABLE, or computed by norm_ppf in the outer cells
+    (where it curves strongly and diverges)."""
+    cell = np.int64(h >> _S52)
+    if cell < _GAUSS_EDGE or cell >= _GAUSS_CELLS - _GAUSS_EDGE:
+        g = norm_ppf((np.float64(h >> _S12) + 0.5) * _INV52)  # strictly inside (0, 1)
+    else:
+        f = np.float64((h >> _S12) & _FRAC_MASK) * _INV40
+        g = _GAUSS_TABLE[cell] + f * (_GAUSS_TABLE[cell + 1] - _GAUSS_TABLE[cell])
     return min(max(g, -JITTER_CLIP_SIGMA), JITTER_CLIP_SIGMA)
 
 
@@ -205,17 +228,30 @@ def click_pattern_tables(mu, tj):
     return order, cum
 
 
-_BATCH = 1024
+_BATCH = 2048
 
 
 @njit(cache=True)
-def _emit_clicks(
+def _judge_batch(
     out,
     n_out,
-    batch_i,
-    batch_pat,
-    n_batch,
+    cand,
+    n,
+    hc,
+    hb,
+    ha,
+    acc_i,
+    acc_c,
+    acc_x,
+    keys,
     k_jit,
+    order,
+    cum,
+    p_c,
+    c0,
+    c1,
+    p_z,
+    eve_fraction,
     sigma_ps,
     anchor_i,
     tau0_int,
@@ -223,16 +259,51 @@ def _emit_clicks(
     p_int,
     p_rest,
 ):
-    """Write the jittered click times of a batch of (pulse index, click pattern) to `out`."""
-    for q in range(n_batch):
-        i = batch_i[q]
-        pattern = batch_pat[q]
+    """Decide a batch of candidate pulses and write the clicks of the kept ones to `out`.
+
+    Split into loops with independent iterations (hashes; decisions with branch-free
+    compaction; click times) so that the CPU overlaps their latencies."""
+    k_int, k_bb, k_acc, k_es, k_ec = keys[0], keys[1], keys[2], keys[3], keys[4]
+    for q in range(n):
+        cm = counter_mix(cand[q])
+        hc[q] = keyed(k_int, cm)
+        hb[q] = keyed(k_bb, cm)
+        ha[q] = keyed(k_acc, cm)
+    m = 0
+    for q in range(n):
+        u = u01(hc[q])
+        cls = np.int64(u >= c0) + np.int64(u >= c1)
+        h = hb[q]
+        basis = np.int64(u01(h) >= p_z)
+        s = 2 * basis + np.int64(h & _ONE)
+        if eve_fraction > 0.0:
+            cm = counter_mix(cand[q])
+            if u01(keyed(k_es, cm)) < eve_fraction:
+                # Intercept-resend: Eve measures in a random basis and resends her result.
+                he = keyed(k_ec, cm)
+                eb = np.int64(he >> _S63)
+                ebit = (s & 1) if eb == basis else np.int64((he >> _S11) & _ONE)
+                s = 2 * eb + ebit
+        x = u01(ha[q]) * p_c
+        acc_i[m] = cand[q]
+        acc_c[m] = 4 * cls + s
+        acc_x[m] = x
+        m += np.int64(x < cum[cls, s, 14])
+    for q in range(m):
+        cls = acc_c[q] >> 2
+        s = acc_c[q] & 3
+        x = acc_x[q]
+        j = 0
+        while cum[cls, s, j] <= x:
+            j += 1
+        pattern = order[cls, s, j]
+        i = acc_i[q]
         cm = counter_mix(i)
         t_int, t_frac = nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-        for j in range(4):
-            if (pattern >> j) & 1:
-                g = gauss_from_hash(keyed(k_jit[j], cm))
-                out[n_out] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + j
+        for d in range(4):
+            if (pattern >> d) & 1:
+                g = gauss_from_hash(keyed(k_jit[d], cm))
+                out[n_out] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + d
                 n_out += 1
     return n_out
 
@@ -272,19 +343,25 @@ def signal_detections(
             p_c = max(p_c, cum[c, s, 14])
     if p_c <= 0.0 or i_hi <= i_lo:
         return 0, i_hi
-    k_int = stream_key(seed, STREAM_INTENSITY)
-    k_bb = stream_key(seed, STREAM_BASIS_BIT)
-    k_es = stream_key(seed, STREAM_EVE_SELECT)
-    k_ec = stream_key(seed, STREAM_EVE_CHOICE)
-    k_acc = stream_key(seed, STREAM_ACCEPT)
+    keys = np.empty(5, np.uint64)
+    keys[0] = stream_key(seed, STREAM_INTENSITY)
+    keys[1] = stream_key(seed, STREAM_BASIS_BIT)
+    keys[2] = stream_key(seed, STREAM_ACCEPT)
+    keys[3] = stream_key(seed, STREAM_EVE_SELECT)
+    keys[4] = stream_key(seed, STREAM_EVE_CHOICE)
     k_blk = stream_key(seed, STREAM_BLOCK)
     k_jit = np.empty(4, np.uint64)
     for j in range(4):
         k_jit[j] = stream_key(seed, STREAM_JITTER + j)
+    cand = np.empty(_BATCH, np.int64)
+    hc = np.empty(_BATCH, np.uint64)
+    hb = np.empty(_BATCH, np.uint64)
+    ha = np.empty(_BATCH, np.uint64)
+    acc_i = np.empty(_BATCH, np.int64)
+    acc_c = np.empty(_BATCH, np.int64)
+    acc_x = np.empty(_BATCH)
+    n_cand = 0
     log_q = math.log1p(-p_c) if p_c < 1.0 else -math.inf
-    batch_i = np.empty(_BATCH, np.int64)
-    batch_pat = np.empty(_BATCH, np.int64)
-    n_batch = 0
     b = i_lo // BLOCK_PULSES
     while b * BLOCK_PULSES < i_hi:
         start = b * BLOCK_PULSES
@@ -303,14 +380,27 @@ def signal_detections(
             pos += 1 + np.int64(skip)
             if pos < i_lo:
                 continue
-            if n_out + 4 * n_batch + 4 > out.shape[0]:
-                n_out = _emit_clicks(
+            if n_out + 4 * (n_cand + 1) > out.shape[0]:
+                n_out = _judge_batch(
                     out,
                     n_out,
-                    batch_i,
-                    batch_pat,
-                    n_batch,
+                    cand,
+                    n_cand,
+                    hc,
+                    hb,
+                    ha,
+                    acc_i,
+                    acc_c,
+                    acc_x,
+                    keys,
                     k_jit,
+                    order,
+                    cum,
+                    p_c,
+                    c0,
+                    c1,
+                    p_z,
+                    eve_fraction,
                     sigma_ps,
                     anchor_i,
                     tau0_int,
@@ -318,40 +408,32 @@ def signal_detections(
                     p_int,
                     p_rest,
                 )
-                return n_out, pos
-            i = pos
-            cm = counter_mix(i)
-            u = u01(keyed(k_int, cm))
-            cls = np.int64(u >= c0) + np.int64(u >= c1)
-            h = keyed(k_bb, cm)
-            basis = np.int64(u01(h) >= p_z)
-            bit = np.int64(h & _ONE)
-            s = 2 * basis + bit
-            if eve_fraction > 0.0 and u01(keyed(k_es, cm)) < eve_fraction:
-                # Intercept-resend: Eve measures in a random basis and resends her result.
-                he = keyed(k_ec, cm)
-                eb = np.int64(he >> _S63)
-                ebit = bit if eb == basis else np.int64((he >> _S11) & _ONE)
-                s = 2 * eb + ebit
-            x = u01(keyed(k_acc, cm)) * p_c
-            if x >= cum[cls, s, 14]:
-                continue
-            m = 0
-            while cum[cls, s, m] <= x:
-                m += 1
-            batch_i[n_batch] = i
-            batch_pat[n_batch] = order[cls, s, m]
-            n_batch += 1
-            if n_batch == _BATCH:
-                # Times are computed in a separate loop over a batch: its iterations are
-                # independent, so the CPU overlaps their latencies.
-                n_out = _emit_clicks(
+                n_cand = 0
+                if n_out + 4 > out.shape[0]:
+                    return n_out, pos
+            cand[n_cand] = pos
+            n_cand += 1
+            if n_cand == _BATCH:
+                n_out = _judge_batch(
                     out,
                     n_out,
-                    batch_i,
-                    batch_pat,
-                    n_batch,
+                    cand,
+                    n_cand,
+                    hc,
+                    hb,
+                    ha,
+                    acc_i,
+                    acc_c,
+                    acc_x,
+                    keys,
                     k_jit,
+                    order,
+                    cum,
+                    p_c,
+                    c0,
+                    c1,
+                    p_z,
+                    eve_fraction,
                     sigma_ps,
                     anchor_i,
                     tau0_int,
@@ -359,15 +441,28 @@ def signal_detections(
                     p_int,
                     p_rest,
                 )
-                n_batch = 0
+                n_cand = 0
         b += 1
-    n_out = _emit_clicks(
+    n_out = _judge_batch(
         out,
         n_out,
-        batch_i,
-        batch_pat,
-        n_batch,
+        cand,
+        n_cand,
+        hc,
+        hb,
+        ha,
+        acc_i,
+        acc_c,
+        acc_x,
+        keys,
         k_jit,
+        order,
+        cum,
+        p_c,
+        c0,
+        c1,
+        p_z,
+        eve_fraction,
         sigma_ps,
         anchor_i,
         tau0_int,
@@ -490,7 +585,22 @@ def _heap_pop(heap, n):
 
 
 @njit(cache=True)
-def register_clicks(out, keys, horizon_ps, dead_ps, on, p_ap, tau_ps, seed, last, heap, n_heap):
+def register_clicks(
+    out,
+    keys,
+    horizon_ps,
+    dead_ps,
+    on,
+    p_ap,
+    tau_ps,
+    seed,
+    last,
+    heap,
+    n_heap,
+    delays,
+    resolution,
+    enabled,
+):
     """Apply non-paralysable dead time and afterpulsing to time-sorted primary clicks.
 
     keys: sorted t_ps * 4 + detector, all < horizon_ps * 4. Afterpulses pending in the binary
@@ -501,9 +611,12 @@ def register_clicks(out, keys, horizon_ps, dead_ps, on, p_ap, tau_ps, seed, last
     single exponential trap family: Cova et al., Rev. Sci. Instrum. 62, 2596 (1991)); the
     afterpulse is itself a click and can be lost to dead time or cause afterpulses.
     last[j] (in/out): time of the last registered click of detector j.
-    Writes registered keys to `out` and returns (n written, keys consumed, n_heap); when `out`
-    is full it stops early: call again with keys[consumed:]. The heap needs room for
-    n_heap + len(out) entries (one afterpulse at most per registered click)."""
+    Registered clicks go through the tagger: channel j + 1, tag time
+    floor((t + delays[ch]) / resolution) * resolution, dropped if the channel is disabled; they
+    are written to `out` as keys ts * 8 + ch (sorted per channel; across channels only up to
+    the delay differences). Returns (n written, keys consumed, n_heap); when `out` is full it
+    stops early: call again with keys[consumed:]. The heap needs room for n_heap + len(out)
+    entries (one afterpulse at most per registered click)."""
     n = keys.shape[0]
     n_out = 0
     k_ap = np.empty(4, np.uint64)
@@ -528,8 +641,10 @@ def register_clicks(out, keys, horizon_ps, dead_ps, on, p_ap, tau_ps, seed, last
         if t - last[d] < dead_ps[d]:
             continue
         last[d] = t
-        out[n_out] = key
-        n_out += 1
+        ch = d + 1
+        if enabled[ch]:
+            out[n_out] = ((t + delays[ch]) // resolution) * resolution * 8 + ch
+            n_out += 1
         if p_ap > 0.0:
             cm = counter_mix(t)
             if u01(keyed(k_ap[d], cm)) < p_ap:
@@ -589,28 +704,49 @@ def merge_sorted(a, b):
 
 
 @njit(cache=True)
-def tag_keys(registered, delays, resolution, enabled):
-    """Tagger view of registered clicks (keys t * 4 + detector): keys ts * 8 + channel with
-    ts = floor((t + delay[channel]) / resolution) * resolution, disabled channels dropped."""
-    out = np.empty(registered.shape[0], np.int64)
-    n = 0
-    for m in range(registered.shape[0]):
-        key = registered[m]
-        ch = (key & 3) + 1
-        if not enabled[ch]:
-            continue
-        t = (key >> 2) + delays[ch]
-        out[n] = (t // resolution) * resolution * 8 + ch
-        n += 1
-    return out[:n]
+def finalize_tags(pending, main, sync, t0_ps, t1_ps):
+    """Merge three sorted arrays of tag keys (ts * 8 + channel) and split them at the span.
 
-
-@njit(cache=True)
-def split_tags(keys):
-    """Split keys ts * 8 + channel into (timestamps int64, channels uint8)."""
-    ts = np.empty(keys.shape[0], np.int64)
-    ch = np.empty(keys.shape[0], np.uint8)
-    for m in range(keys.shape[0]):
-        ts[m] = keys[m] >> 3
-        ch[m] = keys[m] & 7
-    return ts, ch
+    Returns (timestamps, channels) of the tags in [t0_ps, t1_ps), the sorted keys at or after
+    t1_ps (to emit later), and the number of keys before t0_ps (dropped)."""
+    n = pending.shape[0] + main.shape[0] + sync.shape[0]
+    ts = np.empty(n, np.int64)
+    ch = np.empty(n, np.uint8)
+    later = np.empty(n, np.int64)
+    lo_key = t0_ps * 8
+    hi_key = t1_ps * 8
+    a = 0
+    b = 0
+    c = 0
+    n_out = 0
+    n_later = 0
+    n_early = 0
+    for _ in range(n):
+        # pick the smallest head of the three arrays
+        key = 0
+        src = -1
+        if a < pending.shape[0]:
+            key = pending[a]
+            src = 0
+        if b < main.shape[0] and (src < 0 or main[b] < key):
+            key = main[b]
+            src = 1
+        if c < sync.shape[0] and (src < 0 or sync[c] < key):
+            key = sync[c]
+            src = 2
+        if src == 0:
+            a += 1
+        elif src == 1:
+            b += 1
+        else:
+            c += 1
+        if key < lo_key:
+            n_early += 1
+        elif key < hi_key:
+            ts[n_out] = key >> 3
+            ch[n_out] = key & 7
+            n_out += 1
+        else:
+            later[n_later] = key
+            n_later += 1
+    return ts[:n_out], ch[:n_out], later[:n_later].copy(), n_early

@@ -452,7 +452,8 @@ def _dark_clicks(dv: _Derived, t_lo: int, t_hi: int) -> np.ndarray:
 
 
 def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.ndarray:
-    """Dead time and afterpulsing over sorted primary clicks; updates the detector state."""
+    """Dead time and afterpulsing over sorted primary clicks, then the tagger's view of the
+    registered clicks (sorted tag keys ts * 8 + channel); updates the detector state."""
     cap = int(keys.shape[0] * (1 + 2 * dv.afterpulse_prob)) + st.n_heap + 1024
     out = []
     while True:
@@ -473,6 +474,9 @@ def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.nd
             st.last_click,
             st.heap,
             st.n_heap,
+            dv.delays,
+            dv.resolution,
+            dv.enabled,
         )
         out.append(buf[:n])
         keys = keys[used:]
@@ -626,24 +630,24 @@ class LinkGenerator:
         clicks = _sorted_union(parts)
         split = int(np.searchsorted(clicks, horizon * 4))
         st.pending_clicks = clicks[split:].copy()
-        registered = _register(dv, st, clicks[:split], horizon)
+        tags = _register(dv, st, clicks[:split], horizon)
         st.horizon = horizon
+        # channels differ in delay: the per-channel order must be merged into one
+        if not _k.sort_nearly_sorted(tags, 8 * tags.shape[0] + 1024):
+            tags.sort()
 
-        # tagger: delay, quantisation, channel enable; sync at pulses 0, N, 2N, ...
-        tag_parts = [st.pending_tags, _k.tag_keys(registered, dv.delays, res, dv.enabled)]
+        # sync: pulses 0, N, 2N, ... through the tagger clock, channel-0 delay and resolution
+        sync = np.empty(0, np.int64)
         d0 = int(dv.delays[0])
         i_sync_end = st.clock.first_at_or_after(t1 - d0 + res, offset)
         if i_sync_end > st.next_sync:
             if p.sync_enabled and p.channel_enabled[0]:
                 sync = _k.sync_tags(st.next_sync, i_sync_end - 1, int(p.sync_divider), *timing)
-                tag_parts.append(((sync + d0) // res) * res * 8)
+                sync = ((sync + d0) // res) * res * 8
             st.next_sync = i_sync_end
-        tags = _sorted_union(tag_parts)
-        lo = int(np.searchsorted(tags, t0 * 8))
-        hi = int(np.searchsorted(tags, t1 * 8))
+        ts, ch, st.pending_tags, n_early = _k.finalize_tags(st.pending_tags, tags, sync, t0, t1)
         if not st.fresh:
-            self.dropped_early_tags += lo
+            self.dropped_early_tags += n_early
         st.fresh = False
-        st.pending_tags = tags[hi:].copy()
         st.t_end = t1
-        return _k.split_tags(tags[lo:hi])
+        return ts, ch

@@ -98,8 +98,18 @@ def norm_ppf(p: float) -> float:
     return _poly(_A, r) * q / (_poly(_B, r) * r + 1.0)
 
 
+GAUSS_CELLS = 4096
+GAUSS_TABLE = [0.0] + [norm_ppf(k / GAUSS_CELLS) for k in range(1, GAUSS_CELLS)] + [0.0]
+
+
 def gauss_from_hash(h: int) -> float:
-    g = norm_ppf(((h >> 11) + 0.5) * 2.0**-53)
+    """Table quantile with linear interpolation; exact formula in the 16 outer cells per side."""
+    cell = h >> 52
+    if cell < 16 or cell >= GAUSS_CELLS - 16:
+        g = norm_ppf(((h >> 12) + 0.5) * 2.0**-52)
+    else:
+        f = ((h >> 12) & ((1 << 40) - 1)) * 2.0**-40
+        g = GAUSS_TABLE[cell] + f * (GAUSS_TABLE[cell + 1] - GAUSS_TABLE[cell])
     return min(max(g, -CLIP), CLIP)
 
 

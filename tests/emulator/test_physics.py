@@ -86,6 +86,16 @@ def test_normal_quantile_matches_statistics_module():
         exact = nd.inv_cdf(float(p))
         assert abs(k.norm_ppf(p) - exact) <= 1.2e-9 * abs(exact) + 1e-15
         assert k.norm_ppf(p) == ref.norm_ppf(float(p))
+    # the table quantile used for jitter: interpolation error within its stated bound
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(0, 2**64 - 1, 20_000, dtype=np.uint64, endpoint=True)
+    hashes[:6] = [0, 2**64 - 1, 2**52 - 1, 2**63, 16 * 2**52, 4080 * 2**52 - 1]
+    for h in hashes:
+        g = k.gauss_from_hash(h)
+        assert g == ref.gauss_from_hash(int(h))
+        u = ((int(h) >> 12) + 0.5) * 2.0**-52
+        exact = min(max(nd.inv_cdf(u), -8.0), 8.0)
+        assert abs(g - exact) < 1.5e-4
 
 
 @pytest.mark.parametrize("eve", [0.0, 0.5])
@@ -139,21 +149,43 @@ def test_register_kernel_matches_reference():
     keys = np.sort(rng.integers(0, 10**7, 3000) * 4 + rng.integers(0, 4, 3000)).astype(np.int64)
     dead = np.array([5000, 20000, 0, 1000], np.int64)
     on = np.array([True, True, True, False])
+    delays = np.array([0, 100, -300, 7, 0], np.int64)
+    enabled = np.array([True, True, False, True, True])
     horizon = 9 * 10**6
     keys = keys[keys < horizon * 4]
     last = np.full(4, -(2**62), np.int64)
     heap = np.empty(2 * len(keys) + 64, np.int64)
     out = np.empty(len(keys) + 64, np.int64)
     n, used, n_heap = k.register_clicks(
-        out, keys, horizon, dead, on, 0.2, 30000.0, 3, last, heap, 0
+        out, keys, horizon, dead, on, 0.2, 30000.0, 3, last, heap, 0, delays, 4, enabled
     )
     r_last = [-(2**62)] * 4
     pending: list[int] = []
-    expected = ref.register_clicks(keys, horizon, dead, on, 0.2, 30000.0, 3, r_last, pending)
+    registered = ref.register_clicks(keys, horizon, dead, on, 0.2, 30000.0, 3, r_last, pending)
+    # the tagger's view, written out here: channel d + 1, delay, floor to the resolution
+    expected = [
+        ((key >> 2) + int(delays[(key & 3) + 1])) // 4 * 4 * 8 + (key & 3) + 1
+        for key in registered
+        if enabled[(key & 3) + 1]
+    ]
     assert used == len(keys)
     assert out[:n].tolist() == expected
     assert last.tolist() == r_last
     assert sorted(heap[:n_heap].tolist()) == sorted(pending)
+    # a full output buffer stops early; continuing gives the same result
+    last2 = np.full(4, -(2**62), np.int64)
+    heap2 = np.empty(2 * len(keys) + 64, np.int64)
+    got, rest, nh = [], keys, 0
+    while True:
+        small = np.empty(50, np.int64)
+        m, used2, nh = k.register_clicks(
+            small, rest, horizon, dead, on, 0.2, 30000.0, 3, last2, heap2, nh, delays, 4, enabled
+        )
+        got += small[:m].tolist()
+        rest = rest[used2:]
+        if m < 50:
+            break
+    assert got == expected
 
 
 def test_sorting_kernels_match_numpy():
@@ -167,16 +199,14 @@ def test_sorting_kernels_match_numpy():
     x, y = np.sort(rng.integers(0, 100, 300)), np.sort(rng.integers(0, 100, 7))
     assert (k.merge_sorted(x, y) == np.sort(np.concatenate([x, y]))).all()
     assert len(k.merge_sorted(x[:0], y[:0])) == 0
-    reg = np.sort(rng.integers(-(10**6), 10**6, 1000)) * 4 + rng.integers(0, 4, 1000)
-    delays = np.array([0, 100, -300, 7, 0], np.int64)
-    enabled = np.array([True, True, True, False, True])
-    got = k.tag_keys(reg, delays, 4, enabled)
-    ch = (reg & 3) + 1
-    ts = ((reg >> 2) + delays[ch]) // 4 * 4
-    keep = enabled[ch]
-    assert (got == ts[keep] * 8 + ch[keep]).all()
-    t, c8 = k.split_tags(got)
-    assert (t == ts[keep]).all() and (c8 == ch[keep]).all() and c8.dtype == np.uint8
+    parts = [np.sort(rng.integers(0, 8 * 10**6, m)) for m in (40, 3000, 0)]
+    for t0, t1 in ((0, 10**6), (2 * 10**5, 7 * 10**5), (5, 5)):
+        ts, ch, later, early = k.finalize_tags(*parts, t0, t1)
+        allk = np.sort(np.concatenate(parts))
+        inside = allk[(allk >= t0 * 8) & (allk < t1 * 8)]
+        assert (ts == inside >> 3).all() and (ch == inside & 7).all() and ch.dtype == np.uint8
+        assert (later == allk[allk >= t1 * 8]).all()
+        assert early == np.sum(allk < t0 * 8)
 
 
 # ---------------------------------------------------------------------------------------------
