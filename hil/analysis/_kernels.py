@@ -40,16 +40,6 @@ def merge_sorted_streams(flat_ps, starts, labels, out_ps, out_ch):
 
 
 @njit(cache=True)
-def count_per_channel(channels, n_channels):
-    """Count tags per channel; channels >= n_channels are not counted."""
-    counts = np.zeros(n_channels, dtype=np.int64)
-    for c in channels:
-        if c < n_channels:
-            counts[c] += 1
-    return counts
-
-
-@njit(cache=True)
 def rate_histogram(timestamps_ps, channels, n_channels, start_ps, bin_width_ps, n_bins):
     """Count tags per (time bin, channel); bin b covers [start + b w, start + (b + 1) w)."""
     counts = np.zeros((n_bins, n_channels), dtype=np.int64)

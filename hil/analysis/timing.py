@@ -34,6 +34,12 @@ def _check_stream(timestamps_ps: np.ndarray, channels: np.ndarray) -> tuple[np.n
         raise ValueError(
             f"timestamps_ps ({len(timestamps_ps)}) and channels ({len(channels)}) differ in length"
         )
+    if (
+        channels.dtype != np.uint8
+        and len(channels)
+        and (channels.min() < 0 or channels.max() > 255)
+    ):
+        raise ValueError("channels must lie in 0..255 (uint8); map falling-edge channels first")
     return timestamps_ps.astype(np.int64, copy=False), channels.astype(np.uint8, copy=False)
 
 
@@ -82,7 +88,7 @@ def count_rates(
         raise ValueError(f"duration_ps must be positive, got {duration_ps}")
     if len(timestamps_ps) != len(channels):
         raise ValueError("timestamps_ps and channels differ in length")
-    counts = k.count_per_channel(np.asarray(channels, dtype=np.uint8), n_channels)
+    counts = np.bincount(np.asarray(channels, dtype=np.intp), minlength=n_channels)[:n_channels]
     return counts / (duration_ps * 1e-12)
 
 

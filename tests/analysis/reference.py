@@ -22,10 +22,6 @@ def merge_sorted_streams(runs, labels):
     return flat[order], lab[order]
 
 
-def count_per_channel(channels, n_channels):
-    return np.bincount(channels.astype(np.intp), minlength=n_channels)[:n_channels]
-
-
 def rate_histogram(timestamps_ps, channels, n_channels, start_ps, bin_width_ps, n_bins):
     b = (timestamps_ps - start_ps) // bin_width_ps
     keep = (timestamps_ps >= start_ps) & (b < n_bins) & (channels < n_channels)
