@@ -643,7 +643,10 @@ def register_clicks(
         last[d] = t
         ch = d + 1
         if enabled[ch]:
-            out[n_out] = ((t + delays[ch]) // resolution) * resolution * 8 + ch
+            ts = t + delays[ch]
+            if resolution != 1:  # skip the slow 64-bit division in the common 1 ps case
+                ts = (ts // resolution) * resolution
+            out[n_out] = ts * 8 + ch
             n_out += 1
         if p_ap > 0.0:
             cm = counter_mix(t)
