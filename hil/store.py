@@ -59,9 +59,9 @@ from typing import Any
 
 import h5py
 import numpy as np
+from numba import njit
 
 import hil
-from hil.analysis._kernels import count_per_channel
 
 PHOTON_HDF5_VERSION = "0.5"
 PHOTON_HDF5_URL = "http://photon-hdf5.org/"
@@ -73,6 +73,16 @@ LIBVER = ("v110", "v110")
 # Only filters built into libhdf5: h5py's LZF is unreadable by PyTables, hence by phconvert.
 COMPRESSIONS = ("none", "gzip-1", "shuffle+gzip-1", "shuffle+gzip-4", "shuffle+gzip-6")
 N_CHANNEL_IDS = 256  # detectors are uint8
+
+
+@njit(cache=True, nogil=True)
+def count_channels(channels):
+    """Tags per uint8 channel id (length 256). np.bincount does the same at ~8x the cost
+    (it first widens every uint8 to intp), which the store would pay on every tag."""
+    counts = np.zeros(256, dtype=np.int64)
+    for c in channels:
+        counts[c] += 1
+    return counts
 
 
 def _utc(t: float | None = None) -> str:
@@ -423,7 +433,7 @@ class CaptureWriter:
         if self.nt is not None:
             self.nt.resize((end,))
             self.nt[self.n_tags :] = nanotimes
-        self._counts += count_per_channel(np.asarray(channels, dtype=np.uint8), N_CHANNEL_IDS)
+        self._counts += count_channels(np.ascontiguousarray(channels, dtype=np.uint8))
         if self._first_ts is None:
             self._first_ts = int(timestamps_ps[0])
         self.n_tags = end

@@ -31,6 +31,9 @@ class FakeTagger:
     def data_lost(self):
         return False
 
+    def status(self):
+        return "RUNNING" if self.now_ps < self.duration_ps else "DONE"
+
     def stream(self):
         step = self.duration_ps // (self.n_chunks * self.chunk)
         for k in range(self.n_chunks):

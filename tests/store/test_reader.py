@@ -6,7 +6,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hil.store import CaptureWriter, open_capture, store_result
+from hil.store import CaptureWriter, count_channels, open_capture, store_result
+
+
+@pytest.mark.parametrize(
+    "channels",
+    [
+        np.zeros(0, np.uint8),
+        np.array([255], np.uint8),
+        np.array([0, 0, 0, 255, 255, 7], np.uint8),
+        np.arange(256, dtype=np.uint8).repeat(3),
+        np.random.default_rng(5).integers(0, 256, 100_000).astype(np.uint8),
+        np.random.default_rng(6).choice(np.array([0, 1, 2, 3, 4, 8], np.uint8), 50_000),
+    ],
+)
+def test_count_channels_matches_bincount(channels):
+    """The numba counting kernel against numpy's bincount (the reference)."""
+    np.testing.assert_array_equal(count_channels(channels), np.bincount(channels, minlength=256))
 
 
 def write(path, ts, ch, chunk_tags=64, pieces=7):
