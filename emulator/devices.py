@@ -491,6 +491,8 @@ class Tagger(LinkDevice):
                     if ahead > 0:
                         time.sleep(min(ahead / self.pace, 0.05))
                         continue
+                    if ahead < -0.01:  # fell behind (a stall): resume the pace, never burst
+                        wall0 += -ahead / self.pace
                 ts, ch = self.link.step(t_stop)
                 keep = np.asarray(self.link.params.channel_enabled, dtype=bool)[ch]
                 ts, ch = ts[keep], ch[keep]

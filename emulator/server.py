@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .devices import Attenuator, Control, Detectors, PowerMeter, Source, Switch, Tagger
 from .link import Link
-from .physics import LinkParams
+from .physics import LinkGenerator, LinkParams
 from .scpi import block_length, find_message_end
 
 SCPI_ROLES = {
@@ -193,6 +193,8 @@ def serve(
     """Run the emulator until SIGTERM/SIGINT or until ``parent_pid`` is gone."""
     params = LinkParams() if seed is None else LinkParams(seed=seed)
     emu = Emulator(params)
+    # compile (or load from cache) the physics kernels now, not in the first acquisition
+    LinkGenerator(params).generate(params, 0, 1_000_000)
     resources = emu.start(ports)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())

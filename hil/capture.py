@@ -71,7 +71,8 @@ def acquire(
 
     ``actions``: (link time offset s, callable, description) run while acquiring once the
     tagger's link time passes the offset; each is written into the capture as an event, timed by
-    a software marker in the tag stream itself. ``on_chunk(ts, ch)`` sees every chunk (the link
+    a software marker in the tag stream itself. With actions, an emulated bench runs at
+    wall-clock pace unless ``pace`` says otherwise. ``on_chunk(ts, ch)`` sees every chunk (the link
     monitor uses it).
     """
     tagger = bench.tagger
@@ -84,6 +85,8 @@ def acquire(
     t_first = t_last = None
     ok = False
     try:
+        if pace is None:  # with actions, emulated link time at wall-clock pace: they land on time
+            pace = 1.0 if pending else 0.0
         tagger.start(duration_s, pace=pace if bench.emulated else None)
         for ts, ch in tagger.stream():
             if t_first is None:
@@ -98,11 +101,25 @@ def acquire(
                 on_chunk(ts, ch)
             link_s = (t_last - t_start) * 1e-12
             progress_bar.update(link_s, writer.n_tags)
-            while pending and link_s >= pending[0][0]:
-                _, fn, what = pending.pop(0)
-                fn()
-                tagger.mark()
-                labels.append(("action", what))
+            if pending:
+                # fire on the tagger's clock, not on the tags consumed so far (the consumer
+                # may lag behind the acquisition)
+                now_s = tagger.link_time_s() - t_start * 1e-12
+                while pending and now_s >= pending[0][0]:
+                    offset, fn, what = pending.pop(0)
+                    if tagger.status() != "RUNNING":
+                        raise RuntimeError(
+                            f"action {what!r} at {offset:g} s came after the acquisition "
+                            f"ended ({duration_s:g} s): lengthen the capture"
+                        )
+                    # the action takes effect between the link time read just before it
+                    # (kept as "action-issued") and its marker in the tag stream ("action")
+                    issued = (int(round(now_s * 1e12)) + t_start, "action-issued", what)
+                    fn()
+                    tagger.mark()
+                    labels.append(("action", what))
+                    events.append(issued)
+                    writer.add_event(*issued)
         lost = tagger.data_lost()
         ok = True
     finally:
