@@ -303,9 +303,12 @@ def terminal_lines(run: Run) -> list[tuple[str, str]]:
     for c in table:
         if c["status"] == "MARGINAL":
             out.append((f"MARGINAL (near its limit): {c['id']} {c['title']}", "MARGINAL"))
-    for c in table:
-        if c["status"] == NOT_MEASURED:
-            out.append((f"not measured: {c['id']} {c['title']}", NOT_MEASURED))
+    unmeasured = [c for c in table if c["status"] == NOT_MEASURED]
+    if len(unmeasured) <= 8:
+        out += [(f"not measured: {c['id']} {c['title']}", NOT_MEASURED) for c in unmeasured]
+    else:  # a partial run (-k, -x): one line rather than a screenful
+        ids = ", ".join(c["id"] for c in unmeasured)
+        out.append((f"not measured ({len(unmeasured)}): {ids}", NOT_MEASURED))
     for err in run.criteria_errors:
         out.append((f"criteria file error: {err}", "FAIL"))
     return out

@@ -326,3 +326,23 @@ def test_limit_lines_are_converted_into_the_series_unit():
     for unit in ("bit/s", "%"):
         png = plot_png([{**series, "criterion_id": "S", "y_unit": unit}], {"S": crit}, "t")
         assert png.startswith(b"\x89PNG")
+
+
+def test_terminal_lines_group_many_unmeasured_criteria(tmp_path):
+    from hil.report import terminal_lines
+
+    body = "".join(
+        f"  REQ-{i:02d}:\n    title: t{i}\n    quantity: qber\n    unit: '%'\n"
+        "    limits: {max: 5}\n"
+        for i in range(10)
+    )
+    f = tmp_path / "criteria.yaml"
+    f.write_text("plan: p\ncriteria:\n" + body)
+    run = Run(tmp_path / "res", run_id="r")
+    run.add_criteria_file(f)
+    spec, _ = load_criteria(f)
+    run.add_verdict(judge("REQ-00", spec.criteria["REQ-00"], 0.01, test="t::a"))
+    lines = [text for text, _ in terminal_lines(run)]
+    assert lines[1] == "criteria: 1 PASS, 0 MARGINAL, 0 FAIL, 9 not measured"
+    assert lines[2] == "not measured (9): " + ", ".join(f"REQ-{i:02d}" for i in range(1, 10))
+    assert len(lines) == 3
