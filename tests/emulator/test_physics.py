@@ -335,7 +335,7 @@ def test_intercept_resend_gives_quarter_of_fraction(fraction):
     # dark counts (600 Hz) add < 1e-4 here: the value is f/4 within a fraction of sigma
     assert abs(e_exact - fraction / 4) < 0.5 * sigma
     assert abs(errors / n - e_exact) < 5 * sigma, (errors / n, e_exact, sigma)
-    _check_squashed_qber(p, idx, mask, b, c, bit, cls=0, basis=1 - 1)
+    _check_squashed_qber(p, idx, mask, b, c, bit, cls=0, basis=0)
     for cls in range(3):
         q_eve = physics.expected_detection_probability(p, cls)
         q_none = physics.expected_detection_probability(p.replace(eve_fraction=0.0), cls)
