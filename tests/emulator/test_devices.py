@@ -1,0 +1,251 @@
+"""The emulated instruments' command sets, over their real transports through pyvisa-py (and
+pyserial for the switch), without the project's drivers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import pyvisa
+import serial
+from hil.emulator.server import Emulator
+
+H_PLANCK = 6.62607015e-34  # J s, exact (SI 2019)
+C_LIGHT = 299_792_458.0  # m/s, exact
+
+
+@pytest.fixture(scope="module")
+def emu():
+    e = Emulator()
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def rm():
+    return pyvisa.ResourceManager("@py")
+
+
+@pytest.fixture()
+def open_(emu, rm):
+    sessions = []
+
+    def make(role: str):
+        s = rm.open_resource(emu.resources[role], read_termination="\n", timeout=10_000)
+        s.write("*RST;*CLS")
+        sessions.append(s)
+        return s
+
+    yield make
+    for s in sessions:
+        assert s.query("SYST:ERR?") == '0,"No error"'  # each test leaves no unread error
+        s.write("*RST")
+        s.close()
+
+
+def link_param(emu, name: str):
+    return emu.link.get(name)
+
+
+def test_attenuator_transition_takes_time_at_the_set_speed(emu, open_):
+    att, ctl = open_("attenuator"), open_("control")
+    att.write("INP1:ATT 0;:INP1:ATT:SPE 2")
+    att.query("*OPC?")
+    t0 = float(ctl.query("LINK:TIME?"))
+    att.write("INP1:ATT 10DB")
+    assert float(att.query("INP1:ATT?")) == 10.0  # the set value at once ...
+    assert link_param(emu, "attenuation_db") == 0.0  # ... but the filter has not moved yet
+    assert att.query("*OPC?") == "1"  # waits for the transition (link time skips ahead)
+    t1 = float(ctl.query("LINK:TIME?"))
+    assert t1 - t0 == pytest.approx(10 / 2, abs=1e-3)  # 10 dB at 2 dB/s
+    assert link_param(emu, "attenuation_db") == 10.0
+    assert float(att.query("INP1:ATT:SPE?")) == 2.0
+
+
+def test_attenuator_offset_wavelength_shutter(emu, open_):
+    att = open_("attenuator")
+    att.write("INP1:ATT 5;:INP1:OFFS 3")
+    att.query("*OPC?")
+    # displayed attenuation = filter attenuation + offset; the filter stays at 5 dB
+    assert float(att.query("INP1:ATT?")) == 8.0
+    assert float(att.query("INP1:ATT? MIN")) == 3.0
+    assert float(att.query("INP1:ATT? MAX")) == 63.0
+    assert link_param(emu, "attenuation_db") == 5.0
+    att.write("INP:WAV 1.31E-6")
+    assert att.query("INP1:WAV?") == "+1.31000000E-06"  # answers in metres
+    att.write("INP1:WAV 1550NM")
+    assert float(att.query("INP1:WAV?")) == pytest.approx(1.55e-6)
+    assert att.query("OUTP1:STAT?") == "0"  # *RST closes the shutter
+    att.write("OUTP1:STAT ON")
+    assert att.query("OUTP1?") == "1" and link_param(emu, "attenuator_shutter_open") is True
+    att.write("OUTP1:STAT 0")
+    att.query("*OPC?")  # the write has been executed
+    assert link_param(emu, "attenuator_shutter_open") is False
+
+
+def expected_power_w(emu, wavelength_m: float) -> float:
+    # mean power of the pulse train: f * sum_k p_k mu_k photons per pulse, h c / lambda each,
+    # plus the meter's 1 pW noise floor (README)
+    p = emu.link.params
+    photons = p.clock_hz * sum(pk * mk for pk, mk in zip(p.p_mu, p.mu, strict=True))
+    return photons * H_PLANCK * C_LIGHT / wavelength_m + 1e-12
+
+
+def test_powermeter_power_units_and_wavelength(emu, open_):
+    pm, src = open_("powermeter"), open_("source")
+    assert float(pm.query("MEAS:POW?")) == pytest.approx(1e-12)  # source off: noise floor
+    src.write("OUTP ON")
+    w = float(pm.query("MEAS:POW?"))
+    assert w == pytest.approx(expected_power_w(emu, 1550e-9), rel=1e-7)
+    pm.write("SENS:POW:UNIT DBM")
+    assert pm.query("SENS:POW:UNIT?") == "DBM"
+    assert float(pm.query("MEAS:POW?")) == pytest.approx(10 * math.log10(w / 1e-3), abs=1e-6)
+    pm.write("SENS:POW:UNIT W;:SENS:CORR:WAV 1310")  # PM100: a bare wavelength is in nm
+    assert float(pm.query("SENS:CORR:WAV?")) == 1310.0
+    assert float(pm.query("READ?")) == pytest.approx(expected_power_w(emu, 1310e-9), rel=1e-7)
+    assert float(pm.query("SENS:CORR:WAV? MIN")) == 400.0
+    src.write("OUTP OFF")
+
+
+def test_source_settings_and_sift_exchange(emu, open_):
+    src = open_("source")
+    src.write("SOUR:CLOC 1GHZ;SEED 7;:SIFT:DISC:FRAC 0.1")
+    assert float(src.query("SOUR:CLOC?")) == 1e9 and src.query("SOUR:SEED?") == "7"
+    n = 100_000
+    idx = np.arange(n, dtype="<i8") * 3 + 11
+    src.write_binary_values("SIFT:QUER? ", idx, datatype="q", is_big_endian=False)
+    raw = src.read_binary_values(datatype="B", container=bytes, expect_termination=True)
+    assert len(raw) == 3 * n
+    basis, intensity, bit = np.frombuffer(raw, np.uint8).reshape(3, n)
+    assert set(np.unique(basis)) <= {0, 1} and set(np.unique(intensity)) <= {0, 1, 2}
+    assert np.isin(bit[basis == 1], (0, 1)).all()  # every X-basis bit is disclosed
+    z_bits = bit[basis == 0]
+    disclosed = np.count_nonzero(z_bits != 255)
+    # Binomial(n_z, 0.1): 5 sigma band
+    mean, sd = 0.1 * len(z_bits), math.sqrt(len(z_bits) * 0.1 * 0.9)
+    assert abs(disclosed - mean) < 5 * sd
+    # the same indices give the same answer (counter-based, seeded)
+    src.write_binary_values("SIFT:QUER? ", idx[:10], datatype="q", is_big_endian=False)
+    again = src.read_binary_values(datatype="B", container=bytes, expect_termination=True)
+    assert np.array_equal(
+        np.frombuffer(again, np.uint8).reshape(3, 10), np.stack([basis, intensity, bit])[:, :10]
+    )
+    src.write("SOUR:SEED 1")
+
+
+def test_source_rejects_bad_intensities_and_running_changes(open_):
+    src = open_("source")
+    src.write("SOUR:INT2 0.6")  # decoy above signal
+    src.write("OUTP ON")
+    assert src.query("SYST:ERR?").startswith('-221,"Settings conflict')
+    src.write("*RST;OUTP ON")
+    src.write("SOUR:SEED 3")
+    assert src.query("SYST:ERR?").startswith('-221,"Settings conflict')
+    src.write("OUTP OFF")
+
+
+def test_detectors_settings_and_counters(emu, open_):
+    det = open_("detectors")
+    det.write("DET2:EFF 0.3;:DET2:DEAD 50NS;:DET2:TEMP:SETP -40CEL;:DET2:RUN OFF")
+    assert float(det.query("DET2:EFF?")) == 0.3
+    assert float(det.query("DET2:DEAD?")) == pytest.approx(50e-9)
+    assert float(det.query("DET2:TEMP:SETP?")) == -40.0
+    assert det.query("DET2:RUN?") == "0" and float(det.query("DET2:DARK?")) == 0.0
+    assert emu.link.params.efficiency[1] == 0.3 and emu.link.params.detector_on[1] is False
+    det.write("DET5:EFF 0.1")
+    assert det.query("SYST:ERR?").startswith("-114")
+    det.write("COUN:INT 1MS")
+    counts = [int(x) for x in det.query("COUN:DATA?").split(",")]
+    assert len(counts) == 4 and counts[1] == 0 and all(c >= 0 for c in counts)
+
+
+def fetch_tags(tg, max_tags: int):
+    raw = tg.query_binary_values(
+        f"FETC:TAGS? {max_tags}", datatype="B", container=bytes, expect_termination=True
+    )
+    n = len(raw) // 9
+    assert len(raw) == 9 * n
+    return np.frombuffer(raw, "<i8", count=n), np.frombuffer(raw, np.uint8, offset=8 * n)
+
+
+def test_tagger_fetches_bounded_blocks_in_time_order(emu, open_):
+    tg, att, src = open_("tagger"), open_("attenuator"), open_("source")
+    att.write("INP1:ATT 10;:OUTP1:STAT ON")
+    att.query("*OPC?")
+    src.write("OUTP ON")
+    tg.write("ACQ:DUR 2MS;:ACQ:STAR")
+    while tg.query("ACQ:STAT?") == "RUNNING":
+        pass
+    total = int(tg.query("FETC:COUN?"))
+    assert total > 1000, "the default link gives about 1.5 Mcounts/s"
+    blocks = []
+    while True:
+        ts, ch = fetch_tags(tg, 1000)
+        if not len(ts):
+            break
+        assert len(ts) <= 1000
+        blocks.append((ts, ch))
+    ts = np.concatenate([b[0] for b in blocks])
+    ch = np.concatenate([b[1] for b in blocks])
+    assert len(ts) == total and int(tg.query("FETC:COUN?")) == 0
+    assert np.all(np.diff(ts) >= 0) and ch.max() <= 8
+    assert tg.query("ACQ:LOSS?") == "0"
+    src.write("OUTP OFF")
+
+
+def test_tagger_sets_the_loss_flag_when_its_buffer_overflows(emu, open_):
+    tg, att, src = open_("tagger"), open_("attenuator"), open_("source")
+    att.write("INP1:ATT 0;:OUTP1:STAT ON")
+    att.query("*OPC?")
+    src.write("OUTP ON")
+    tagger = emu.devices["tagger"]
+    tagger.BUFFER_TAGS = 500  # a tiny on-board memory (instance attribute, this test only)
+    try:
+        tg.write("ACQ:DUR 5MS;PACE 1;:ACQ:STAR")  # paced: the tagger cannot hold the data back
+        while tg.query("ACQ:STAT?") == "RUNNING":
+            pass
+        assert tg.query("ACQ:LOSS?") == "1"
+        assert int(tg.query("FETC:COUN?")) <= 500
+    finally:
+        del tagger.BUFFER_TAGS
+        src.write("OUTP OFF")
+    tg.write("*RST")
+    assert tg.query("ACQ:LOSS?") == "0"
+
+
+def test_tagger_inputs(open_):
+    tg = open_("tagger")
+    tg.write("INP3:THR -250MV;:INP3:DEL 1.5NS;:INP3:ENAB OFF")
+    assert float(tg.query("INP3:THR?")) == -0.25
+    assert float(tg.query("INP3:DEL?")) == pytest.approx(1.5e-9)
+    assert tg.query("INP3:ENAB?") == "0"
+    assert float(tg.query("DEV:RES?")) > 0
+
+
+def test_switch_through_pyvisa_asrl(emu, rm):
+    sw = rm.open_resource(
+        emu.resources["switch"], read_termination="\r\n", write_termination="\n", timeout=5000
+    )
+    try:
+        assert sw.query("S?") == "1"
+        sw.write("S 2")
+        assert sw.query("S?") == "2" and emu.link.params.link_connected is False
+        sw.write("S 1")
+        assert sw.query("S?") == "1" and emu.link.params.link_connected is True
+        assert sw.query("FOO") == "CMD_NOT_DEFINED"
+        assert "OSW" in sw.query("I?")
+    finally:
+        sw.close()
+
+
+def test_switch_through_plain_pyserial(emu):
+    port = emu.resources["switch"][len("ASRL") : -len("::INSTR")]
+    with serial.Serial(port, 115200, timeout=5) as ser:
+        ser.write(b"S 2\n")
+        ser.write(b"S?\n")
+        assert ser.readline() == b"2\r\n"
+        ser.write(b"s 1\r\nS?\n")  # lower case and CR LF are accepted
+        assert ser.readline() == b"1\r\n"
+        assert emu.link.params.link_connected is True
