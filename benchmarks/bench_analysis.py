@@ -103,7 +103,14 @@ def numpy_clock_table(ts, ch, sync_divider, clock_hz):
     count = np.concatenate([[0], np.cumsum(np.floor(dt / period0 + 0.5).astype(np.int64))])
     table_pulse = (int(np.floor(sync[0] / period0 + 0.5)) + count) * sync_divider
     period = np.diff(sync) / np.diff(table_pulse).astype(np.float64)
-    return sync, table_pulse, np.append(period, period[-1])
+    edge = min(1024, len(sync) - 1)  # as timing.EDGE_INTERVALS
+    edge_period = np.array(
+        [
+            (sync[edge] - sync[0]) / float(table_pulse[edge] - table_pulse[0]),
+            (sync[-1] - sync[-1 - edge]) / float(table_pulse[-1] - table_pulse[-1 - edge]),
+        ]
+    )
+    return sync, table_pulse, period, edge_period
 
 
 def best_of(repeat, fn):

@@ -167,12 +167,11 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
 
 @njit(cache=True)
 def interval_periods(table_ps, table_pulse):
-    """Pulse period in each table interval; the last entry repeats (for extrapolation)."""
+    """Pulse period in each of the len(table) - 1 table intervals."""
     m = len(table_ps)
-    out = np.empty(m, dtype=np.float64)
+    out = np.empty(max(m - 1, 0), dtype=np.float64)
     for i in range(m - 1):
         out[i] = (table_ps[i + 1] - table_ps[i]) / np.float64(table_pulse[i + 1] - table_pulse[i])
-    out[m - 1] = out[m - 2]
     return out
 
 
@@ -204,6 +203,18 @@ def count_detector_tags(channels, sync_channel, n_channels):
     return n
 
 
+@njit(cache=True, inline="always")
+def _anchor(table_ps, table_period_ps, edge_period_ps, k, t):
+    """Table row and pulse period to place time t from: interval k's start and period inside
+    the table, the first/last row and the edge periods outside it."""
+    last_row = len(table_ps) - 1
+    if t < table_ps[0]:
+        return 0, edge_period_ps[0]
+    if t > table_ps[last_row]:
+        return last_row, edge_period_ps[1]
+    return k, table_period_ps[k]
+
+
 @njit(cache=True)
 def nearest_pulse(
     timestamps_ps,
@@ -214,6 +225,7 @@ def nearest_pulse(
     table_ps,
     table_pulse,
     table_period_ps,
+    edge_period_ps,
     pulse,
     residual,
     det_ch,
@@ -223,11 +235,14 @@ def nearest_pulse(
 
     Detector tags are those with channel != sync_channel and channel < len(delays_ps). The
     table interval k is the one containing t_raw - search_delay_ps (clamped to the first/last
-    interval, which then extrapolate); one forward-only pointer finds it because the stream is
-    sorted. The tag's pulse time t' = t_raw - delay[channel] is then placed with interval k's
-    period: when t' falls just outside interval k (by at most the spread of the channel
-    delays around search_delay_ps) the interval's line is extrapolated, which differs from the
-    neighbouring interval's line by (delay spread) x (period change), far below a ps.
+    interval); one forward-only pointer finds it because the stream is sorted. The tag's pulse
+    time t' = t_raw - delay[channel] is then placed with interval k's period: when t' falls
+    just outside interval k (by at most the spread of the channel delays around
+    search_delay_ps) the interval's line is extrapolated, which differs from the neighbouring
+    interval's line by (delay spread) x (period change), far below a ps. Before the first and
+    after the last table row, t' is extrapolated from that row with edge_period_ps[0] / [1]
+    (periods averaged over many sync intervals: a single interval's period, whose error is
+    the sync jitter over one sync period, would be multiplied by the extrapolation length).
     Fills the outputs, one entry per detector tag in stream order (size: count_detector_tags).
     """
     n_ch = len(delays_ps)
@@ -242,10 +257,10 @@ def nearest_pulse(
         while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
             k += 1
         t = raw - delays_ps[c]
-        p = table_period_ps[k]
-        dt = t - table_ps[k]
+        row, p = _anchor(table_ps, table_period_ps, edge_period_ps, k, t)
+        dt = t - table_ps[row]
         step = np.floor(dt / p + 0.5)
-        pulse[j] = table_pulse[k] + np.int64(step)
+        pulse[j] = table_pulse[row] + np.int64(step)
         residual[j] = dt - step * p
         det_ch[j] = c
         outside_table[j] = t < table_ps[0] or t > table_ps[last_interval + 1]
@@ -262,6 +277,7 @@ def assign_pulses_gated(
     table_ps,
     table_pulse,
     table_period_ps,
+    edge_period_ps,
     half_gate_ps,
     pulse,
     det_ch,
@@ -289,12 +305,12 @@ def assign_pulses_gated(
         while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
             k += 1
         t = raw - delays_ps[min(c, n_ch - 1)]
-        p = table_period_ps[k]
-        dt = t - table_ps[k]
+        row, p = _anchor(table_ps, table_period_ps, edge_period_ps, k, t)
+        dt = t - table_ps[row]
         step = np.floor(dt / p + 0.5)
         r = dt - step * p
         inside = (r >= -half_gate_ps) & (r < half_gate_ps)
-        pulse[j] = table_pulse[k] + np.int64(step) if inside else -1
+        pulse[j] = table_pulse[row] + np.int64(step) if inside else -1
         det_ch[j] = c
         if not inside:
             outside[c] += 1

@@ -22,6 +22,7 @@ import numpy as np
 from hil.analysis import _kernels as k
 
 SYNC_CHANNEL = 0
+EDGE_INTERVALS = 1024  # sync intervals averaged for extrapolation beyond the table's ends
 DETECTOR_CHANNELS = 5  # channels 0 (sync) .. 4 (A): the length of a per-channel delay array
 
 
@@ -213,15 +214,17 @@ class ClockRecovery:
     """Recovered tagger clock: a table of sync tags with their absolute pulse indices.
 
     ``table_ps[i]`` is the tagger time of pulse ``table_pulse[i]``; ``table_period_ps[i]`` is the
-    pulse period between table rows i and i + 1 (its last entry repeats the one before, for
-    extrapolation). Summary figures: ``period_ps`` and ``drift_ppm`` are averages over the
-    whole table; ``offset_ps`` is the tagger time of pulse 0 extrapolated with the
-    sync period estimated over the first (up to 1024) sync intervals.
+    pulse period between table rows i and i + 1. ``edge_period_ps`` holds the pulse periods
+    averaged over the first and the last EDGE_INTERVALS intervals, used to extrapolate before
+    the first and after the last sync tag. Summary figures: ``period_ps`` and ``drift_ppm``
+    are averages over the whole table; ``offset_ps`` is the tagger time of pulse 0
+    extrapolated with the sync period estimated over the first (up to 1024) sync intervals.
     """
 
     table_ps: np.ndarray
     table_pulse: np.ndarray
     table_period_ps: np.ndarray
+    edge_period_ps: np.ndarray
     clock_hz: float
     sync_divider: int
     period_ps: float
@@ -306,6 +309,13 @@ def recover_clock(
     first_sync = int(np.floor(table_ps[0] / period0 + 0.5))
     table_pulse = (first_sync + count) * np.int64(sync_divider)
     table_period = k.interval_periods(table_ps, table_pulse)
+    edge = min(EDGE_INTERVALS, len(table_ps) - 1)
+    edge_period = np.array(
+        [
+            (table_ps[edge] - table_ps[0]) / float(table_pulse[edge] - table_pulse[0]),
+            (table_ps[-1] - table_ps[-1 - edge]) / float(table_pulse[-1] - table_pulse[-1 - edge]),
+        ]
+    )
     steps = count[gap_rows] - count[gap_rows - 1]
     status = SyncStatus(
         n_syncs=len(table_ps),
@@ -321,6 +331,7 @@ def recover_clock(
         table_ps=table_ps,
         table_pulse=table_pulse,
         table_period_ps=table_period,
+        edge_period_ps=edge_period,
         clock_hz=float(clock_hz),
         sync_divider=int(sync_divider),
         period_ps=period,
@@ -433,6 +444,7 @@ def assign_pulses(
         clock.table_ps,
         clock.table_pulse,
         clock.table_period_ps,
+        clock.edge_period_ps,
         gate_width_ps / 2.0,
         pulse,
         det_ch,
@@ -464,6 +476,7 @@ def pulse_residuals(
         clock.table_ps,
         clock.table_pulse,
         clock.table_period_ps,
+        clock.edge_period_ps,
         pulse,
         residual,
         det_ch,

@@ -99,12 +99,19 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
 
 
 def interval_periods(table_ps, table_pulse):
-    period = np.diff(table_ps) / np.diff(table_pulse).astype(np.float64)
-    return np.append(period, period[-1])
+    return np.diff(table_ps) / np.diff(table_pulse).astype(np.float64)
 
 
 def nearest_pulse(
-    timestamps_ps, channels, sync_channel, delays_ps, search_delay, table_ps, table_pulse, period
+    timestamps_ps,
+    channels,
+    sync_channel,
+    delays_ps,
+    search_delay,
+    table_ps,
+    table_pulse,
+    period,
+    edge_period,
 ):
     det = (channels != sync_channel) & (channels < len(delays_ps))
     ch = channels[det]
@@ -112,13 +119,14 @@ def nearest_pulse(
     t = raw - delays_ps[ch.astype(np.intp)]
     k = np.searchsorted(table_ps, raw - search_delay, side="right") - 1
     k = np.clip(k, 0, len(table_ps) - 2)
-    p = period[k]
-    dt = (t - table_ps[k]).astype(np.float64)
+    before, after = t < table_ps[0], t > table_ps[-1]
+    row = np.where(before, 0, np.where(after, len(table_ps) - 1, k))
+    p = np.where(before, edge_period[0], np.where(after, edge_period[1], period[k]))
+    dt = (t - table_ps[row]).astype(np.float64)
     step = np.floor(dt / p + 0.5)
-    pulse = table_pulse[k] + step.astype(np.int64)
+    pulse = table_pulse[row] + step.astype(np.int64)
     residual = dt - step * p
-    outside_table = (t < table_ps[0]) | (t > table_ps[-1])
-    return pulse, residual, ch, outside_table
+    return pulse, residual, ch, before | after
 
 
 def assign_pulses_gated(
@@ -130,6 +138,7 @@ def assign_pulses_gated(
     table_ps,
     table_pulse,
     period,
+    edge_period,
     half_gate,
 ):
     pulse, residual, ch, outside_table = nearest_pulse(
@@ -141,6 +150,7 @@ def assign_pulses_gated(
         table_ps,
         table_pulse,
         period,
+        edge_period,
     )
     inside = (residual >= -half_gate) & (residual < half_gate)
     pulse = np.where(inside, pulse, -1)

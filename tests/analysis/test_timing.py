@@ -237,7 +237,7 @@ def test_sync_table_matches_reference(rng, kw):
 
 def table_for(ts, ch):
     clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
-    return clock, (clock.table_ps, clock.table_pulse, clock.table_period_ps)
+    return clock, (clock.table_ps, clock.table_pulse, clock.table_period_ps, clock.edge_period_ps)
 
 
 @pytest.mark.parametrize("channels_used", [(1, 2, 3, 4), (3,)])
@@ -304,7 +304,7 @@ def test_gate_edges_exact():
 
 
 def kernel_matches_reference(ts, ch, clock, half_gate):
-    table = (clock.table_ps, clock.table_pulse, clock.table_period_ps)
+    table = (clock.table_ps, clock.table_pulse, clock.table_period_ps, clock.edge_period_ps)
     delays = np.zeros(5, dtype=np.int64)
     got = run_gated(ts, ch, delays, table, half_gate)
     exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
@@ -365,6 +365,17 @@ def test_sync_gap_is_reported_and_bridged(rng):
     t_before = 321 + 149_900 * PERIOD_PS * (1 + 15e-6)
     t_after = 321 + 230_100 * PERIOD_PS * (1 + 15e-6)
     assert abs(st.gap_start_ps[0] - t_before) <= 11 and abs(st.gap_end_ps[0] - t_after) <= 11
+
+
+def test_detections_outside_the_sync_table_are_extrapolated_and_counted(rng):
+    # no sync before pulse 20_000 (sync starts late); the last sync is at pulse 399_900
+    ts, ch, truth, delays = make_capture(rng, gap_pulses=(0, 20_000))
+    _, res = check_assignment(ts, ch, truth, delays)  # indices exact, also when extrapolated
+    det = truth[ch != 0]
+    before, after = np.count_nonzero(det < 20_000), np.count_nonzero(det > 399_900)
+    assert before > 0 and after > 0
+    # detections of pulse 399_900 itself sit on the last sync, within jitter, either side
+    assert before + after <= res.n_outside_table <= before + after + np.sum(det == 399_900)
 
 
 def test_long_gap_off_grid_is_flagged_not_cascaded():
