@@ -13,6 +13,7 @@ timeout raises :class:`InstrumentTimeout` naming the instrument and its resource
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,19 @@ def resource_manager() -> pyvisa.ResourceManager:
         if _RM is None:
             _RM = pyvisa.ResourceManager("@py")
         return _RM
+
+
+def _disable_nagle(session) -> None:
+    """Set TCP_NODELAY on a raw-socket session. A setter followed by ``SYST:ERR?`` is two small
+    writes before a read: with Nagle's algorithm the second waits for the peer's delayed ACK
+    (about 40 ms on Linux) on every checked setter. pyvisa-py leaves the option off and keeps
+    the socket in its session object, so this reaches in where it can and does nothing
+    elsewhere (other transports, other VISA libraries)."""
+    try:
+        sock = session.visalib.sessions[session.session].interface
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, KeyError, OSError, TypeError):
+        pass
 
 
 class InstrumentError(RuntimeError):
@@ -172,6 +186,7 @@ class Instrument:
             raise InstrumentError(self.name, f"open {resource}", exc.description) from None
         except ValueError as exc:  # malformed resource string
             raise InstrumentError(self.name, f"open {resource}", str(exc)) from None
+        _disable_nagle(self.session)
 
     # -- raw I/O -------------------------------------------------------------------------------
     def _io(self, command: str, fn: Callable[[], Any]) -> Any:
