@@ -97,6 +97,7 @@ def test_powermeter_power_units_and_wavelength(emu, open_):
     pm, src = open_("powermeter"), open_("source")
     assert float(pm.query("MEAS:POW?")) == pytest.approx(1e-12)  # source off: noise floor
     src.write("OUTP ON")
+    src.query("*OPC?")  # executed before another connection looks
     w = float(pm.query("MEAS:POW?"))
     assert w == pytest.approx(expected_power_w(emu, 1550e-9), rel=1e-7)
     pm.write("SENS:POW:UNIT DBM")
@@ -139,6 +140,7 @@ def test_source_rejects_bad_intensities_and_running_changes(open_):
     src = open_("source")
     src.write("SOUR:INT2 0.6")  # decoy above signal
     src.write("OUTP ON")
+    src.query("*OPC?")  # executed before another connection looks
     assert src.query("SYST:ERR?").startswith('-221,"Settings conflict')
     src.write("*RST;OUTP ON")
     src.write("SOUR:SEED 3")
@@ -175,6 +177,7 @@ def test_tagger_fetches_bounded_blocks_in_time_order(emu, open_):
     att.write("INP1:ATT 10;:OUTP1:STAT ON")
     att.query("*OPC?")
     src.write("OUTP ON")
+    src.query("*OPC?")  # executed before another connection looks
     tg.write("ACQ:DUR 2MS;:ACQ:STAR")
     while tg.query("ACQ:STAT?") == "RUNNING":
         pass
@@ -200,6 +203,7 @@ def test_tagger_sets_the_loss_flag_when_its_buffer_overflows(emu, open_):
     att.write("INP1:ATT 0;:OUTP1:STAT ON")
     att.query("*OPC?")
     src.write("OUTP ON")
+    src.query("*OPC?")  # executed before another connection looks
     tagger = emu.devices["tagger"]
     tagger.BUFFER_TAGS = 500  # a tiny on-board memory (instance attribute, this test only)
     try:
