@@ -238,6 +238,15 @@ def test_detection_probability_follows_decoy_model_across_attenuation():
             assert physics.expected_detection_probability(p, c) == pytest.approx(q, rel=1e-12)
             sigma = math.sqrt(n_k[c] * q * (1 - q))
             assert abs(detected[c] - n_k[c] * q) < 5 * sigma, (att, c, detected[c], n_k[c] * q)
+    # unequal efficiencies and misalignment: Q_k is the state average (same binomial test)
+    p = BASE.replace(attenuation_db=3.0, efficiency=(0.3, 0.1, 0.25, 0.15), e_mis=0.05)
+    ts, ch = run(p, duration)
+    idx, _ = detections_by_pulse(ts, ch, p, n_pulses)
+    detected = np.bincount(cls_all[idx], minlength=3)
+    for c in range(3):
+        q = physics.expected_detection_probability(p, c)
+        sigma = math.sqrt(n_k[c] * q * (1 - q))
+        assert abs(detected[c] - n_k[c] * q) < 5 * sigma, (c, detected[c], n_k[c] * q)
 
 
 def _single_click_expectation(p: LinkParams, cls: int, basis: int, eve: float):
