@@ -179,6 +179,7 @@ def main(argv=None):
     )
     ap.add_argument("--corr-range-ps", type=int, default=5000)
     ap.add_argument("--corr-bin-ps", type=int, default=10)
+    ap.add_argument("--numpy-chunk", type=float, default=1e7, help="tags per numpy chunk")
     ap.add_argument("--skip-compile", action="store_true", help="skip the compile-time runs")
     args = ap.parse_args(argv)
     n_tags = int(args.tags)
@@ -232,16 +233,27 @@ def main(argv=None):
         f"qber_x {(counts.m[1].sum() / counts.d[1].sum()):.4f} (true {args.error_rate})"
     )
 
-    # --- the same chain in vectorised numpy (reference implementations)
+    # --- the same chain in vectorised numpy (reference implementations), in chunks of tags so
+    # that its temporaries stay small (the result does not depend on the chunking)
     def numpy_chain():
         table = numpy_clock_table(ts, ch, args.sync_divider, args.clock_hz)
         search = int((DELAYS_PS[1:].min() + DELAYS_PS[1:].max()) // 2)  # as timing.assign_pulses
-        return table, ref.assign_pulses_gated(
-            ts, ch, 0, DELAYS_PS, search, *table, args.gate_ps / 2
-        )
+        parts = []
+        step = int(args.numpy_chunk)
+        for lo in range(0, n_tags, step):
+            sl = slice(lo, lo + step)
+            parts.append(
+                ref.assign_pulses_gated(
+                    ts[sl], ch[sl], 0, DELAYS_PS, search, *table, args.gate_ps / 2
+                )
+            )
+        pulse = np.concatenate([p[0] for p in parts])
+        det_ch = np.concatenate([p[1] for p in parts])
+        outside = np.sum([p[2] for p in parts], axis=0)
+        return table, (pulse, det_ch, outside)
 
     t0 = time.perf_counter()
-    table, (np_pulse, np_ch, np_outside, _) = numpy_chain()
+    table, (np_pulse, np_ch, np_outside) = numpy_chain()
     t_np_pulses = time.perf_counter() - t0
     t0 = time.perf_counter()
     np_counts = ref.sift_counts(np_pulse, np_ch, *answers, 0)

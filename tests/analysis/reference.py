@@ -183,9 +183,10 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
 
     Returns (n, d, m, stats) like the kernel, for valid inputs.
     """
-    order = np.argsort(pulse, kind="stable")
-    pulse, channel = pulse[order], channel[order]
-    basis, intensity, bit = basis[order], intensity[order], bit[order]
+    if np.any(pulse[1:] < pulse[:-1]):  # sort only when needed, like the kernel's caller
+        order = np.argsort(pulse, kind="stable")
+        pulse, channel = pulse[order], channel[order]
+        basis, intensity, bit = basis[order], intensity[order], bit[order]
     unassigned = int(np.count_nonzero(pulse < 0))
     keep = pulse >= 0
     pulse, channel = pulse[keep], channel[keep]
@@ -206,10 +207,12 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
     a_bit = bit[first].astype(np.int64)
     z_seen, x_seen = seen & 3, (seen >> 2) & 3
     cross = (z_seen != 0) & (x_seen != 0)
-    b_basis = np.where(cross, splitmix_bit(seed, p, 0), np.where(z_seen != 0, 0, 1))
+    b_basis = np.where(z_seen != 0, 0, 1)
+    b_basis[cross] = splitmix_bit(seed, p[cross], 0)  # hash only the few multi-clicks
     in_basis = np.where(b_basis == 0, z_seen, x_seen)
     conflict = in_basis == 3
-    b_bit = np.where(conflict, splitmix_bit(seed, p, 1), in_basis >> 1)
+    b_bit = in_basis >> 1
+    b_bit[conflict] = splitmix_bit(seed, p[conflict], 1)
     stats[1] = np.count_nonzero(size > 1)
     stats[2] = np.count_nonzero(cross)
     stats[3] = np.count_nonzero(conflict)
