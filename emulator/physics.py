@@ -261,8 +261,9 @@ def expected_detection_probability(params: LinkParams, intensity_class: int) -> 
     """Get Q_k: the probability that a pulse of class k gives at least one click in its window.
 
     With equal efficiencies this is Q_k = 1 - (1 - Y0) exp(-eta mu_k), eta = channel
-    transmittance times efficiency (Ma et al., PRA 72, 012326 (2005), Eq. (4)); with unequal
-    efficiencies it is averaged over the states. Dead time and afterpulsing are not included."""
+    transmittance times efficiency (channel model of Ma et al., PRA 72, 012326 (2005), Sec. II);
+    with unequal efficiencies it is averaged over the states. Dead time and afterpulsing are not
+    included."""
     p = params
     total = 0.0
     for basis, pb in ((0, p.p_z), (1, 1.0 - p.p_z)):

@@ -214,7 +214,7 @@ def test_sorting_kernels_match_numpy():
 
 
 def test_detection_probability_follows_decoy_model_across_attenuation():
-    """Q_k = 1 - (1 - Y0) exp(-eta mu_k) (Ma et al., PRA 72, 012326 (2005), Eq. (4)).
+    """Q_k = 1 - (1 - Y0) exp(-eta mu_k) (Ma et al., PRA 72, 012326 (2005), channel model).
 
     Counting: the number of detected pulses of class k among N_k emitted is binomial
     (pulses are independent), sigma = sqrt(N_k Q_k (1 - Q_k)); tolerance 5 sigma."""
@@ -292,7 +292,7 @@ def _measured_single_click_qber(p: LinkParams, duration: int, cls: int, basis: i
 
 @pytest.mark.parametrize("e_mis", [0.0, 0.03])
 def test_qber_is_misalignment_plus_dark_contribution(e_mis):
-    """E = (e0 Y0 + e_mis (1 - exp(-eta mu))) / Q with e0 = 1/2 (Ma et al. 2005, Eq. (5)).
+    """E = (e0 Y0 + e_mis (1 - exp(-eta mu))) / Q with e0 = 1/2 (Ma et al. 2005, channel model).
 
     Dark rate raised to 2e4 Hz so the dark contribution is measurable. Counting: errors among
     n sifted single clicks are binomial, sigma = sqrt(n E (1 - E)); tolerance 5 sigma."""
