@@ -11,11 +11,11 @@ class DetectorChannel:
     def __init__(self, unit: DetectorUnit, channel: int):
         self.unit, self.channel = unit, channel
 
-    def _set(self, header: str, value: float, lo: float, hi: float) -> None:
+    def _set(self, name: str, header: str, value: float, lo: float, hi: float) -> None:
         try:
             strict_range(value, (lo, hi))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.unit.name}.detector{self.channel}.{header}: {exc}") from None
+            raise ValueError(f"{self.unit.name}.detector{self.channel}.{name}: {exc}") from None
         self.unit.set_checked(f"DET{self.channel}:{header} {value:.6g}")
 
     @property
@@ -25,7 +25,7 @@ class DetectorChannel:
 
     @efficiency.setter
     def efficiency(self, v: float) -> None:
-        self._set("EFF", v, 0.01, 0.95)
+        self._set("efficiency", "EFF", v, 0.01, 0.95)
 
     @property
     def dead_time_s(self) -> float:
@@ -34,7 +34,7 @@ class DetectorChannel:
 
     @dead_time_s.setter
     def dead_time_s(self, v: float) -> None:
-        self._set("DEAD", v, 1e-9, 100e-6)
+        self._set("dead_time_s", "DEAD", v, 1e-9, 100e-6)
 
     @property
     def temperature_setpoint_c(self) -> float:
@@ -43,7 +43,7 @@ class DetectorChannel:
 
     @temperature_setpoint_c.setter
     def temperature_setpoint_c(self, v: float) -> None:
-        self._set("TEMP:SETP", v, -60.0, 25.0)
+        self._set("temperature_setpoint_c", "TEMP:SETP", v, -60.0, 25.0)
 
     @property
     def temperature_c(self) -> float:
