@@ -630,15 +630,20 @@ class LinkGenerator:
         if not _k.sort_nearly_sorted(tags, 8 * tags.shape[0] + 1024):
             tags.sort()
 
-        # sync: pulses 0, N, 2N, ... through the tagger clock, channel-0 delay and resolution
+        # sync: pulses 0, N, 2N, ... through the tagger clock, channel-0 delay and resolution;
+        # emitted in the span its tag time falls in (never held over, so that sync loss and
+        # divider changes act on the tags of their own span)
         sync = np.empty(0, np.int64)
         d0 = int(dv.delays[0])
+        div = int(p.sync_divider)
         i_sync_end = st.clock.first_at_or_after(t1 - d0 + res, offset)
         if i_sync_end > st.next_sync:
-            if p.sync_enabled and p.channel_enabled[0]:
-                sync = _k.sync_tags(st.next_sync, i_sync_end - 1, int(p.sync_divider), *timing)
-                sync = ((sync + d0) // res) * res * 8
-            st.next_sync = i_sync_end
+            first = -(-st.next_sync // div) * div
+            sync = _k.sync_tags(st.next_sync, i_sync_end - 1, div, *timing)
+            sync = ((sync + d0) // res) * res * 8
+            n_in = int(np.searchsorted(sync, t1 * 8))
+            st.next_sync = first + n_in * div if n_in < sync.shape[0] else i_sync_end
+            sync = sync[:n_in] if p.sync_enabled and p.channel_enabled[0] else sync[:0]
         ts, ch, st.pending_tags, n_early = _k.finalize_tags(st.pending_tags, tags, sync, t0, t1)
         if not st.fresh:
             self.dropped_early_tags += n_early

@@ -465,6 +465,27 @@ def test_same_seed_same_tags_and_chunking_is_exact():
     assert len(other) != len(ts_a) or (other != ts_a).any()
 
 
+def test_loss_of_sync_and_parameter_changes_are_deterministic():
+    """Sync off removes channel 0 only; a call sequence with parameter changes between calls
+    (sync loss, attenuation step, temperature) gives the same tags when repeated."""
+    steps = [
+        (BASE, 0, 10**8),
+        (BASE.replace(sync_enabled=False), 10**8, 2 * 10**8),
+        (BASE.replace(attenuation_db=20.0, temperature_c=(-10.0,) * 4), 2 * 10**8, 3 * 10**8),
+    ]
+
+    def sequence():
+        gen = LinkGenerator(BASE)
+        return [gen.generate(p, a, b) for p, a, b in steps]
+
+    first, second = sequence(), sequence()
+    for (ts1, ch1), (ts2, ch2) in zip(first, second, strict=True):
+        assert (ts1 == ts2).all() and (ch1 == ch2).all()
+    assert np.sum(first[0][1] == 0) == 10**8 // PERIOD_PS // BASE.sync_divider
+    assert np.sum(first[1][1] == 0) == 0 and np.sum(first[1][1] > 0) > 0
+    assert np.sum(first[2][1] == 0) > 0
+
+
 def test_generate_rejects_time_going_backwards():
     gen = LinkGenerator(BASE)
     gen.generate(BASE, 0, 10**6)
