@@ -18,11 +18,12 @@ are drawn in one figure. For example::
 
 Values are drawn as given. ``criterion_id`` names the criterion the series shows: its limit
 (solid) and the marginal band's edge (dashed) are drawn as horizontal lines, converted into
-``y_unit`` (any unit of the criterion's quantity; default: the criterion's own unit). A ``y_unit``
-that does not measure the criterion's quantity draws no limit lines and says so in the plot's
-title. ``ref_lines`` adds other horizontal lines (value in the plot's y unit, label). The series
-is saved in ``summary.json`` under ``series`` and belongs to the test that was running when it was
-added (or ``test=``).
+``y_unit`` (any unit of the criterion's quantity). ``y_unit`` defaults to the unit in parentheses
+at the end of ``y_label`` ("key rate (kbit/s)" -> "kbit/s"), else to the criterion's own unit. A
+``y_unit`` that does not measure the criterion's quantity draws no limit lines and says so in the
+plot's title. ``ref_lines`` adds other horizontal lines (value in the plot's y unit, label).
+The series is saved in ``summary.json`` under ``series`` and belongs to the test that was running
+when it was added (or ``test=``).
 
 Allure (active with ``--alluredir``): every instrument write is a step (:func:`instrument_steps`);
 each test gets its verdict table and its plots as attachments and the labels epic = plan,
@@ -40,6 +41,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import socket
 import time
@@ -148,6 +150,9 @@ class Run:
         ys = [float(v) for v in y]
         if len(xs) != len(ys):
             raise ValueError(f"series {name!r}: {len(xs)} x values but {len(ys)} y values")
+        if y_unit is None:
+            m = re.search(r"\(([^()]+)\)\s*$", y_label)
+            y_unit = m.group(1).strip() if m else None
         if style not in ("line", "points"):
             raise ValueError(f"series {name!r}: style is 'line' or 'points', not {style!r}")
         s = Series(
@@ -418,6 +423,8 @@ body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1150px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+table.verdicts { width: 100%; table-layout: auto; }
+td { overflow-wrap: anywhere; } td code { word-break: break-all; font-size: 0.85em; }
 th { background: #eee; }
 tr.PASS td.outcome { background: #c8e6c9; }
 tr.MARGINAL td { background: #fff3c4; } tr.MARGINAL td.outcome { background: #ffb300; }
@@ -501,7 +508,7 @@ VERDICT_HEADER = (
 
 
 def verdict_table_html(criteria: list[dict]) -> str:
-    return f"<table>{VERDICT_HEADER}\n{verdict_rows(criteria)}</table>"
+    return f'<table class="verdicts">{VERDICT_HEADER}\n{verdict_rows(criteria)}</table>'
 
 
 def render_html(summary: dict) -> str:

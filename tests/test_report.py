@@ -346,3 +346,11 @@ def test_terminal_lines_group_many_unmeasured_criteria(tmp_path):
     assert lines[1] == "criteria: 1 PASS, 0 MARGINAL, 0 FAIL, 9 not measured"
     assert lines[2] == "not measured (9): " + ", ".join(f"REQ-{i:02d}" for i in range(1, 10))
     assert len(lines) == 3
+
+
+def test_series_unit_defaults_to_the_unit_in_the_y_label(tmp_path):
+    run = Run(tmp_path, run_id="r")
+    a = run.add_series("a", [0], [1], x_label="t (s)", y_label="key-rate estimate (kbit/s)")
+    b = run.add_series("b", [0], [1], x_label="t (s)", y_label="QBER", y_unit="%")
+    c = run.add_series("c", [0], [1], x_label="t (s)", y_label="QBER")
+    assert (a.y_unit, b.y_unit, c.y_unit) == ("kbit/s", "%", None)
