@@ -60,15 +60,20 @@ def main() -> None:
         "CPU-time figures are the process's own time (robust to other load)"
     )
     print(
-        f"{'case':<28}{'events':>12}{'wall s':>8}{'ev/wall s':>11}{'link/wall':>10}"
+        f"{'case':<30}{'events':>12}{'wall s':>8}{'ev/wall s':>11}{'link/wall':>10}"
         f"{'ev/CPU s':>10}{'link/CPU':>9}{'baseline ev/CPU s':>19}{'vs base':>8}"
     )
-    for label, att in (("default, 10 dB", 10.0), ("default, 0 dB (peak rate)", 0.0)):
+    cases = (
+        (f"10 dB, {args.chunk_s:g} s chunks", 10.0, args.chunk_s),
+        (f"0 dB (peak), {args.chunk_s:g} s chunks", 0.0, args.chunk_s),
+        ("10 dB, 1 ms chunks", 10.0, 0.001),  # the emulator's link clock default
+    )
+    for label, att, chunk_s in cases:
         params = LinkParams(attenuation_db=att)
-        wall, cpu, events = acquire(params, args.seconds, args.chunk_s)
+        wall, cpu, events = acquire(params, args.seconds, chunk_s)
         _, base_cpu = baseline(events, args.seconds)
         print(
-            f"{label:<28}{events:>12,}{wall:>8.2f}{events / wall:>11.3g}"
+            f"{label:<30}{events:>12,}{wall:>8.2f}{events / wall:>11.3g}"
             f"{args.seconds / wall:>10.2f}{events / cpu:>10.3g}{args.seconds / cpu:>9.2f}"
             f"{events / base_cpu:>19.3g}{base_cpu / cpu:>8.2f}"
         )
