@@ -447,7 +447,8 @@ def _dark_clicks(dv: _Derived, t_lo: int, t_hi: int) -> np.ndarray:
 
 def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.ndarray:
     """Dead time and afterpulsing over sorted primary clicks, then the tagger's view of the
-    registered clicks (sorted tag keys ts * 8 + channel); updates the detector state."""
+    registered clicks (tag keys ts * 8 + channel, sorted within each channel); updates the
+    detector state."""
     cap = int(keys.shape[0] * (1 + 2 * dv.afterpulse_prob)) + st.n_heap + 1024
     out = []
     while True:
