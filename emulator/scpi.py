@@ -361,6 +361,13 @@ def find_message_end(buf: bytes | bytearray, start: int = 0) -> int:
     """Index of the ``\\n`` that ends the first program message in ``buf``, or -1 if the
     message is incomplete. Only a definite-length block may contain ``\\n``; a block starts
     where a parameter starts (after the header's whitespace or a comma), as in the parser."""
+    return scan_message(buf, start)[0]
+
+
+def scan_message(buf: bytes | bytearray, start: int = 0) -> tuple[int, int]:
+    """``(end, needed)``: the index of the terminating ``\\n`` (-1 if incomplete) and, while
+    inside a definite-length block, the buffer length the block needs (lets a server refuse an
+    oversized block before its bytes arrive); 0 otherwise."""
     i, n = start, len(buf)
     in_params = False  # False: in a header; True: in the parameters of a unit
     at_param_start = False
@@ -368,15 +375,13 @@ def find_message_end(buf: bytes | bytearray, start: int = 0) -> int:
     while i < n:
         c = buf[i]
         if c == 0x0A:
-            return i
+            return i, 0
         if quote:
             if c == quote:
                 quote = 0
         elif not in_params:
             if c in _WS:
                 in_params = at_param_start = i > start and buf[i - 1] not in b" \t;"
-            elif c == 0x3B:
-                pass
         else:
             if c in (0x22, 0x27):
                 quote, at_param_start = c, False
@@ -390,29 +395,18 @@ def find_message_end(buf: bytes | bytearray, start: int = 0) -> int:
                 nd = buf[i + 1] - 0x30
                 digits = bytes(buf[i + 2 : i + 2 + nd])
                 if len(digits) < nd:
-                    return -1
+                    return -1, 0
                 if digits.isdigit():
                     end = i + 2 + nd + int(digits)
                     if end > n:
-                        return -1
+                        return -1, end
                     i, at_param_start = end, False
                     continue
                 at_param_start = False
             else:
                 at_param_start = False
         i += 1
-    return -1
-
-
-def block_length(buf: bytes | bytearray, start: int = 0) -> int:
-    """The largest definite-length block length declared in the incomplete message at
-    ``buf[start:]`` (0 if none): lets a server refuse an oversized block before receiving it."""
-    m = re.search(rb"[\s,]#([1-9])", bytes(buf[start : start + 4096]))
-    if not m:
-        return 0
-    nd = int(m.group(1))
-    digits = bytes(buf[start + m.end() : start + m.end() + nd])
-    return int(digits) if len(digits) == nd and digits.isdigit() else 0
+    return -1, 0
 
 
 def split_message(data: bytes) -> list[tuple[str, list]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from .devices import Attenuator, Control, Detectors, PowerMeter, Source, Switch, Tagger
 from .link import Link
 from .physics import LinkGenerator, LinkParams
-from .scpi import block_length, find_message_end
+from .scpi import scan_message
 
 SCPI_ROLES = {
     "source": Source,
@@ -56,8 +56,8 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
                     del buf[: nl + 1]
                     discarding = False
             if not discarding:
-                end = find_message_end(buf)
-                if end < 0 and (len(buf) > limit or block_length(buf) > limit):
+                end, needed = scan_message(buf)
+                if end < 0 and max(len(buf), needed) > limit:
                     device.error(-100, f"program message longer than {limit} bytes")
                     discarding = True
                     continue

@@ -416,3 +416,11 @@ def test_no_unrequested_output(client):
         c = client(role)
         c.send(b"*RST\nINP1:ATT 999\nNOPE?\n*OPC\n\r\n \n")
         assert c.silent(0.3), role
+
+
+def test_block_digits_inside_a_string_are_not_a_block(client):
+    c = client("control")
+    c.send(b'LINK:PAR? "a #9999999999')  # the rest of the message comes in a later segment
+    assert c.silent(0.1)
+    c.send(b'"\n')
+    assert c.error() == (-224, "\"Illegal parameter value;no link parameter 'a #9999999999'\"")
