@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from .config import ConfigError, load_bench
+from .criteria import load_criteria
 from .report import (
     Run,
     allure_attach_test,
@@ -116,7 +117,15 @@ def pytest_runtest_makereport(item: pytest.Item, call):
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # the plan's criteria files, so that criteria no test measured are reported as such
-    session.config._hil_criteria_files = plan_criteria_files(i.path for i in session.items)
+    files = plan_criteria_files(
+        (i.path for i in session.items), base=session.config.invocation_params.dir
+    )
+    for path in files:  # a bad criteria file stops the plan with one line, as a bad bench file
+        try:
+            load_criteria(path)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    session.config._hil_criteria_files = files
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -283,12 +283,17 @@ def overall_status(criteria: list[dict], tests: dict[str, str]) -> str:
     return "PASS"
 
 
-def plan_criteria_files(test_paths) -> list[Path]:
-    """The ``criteria.yaml`` files next to the given test modules (the plan's folders)."""
+def plan_criteria_files(test_paths, base: str | Path | None = None) -> list[Path]:
+    """The ``criteria.yaml`` files next to the given test modules (the plan's folders), relative
+    to ``base`` when they lie under it (so that error lines name short paths)."""
     found = []
     for p in test_paths:
         f = Path(p).parent / "criteria.yaml"
-        if f.is_file() and f not in found:
+        if not f.is_file():
+            continue
+        if base is not None and f.is_relative_to(base):
+            f = f.relative_to(base)
+        if f not in found:
             found.append(f)
     return found
 

@@ -354,3 +354,17 @@ def test_series_unit_defaults_to_the_unit_in_the_y_label(tmp_path):
     b = run.add_series("b", [0], [1], x_label="t (s)", y_label="QBER", y_unit="%")
     c = run.add_series("c", [0], [1], x_label="t (s)", y_label="QBER")
     assert (a.y_unit, b.y_unit, c.y_unit) == ("kbit/s", "%", None)
+
+
+def test_bad_criteria_file_stops_the_plan_with_one_line(pytester):
+    plan = pytester.mkdir("plan")
+    (plan / "criteria.yaml").write_text(CRITERIA.replace("unit: kbit/s", "unit: kHz"))
+    (plan / "test_link.py").write_text("def test_x(judge_value):\n    pass\n")
+    result = pytester.runpytest_subprocess("plan", "--results", "res")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = [line for line in result.stderr.lines if line.strip()]
+    assert err == [
+        "ERROR: plan/criteria.yaml:6: criteria.PIL-SKR-001.unit: unit 'kHz' does not measure "
+        "secure_key_rate; use one of bit/s, kbit/s, Mbit/s, bps, kbps, Mbps"
+    ], err
+    assert not (pytester.path / "res").exists()
