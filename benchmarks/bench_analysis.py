@@ -102,7 +102,6 @@ def numpy_clock_table(ts, ch, sync_divider, clock_hz):
     period0 = np.median(first / np.floor(first / nominal + 0.5))
     count = np.concatenate([[0], np.cumsum(np.floor(dt / period0 + 0.5).astype(np.int64))])
     table_pulse = (int(np.floor(sync[0] / period0 + 0.5)) + count) * sync_divider
-    period = np.diff(sync) / np.diff(table_pulse).astype(np.float64)
     edge = min(1024, len(sync) - 1)  # as timing.EDGE_INTERVALS
     edge_period = np.array(
         [
@@ -110,7 +109,7 @@ def numpy_clock_table(ts, ch, sync_divider, clock_hz):
             (sync[-1] - sync[-1 - edge]) / float(table_pulse[-1] - table_pulse[-1 - edge]),
         ]
     )
-    return sync, table_pulse, period, edge_period
+    return timing.kernel_table(sync, table_pulse, edge_period)
 
 
 def best_of(repeat, fn):
@@ -260,7 +259,7 @@ def main(argv=None):
     t_np_sift = time.perf_counter() - t0
     t_numpy = t_np_pulses + t_np_sift
     same = (
-        np.array_equal(table[1], clock.table_pulse)
+        np.array_equal(table[1], clock.kernel_table[1])
         and np.array_equal(np_pulse, pulses.pulse_index)
         and np.array_equal(np_outside, pulses.n_outside)
         and np.array_equal(np_counts[0], counts.n)

@@ -203,18 +203,6 @@ def count_detector_tags(channels, sync_channel, n_channels):
     return n
 
 
-@njit(cache=True, inline="always")
-def _anchor(table_ps, table_period_ps, edge_period_ps, k, t):
-    """Table row and pulse period to place time t from: interval k's start and period inside
-    the table, the first/last row and the edge periods outside it."""
-    last_row = len(table_ps) - 1
-    if t < table_ps[0]:
-        return 0, edge_period_ps[0]
-    if t > table_ps[last_row]:
-        return last_row, edge_period_ps[1]
-    return k, table_period_ps[k]
-
-
 @njit(cache=True)
 def nearest_pulse(
     timestamps_ps,
@@ -225,7 +213,8 @@ def nearest_pulse(
     table_ps,
     table_pulse,
     table_period_ps,
-    edge_period_ps,
+    t_first,
+    t_last,
     pulse,
     residual,
     det_ch,
@@ -239,10 +228,10 @@ def nearest_pulse(
     time t' = t_raw - delay[channel] is then placed with interval k's period: when t' falls
     just outside interval k (by at most the spread of the channel delays around
     search_delay_ps) the interval's line is extrapolated, which differs from the neighbouring
-    interval's line by (delay spread) x (period change), far below a ps. Before the first and
-    after the last table row, t' is extrapolated from that row with edge_period_ps[0] / [1]
-    (periods averaged over many sync intervals: a single interval's period, whose error is
-    the sync jitter over one sync period, would be multiplied by the extrapolation length).
+    interval's line by (delay spread) x (period change), far below a ps. The caller pads the
+    table with a virtual row far before the first and after the last sync tag, on the
+    extrapolation lines (see timing.kernel_table), so no tag needs special handling here;
+    outside_table flags t' outside [t_first, t_last], the span of the real sync tags.
     Fills the outputs, one entry per detector tag in stream order (size: count_detector_tags).
     """
     n_ch = len(delays_ps)
@@ -257,13 +246,13 @@ def nearest_pulse(
         while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
             k += 1
         t = raw - delays_ps[c]
-        row, p = _anchor(table_ps, table_period_ps, edge_period_ps, k, t)
-        dt = t - table_ps[row]
+        p = table_period_ps[k]
+        dt = t - table_ps[k]
         step = np.floor(dt / p + 0.5)
-        pulse[j] = table_pulse[row] + np.int64(step)
+        pulse[j] = table_pulse[k] + np.int64(step)
+        outside_table[j] = (t < t_first) | (t > t_last)
         residual[j] = dt - step * p
         det_ch[j] = c
-        outside_table[j] = t < table_ps[0] or t > table_ps[last_interval + 1]
         j += 1
 
 
@@ -277,7 +266,8 @@ def assign_pulses_gated(
     table_ps,
     table_pulse,
     table_period_ps,
-    edge_period_ps,
+    t_first,
+    t_last,
     half_gate_ps,
     pulse,
     det_ch,
@@ -294,8 +284,6 @@ def assign_pulses_gated(
     outside = np.zeros(256, dtype=np.int64)  # by raw channel: no test of the channel needed
     n_outside_table = 0
     last_interval = len(table_ps) - 2
-    t_first = table_ps[0]
-    t_last = table_ps[last_interval + 1]
     k = 0
     j = 0
     for i in range(len(timestamps_ps)):
@@ -305,12 +293,12 @@ def assign_pulses_gated(
         while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
             k += 1
         t = raw - delays_ps[min(c, n_ch - 1)]
-        row, p = _anchor(table_ps, table_period_ps, edge_period_ps, k, t)
-        dt = t - table_ps[row]
+        p = table_period_ps[k]
+        dt = t - table_ps[k]
         step = np.floor(dt / p + 0.5)
         r = dt - step * p
         inside = (r >= -half_gate_ps) & (r < half_gate_ps)
-        pulse[j] = table_pulse[row] + np.int64(step) if inside else -1
+        pulse[j] = table_pulse[k] + np.int64(step) if inside else -1
         det_ch[j] = c
         if not inside:
             outside[c] += 1

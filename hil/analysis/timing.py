@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from hil.analysis import _kernels as k
 
 SYNC_CHANNEL = 0
 EDGE_INTERVALS = 1024  # sync intervals averaged for extrapolation beyond the table's ends
+_VIRTUAL_PULSES = 2**32  # distance of the virtual extrapolation rows from the table's ends
 DETECTOR_CHANNELS = 5  # channels 0 (sync) .. 4 (A): the length of a per-channel delay array
 
 
@@ -232,6 +234,11 @@ class ClockRecovery:
     drift_ppm: float
     status: SyncStatus
 
+    @cached_property
+    def kernel_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """The table the pulse kernels use: see kernel_table()."""
+        return kernel_table(self.table_ps, self.table_pulse, self.edge_period_ps)
+
     def local_drift_ppm(self, window_syncs: int = 1000) -> tuple[np.ndarray, np.ndarray]:
         """Drift in ppm over windows of ``window_syncs`` table rows: (window start ps, drift).
 
@@ -247,6 +254,28 @@ class ClockRecovery:
         with np.errstate(divide="ignore", invalid="ignore"):
             drift = (dt / dn / (1e12 / self.clock_hz) - 1.0) * 1e6
         return self.table_ps[idx[:-1]], drift
+
+
+def kernel_table(
+    table_ps: np.ndarray, table_pulse: np.ndarray, edge_period_ps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Pad the sync table with one virtual row 2**32 pulses before its first and after its
+    last row, on the extrapolation lines of slope edge_period_ps[0] / [1]. The kernels then
+    extrapolate beyond the real sync tags with these long-baseline periods without any special
+    case in their inner loop. Returns (rows_ps, rows_pulse, interval_period_ps, t_first,
+    t_last), the last two being the span of the real sync tags.
+    """
+    ahead = np.int64(_VIRTUAL_PULSES)
+    rows_ps = np.concatenate(
+        [
+            [table_ps[0] - int(round(_VIRTUAL_PULSES * edge_period_ps[0]))],
+            table_ps,
+            [table_ps[-1] + int(round(_VIRTUAL_PULSES * edge_period_ps[1]))],
+        ]
+    ).astype(np.int64)
+    rows_pulse = np.concatenate([[table_pulse[0] - ahead], table_pulse, [table_pulse[-1] + ahead]])
+    period = k.interval_periods(rows_ps, rows_pulse)
+    return rows_ps, rows_pulse.astype(np.int64), period, int(table_ps[0]), int(table_ps[-1])
 
 
 def _initial_sync_period(sync_ps: np.ndarray, nominal_ps: float) -> float:
@@ -441,10 +470,7 @@ def assign_pulses(
         sync_channel,
         delays,
         _search_delay(delays, sync_channel),
-        clock.table_ps,
-        clock.table_pulse,
-        clock.table_period_ps,
-        clock.edge_period_ps,
+        *clock.kernel_table,
         gate_width_ps / 2.0,
         pulse,
         det_ch,
@@ -473,10 +499,7 @@ def pulse_residuals(
         sync_channel,
         delays,
         _search_delay(delays, sync_channel),
-        clock.table_ps,
-        clock.table_pulse,
-        clock.table_period_ps,
-        clock.edge_period_ps,
+        *clock.kernel_table,
         pulse,
         residual,
         det_ch,

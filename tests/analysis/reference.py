@@ -111,7 +111,8 @@ def nearest_pulse(
     table_ps,
     table_pulse,
     period,
-    edge_period,
+    t_first,
+    t_last,
 ):
     det = (channels != sync_channel) & (channels < len(delays_ps))
     ch = channels[det]
@@ -119,14 +120,11 @@ def nearest_pulse(
     t = raw - delays_ps[ch.astype(np.intp)]
     k = np.searchsorted(table_ps, raw - search_delay, side="right") - 1
     k = np.clip(k, 0, len(table_ps) - 2)
-    before, after = t < table_ps[0], t > table_ps[-1]
-    row = np.where(before, 0, np.where(after, len(table_ps) - 1, k))
-    p = np.where(before, edge_period[0], np.where(after, edge_period[1], period[k]))
-    dt = (t - table_ps[row]).astype(np.float64)
-    step = np.floor(dt / p + 0.5)
-    pulse = table_pulse[row] + step.astype(np.int64)
-    residual = dt - step * p
-    return pulse, residual, ch, before | after
+    dt = (t - table_ps[k]).astype(np.float64)
+    step = np.floor(dt / period[k] + 0.5)
+    pulse = table_pulse[k] + step.astype(np.int64)
+    residual = dt - step * period[k]
+    return pulse, residual, ch, (t < t_first) | (t > t_last)
 
 
 def assign_pulses_gated(
@@ -138,7 +136,8 @@ def assign_pulses_gated(
     table_ps,
     table_pulse,
     period,
-    edge_period,
+    t_first,
+    t_last,
     half_gate,
 ):
     pulse, residual, ch, outside_table = nearest_pulse(
@@ -150,7 +149,8 @@ def assign_pulses_gated(
         table_ps,
         table_pulse,
         period,
-        edge_period,
+        t_first,
+        t_last,
     )
     inside = (residual >= -half_gate) & (residual < half_gate)
     pulse = np.where(inside, pulse, -1)

@@ -237,7 +237,7 @@ def test_sync_table_matches_reference(rng, kw):
 
 def table_for(ts, ch):
     clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
-    return clock, (clock.table_ps, clock.table_pulse, clock.table_period_ps, clock.edge_period_ps)
+    return clock, clock.kernel_table
 
 
 @pytest.mark.parametrize("channels_used", [(1, 2, 3, 4), (3,)])
@@ -304,7 +304,7 @@ def test_gate_edges_exact():
 
 
 def kernel_matches_reference(ts, ch, clock, half_gate):
-    table = (clock.table_ps, clock.table_pulse, clock.table_period_ps, clock.edge_period_ps)
+    table = clock.kernel_table
     delays = np.zeros(5, dtype=np.int64)
     got = run_gated(ts, ch, delays, table, half_gate)
     exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
