@@ -444,8 +444,8 @@ def assign_pulses(
 
     ``delays_ps[c]`` is channel c's delay relative to the sync (index = channel number, the
     sync's own entry is unused; default zeros for channels 0..4); channels at or beyond
-    ``len(delays_ps)`` are ignored (markers). Delays of many sync periods (long fibre) work but
-    cost a table walk per tag: subtract the bulk of such a delay from the timestamps first.
+    ``len(delays_ps)`` are ignored (markers). Delays may be long (fibre): the sync interval of
+    a tag is looked up with the middle of the channel delays (see _kernels.nearest_pulse).
     Pulse i's window is [t_i - gate/2, t_i + gate/2) around its interpolated tagger time t_i
     plus the delay. The gate defaults to the full pulse period; it may not exceed it (windows
     would overlap).
@@ -460,7 +460,7 @@ def assign_pulses(
             f"gate_width_ps ({gate_width_ps}) must be positive and at most the pulse period "
             f"({nominal_pulse_ps:.1f} ps)"
         )
-    # outputs allocated by numpy, not inside the kernel: measurably cheaper first touch here
+    # outputs sized by a counting pass and allocated here: the kernel itself allocates nothing
     n_det = k.count_detector_tags(channels, sync_channel, len(delays))
     pulse = np.empty(n_det + 1, dtype=np.int64)  # + 1: the kernel's spare slot
     det_ch = np.empty(n_det + 1, dtype=np.uint8)
