@@ -354,6 +354,15 @@ def test_drift_change_mid_capture(rng):
     # many pulse periods; the table interpolation gave every index exactly
 
 
+def test_long_fibre_delay(rng):
+    # 50 us of fibre (500 sync periods) on every detector, plus the small per-channel skews
+    fibre = 50_000_000
+    delays = (0, fibre + 130, fibre - 220, fibre + 3100, fibre + 45)
+    ts, ch, truth, delays = make_capture(rng, delays_ps=delays, noise_per_channel=11)
+    _, res = check_assignment(ts, ch, truth, delays)
+    np.testing.assert_array_equal(res.n_outside, [0, 11, 11, 11, 11])
+
+
 def test_sync_gap_is_reported_and_bridged(rng):
     ts, ch, truth, delays = make_capture(rng, gap_pulses=(150_000, 230_050))
     clock, _ = check_assignment(ts, ch, truth, delays)
