@@ -84,8 +84,9 @@ def sift(
     outcome instead of being discarded, which an eavesdropper could exploit): if the clicks of a
     pulse lie in both bases, Bob's basis is one of the two at random; within the kept basis, if
     both bits clicked, Bob's bit is random. Random draws are a hash of (seed, pulse index), so
-    the result does not depend on how the capture is chunked. Detections of one pulse need
-    not be adjacent: the input is sorted by pulse index (stable) when it is not already.
+    they do not depend on the order or chunking of the processing (a caller that chunks must
+    keep all detections of a pulse in one chunk). Detections of one pulse need not be
+    adjacent: the input is sorted by pulse index (stable) when it is not already.
     """
     arrays = [np.asarray(a) for a in (pulse_index, channels, basis, intensity, bit)]
     if len({len(a) for a in arrays}) != 1 or any(a.ndim != 1 for a in arrays):
@@ -94,6 +95,9 @@ def sift(
         )
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed}")
+    for name, a in zip(("channels", "basis", "intensity", "bit"), arrays[1:], strict=True):
+        if a.dtype != np.uint8 and len(a) and (a.min() < 0 or a.max() > 255):
+            raise ValueError(f"{name} must hold uint8 values (0..255)")
     pulse = arrays[0].astype(np.int64, copy=False)
     ch, b, cls, bt = (a.astype(np.uint8, copy=False) for a in arrays[1:])
     n, d, m, stats, bad = k.sift_counts(pulse, ch, b, cls, bt, seed)
