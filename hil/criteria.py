@@ -37,7 +37,7 @@ from pydantic_core import PydanticCustomError
 
 from .config import ConfigError, error_line, load_yaml, validate
 
-_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "min": 60.0, "h": 3600.0}
 _RATE = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "1/s": 1.0}
 _BITS = {"bit/s": 1.0, "kbit/s": 1e3, "Mbit/s": 1e6, "bps": 1.0, "kbps": 1e3, "Mbps": 1e6}
 _RATIO = {"1": 1.0, "%": 0.01, "fraction": 1.0}
