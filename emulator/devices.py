@@ -404,6 +404,7 @@ class Tagger(LinkDevice):
         self._stop = threading.Event()
         self._buf_lock = threading.Lock()
         self._room = threading.Condition(self._buf_lock)
+        self._marks_pending = 0
         super().__init__(link)
         c = self.command
         r = {"suffix_range": (0, N_TAGGER_CHANNELS - 1)}
@@ -462,6 +463,7 @@ class Tagger(LinkDevice):
             raise ScpiError(-221, "acquisition already running")
         with self._buf_lock:
             self._buf_ts, self._buf_ch, self._buffered = [], [], 0
+            self._marks_pending = 0
         self.lost = False
         self._stop.clear()
         self.state = "RUNNING"
@@ -506,17 +508,29 @@ class Tagger(LinkDevice):
                     self._buf_ts.append(ts)
                     self._buf_ch.append(ch)
                     self._buffered += len(ts)
+                    self._place_marks(int(ts[-1]) if len(ts) else 0)
         finally:
+            with self._room:
+                self._place_marks(0)
             self.state = "DONE"
             self.link.acquiring = False
+
+    def _place_marks(self, last_tag_ps: int) -> None:
+        """Put requested markers at the end of the chunk just generated (caller holds _room):
+        after every tag already in the stream, so the stream stays in time order."""
+        if self._marks_pending:
+            t = max(self.link.now_ps, last_tag_ps)
+            n, self._marks_pending = self._marks_pending, 0
+            self._buf_ts.append(np.full(n, t, dtype=np.int64))
+            self._buf_ch.append(np.full(n, MARKER_CHANNEL, dtype=np.uint8))
+            self._buffered += n
 
     def _mark(self) -> None:
         if self.state != "RUNNING":
             raise ScpiError(-200, "no acquisition running")
-        with self.link.lock, self._room:
-            self._buf_ts.append(np.array([self.link.now_ps], dtype=np.int64))
-            self._buf_ch.append(np.array([MARKER_CHANNEL], dtype=np.uint8))
-            self._buffered += 1
+        with self._room:
+            # placed by the acquisition thread at the end of the chunk in progress
+            self._marks_pending += 1
 
     def _fetch(self, s, max_tags: int = MAX_FETCH_TAGS) -> bytes:
         """Block of N tags, structure of arrays: N int64 LE timestamps (ps), then N uint8

@@ -142,6 +142,7 @@ class LinkMonitor:
         self._ts: list[np.ndarray] = []
         self._ch: list[np.ndarray] = []
         self._w0 = None if t0_s is None else int(t0_s * 1e12)
+        self.frame_shift: int | None = None  # found in the previous window, tried first
 
     # -- input -----------------------------------------------------------------------------
     def feed(self, timestamps_ps: np.ndarray, channels: np.ndarray) -> list[WindowStatus]:
@@ -237,9 +238,29 @@ class LinkMonitor:
                 key_rate_estimate_bps=nan,
                 finite_key_bits=0,
             )
-        res = analyse_tags(
-            ts, ch, self.link, self.sifter, t_start_ps=w0, t_stop_ps=w1, key_params=self.kp
-        ).total
+        try:
+            analysis = analyse_tags(
+                ts,
+                ch,
+                self.link,
+                self.sifter,
+                t_start_ps=w0,
+                t_stop_ps=w1,
+                key_params=self.kp,
+                frame_hint=self.frame_shift,
+            )
+        except ValueError as exc:  # no frame alignment: nothing can be sifted
+            return WindowStatus(
+                **base,
+                state=LinkState.DOWN,
+                reason=str(exc).split(":")[0],
+                qber_z=nan,
+                qber_x=nan,
+                key_rate_estimate_bps=0.0,
+                finite_key_bits=0,
+            )
+        self.frame_shift = analysis.frame_shift
+        res = analysis.total
         c = res.counts
         qz, qx = res.qber_z, res.qber_x
         rate = key_rate_estimate(c, self.link, dur, self.kp.f_ec)

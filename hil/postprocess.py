@@ -117,6 +117,7 @@ class KeyAnalysis:
     delays_ps: np.ndarray
     total: WindowResult
     windows: list[WindowResult] = field(default_factory=list)
+    frame_shift: int = 0  # sync periods added to the recovered pulse indices
 
     def summary(self) -> dict:
         st = self.clock.status
@@ -147,6 +148,73 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(values[1:], values[:-1], out=keep[1:])
     return values[keep]
+
+
+MAX_FRAME_SHIFT_SYNCS = 64
+FRAME_SAMPLE = 3000
+_WRONG_FRAME_ERROR = 0.35  # a right frame shows the link's QBER (< 25 % even under attack)
+
+
+def _sample_error_rate(pulse, det, answers_for) -> tuple[float, int]:
+    basis, _, bit = answers_for(pulse)
+    bob_basis = (det >= 3).astype(np.uint8)
+    bob_bit = ((det - 1) % 2).astype(np.uint8)
+    use = (basis == bob_basis) & (bit != 255)
+    n = int(use.sum())
+    return (float((bit[use] != bob_bit[use]).mean()) if n else 1.0), n
+
+
+def align_frames(
+    pulse: np.ndarray,
+    det: np.ndarray,
+    sync_divider: int,
+    sifter: Sifter,
+    *,
+    hint: int | None = None,
+    max_shift_syncs: int = MAX_FRAME_SHIFT_SYNCS,
+) -> int:
+    """Find the whole number of sync periods to add to the recovered pulse indices.
+
+    A sample of detections is sifted against the source's answers at every candidate shift:
+    the right one shows the link's error rate on the disclosed bits, a wrong one about 50 %
+    (bases and bits are independent across pulses). Only the sample's bases and disclosed bits
+    are used, nothing of the key. Raises ValueError when no shift within +-``max_shift_syncs``
+    gives an error rate below 35 %.
+    """
+    if len(pulse) == 0:
+        return hint or 0
+    take = np.linspace(0, len(pulse) - 1, min(FRAME_SAMPLE, len(pulse))).astype(np.int64)
+    sp, sd = pulse[take], det[take]
+
+    def answers_for(idx):
+        uniq = _sorted_unique(idx)
+        b, k, bit = sifter(uniq)
+        pos = np.searchsorted(uniq, idx)
+        return b[pos], k[pos], bit[pos]
+
+    if hint is not None:
+        err, n = _sample_error_rate(sp + hint * sync_divider, sd, answers_for)
+        if n and err < _WRONG_FRAME_ERROR:
+            return hint
+    shifts = np.arange(-max_shift_syncs, max_shift_syncs + 1)
+    cand = (sp[None, :] + shifts[:, None] * sync_divider).ravel()
+    ok = cand >= 0
+    b, _, bit = answers_for(np.where(ok, cand, 0))
+    b, bit = b.reshape(len(shifts), -1), bit.reshape(len(shifts), -1)
+    ok = ok.reshape(len(shifts), -1)
+    bob_basis = (sd >= 3).astype(np.uint8)[None, :]
+    bob_bit = ((sd - 1) % 2).astype(np.uint8)[None, :]
+    use = ok & (b == bob_basis) & (bit != 255)
+    n = use.sum(axis=1)
+    err = np.where(n > 0, ((bit != bob_bit) & use).sum(axis=1) / np.maximum(n, 1), 1.0)
+    best = int(np.argmin(err))
+    if err[best] >= _WRONG_FRAME_ERROR:
+        raise ValueError(
+            f"no frame alignment within +-{max_shift_syncs} sync periods (best error rate "
+            f"{err[best]:.0%} on {int(n[best])} disclosed bits): is the source's pattern seed "
+            "the one the capture was made with?"
+        )
+    return int(shifts[best])
 
 
 def _source_sifter(source) -> Sifter:
@@ -191,8 +259,15 @@ def analyse_tags(
     gate_width_ps: float | None = None,
     key_params: KeyParameters | None = None,
     seed: int = 0,
+    frame_hint: int | None = None,
+    max_shift_syncs: int = MAX_FRAME_SHIFT_SYNCS,
 ) -> KeyAnalysis:
     """Analyse one capture's tags; with ``window_s`` also per window of link time.
+
+    The sync tags give each detection its pulse index up to a whole number of sync periods
+    (the tagger's time zero is not the source's pulse 0, and clock drift moves them apart):
+    :func:`align_frames` finds that frame shift from the source's answers; ``frame_hint`` (the
+    shift found before) is tried first.
 
     ``sifter`` answers the sifting exchange for sorted unique pulse indices (the source
     driver's ``sift``). ``delays_ps`` per channel default to an estimate from the data; the gate
@@ -212,6 +287,16 @@ def analyse_tags(
     det_ts = ts[np.isin(ch, DETECTOR_CHANNELS)]
     pulse, det = pa.pulse_index, pa.channels
     inside = pulse >= 0
+    shift = align_frames(
+        pulse[inside],
+        det[inside],
+        link.sync_divider,
+        sifter,
+        hint=frame_hint,
+        max_shift_syncs=max_shift_syncs,
+    )
+    if shift:
+        pulse = np.where(inside, pulse + shift * link.sync_divider, pulse)
     idx_sorted = _sorted_unique(pulse[inside])
     answers = sifter(idx_sorted)
     total_counts = _window_counts(pulse[inside], det[inside], answers, idx_sorted, seed)
@@ -238,7 +323,7 @@ def analyse_tags(
                     w0, w1, c, _key(c, link, kp), int(sel.sum()), int((sel & ~inside).sum())
                 )
             )
-    return KeyAnalysis(clock, np.asarray(delays_ps), total, windows)
+    return KeyAnalysis(clock, np.asarray(delays_ps), total, windows, frame_shift=shift)
 
 
 def analyse_capture(
