@@ -119,6 +119,7 @@ class Bench:
         self.latency_s: dict[str, float] = {}
         self.idn: dict[str, str] = {}
         self.actions: list[tuple[float, str, str]] = []  # (wall time, instrument, command)
+        self.criteria_file: Path | None = None  # the plan's criteria, for the snapshot
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -206,6 +207,8 @@ class Bench:
             "bench_name": self.spec.name,
             "bench_file": str(self.path),
             "bench_file_text": self.path.read_text(),
+            "criteria_file": str(self.criteria_file) if self.criteria_file else None,
+            "criteria_file_text": self.criteria_file.read_text() if self.criteria_file else None,
             "qkd_hil_version": hil.__version__,
             "git_revision": _git_revision(),
             "control_plane_latency_s": self.latency_s,

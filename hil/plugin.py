@@ -97,7 +97,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("needs")
     state = getattr(item.config, "_hil_state", {})
+    criteria_file = item.path.with_name("criteria.yaml")
+    state["criteria_file"] = criteria_file if criteria_file.exists() else None
     bench = state.get("bench")
+    if bench is not None:
+        bench.criteria_file = state["criteria_file"]
     if marker and bench is not None:
         for role in marker.args:
             if not bench.has(role):

@@ -355,18 +355,9 @@ def analyse_capture(
         key_params=key_params,
     )
     if store_result:
-        import h5py
+        from .store import store_result as _store
 
-        with h5py.File(path, "a") as f:
-            grp = f.require_group("user/qkd/results")
-            if "key_analysis_json" in grp:
-                del grp["key_analysis_json"]
-            import json
-
-            grp.create_dataset(
-                "key_analysis_json",
-                data=json.dumps({"link": asdict(link), **result.summary()}, default=float),
-            )
+        _store(path, "key_analysis", {"link": asdict(link), **result.summary()})
     return result
 
 
