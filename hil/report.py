@@ -442,6 +442,7 @@ td.outcome { font-weight: bold; }
 .attention { border: 3px solid #ffb300; padding: 0.5em 1em; background: #fff8e1; }
 img.plot { display: block; margin: 0.8em 0; border: 1px solid #ddd; }
 code { font-size: 0.95em; }
+table.signoff td { height: 2.2em; min-width: 10em; }
 """
 
 
@@ -590,6 +591,15 @@ def render_html(summary: dict) -> str:
             f'<td class="outcome">{_e(outcome)}</td></tr>'
         )
     parts.append("</table>")
+    measured = sum(c["status"] != NOT_MEASURED for c in criteria)
+    parts.append(
+        f"<h2>Record</h2><p>{len(criteria)} requirements, {measured} measured: "
+        f"{counts.get('PASS', 0)} PASS, {counts.get('MARGINAL', 0)} MARGINAL, "
+        f"{counts.get('FAIL', 0)} FAIL; overall <b>{_e(overall)}</b>.</p>"
+        '<table class="signoff"><tr><th>role</th><th>name</th><th>date</th><th>signature</th>'
+        "</tr><tr><td>tested by</td><td></td><td></td><td></td></tr>"
+        "<tr><td>accepted by</td><td></td><td></td><td></td></tr></table>"
+    )
     parts.append(
         "<p>Every file of this run folder is listed with its SHA-256 in "
         '<a href="manifest.sha256">manifest.sha256</a>; check it with '

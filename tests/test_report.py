@@ -171,6 +171,8 @@ def test_html_is_self_contained_and_highlights_marginal(tmp_path):
     for idn in IDN.values():
         assert idn in page
     assert "attenuation_db = 10" in page
+    assert "3 requirements, 2 measured: 1 PASS, 1 MARGINAL, 0 FAIL" in page
+    assert "accepted by" in page
 
 
 def test_html_escapes_text_from_files(tmp_path):
