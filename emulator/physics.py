@@ -490,10 +490,17 @@ class _Clock:
     tau_int: int = 0
     tau_frac: float = 0.0
 
-    def periods(self) -> tuple[int, float]:
+    def __post_init__(self) -> None:
+        self._set_periods()
+
+    def _set_periods(self) -> None:
+        # the period as an exact integer part plus a small float remainder (fraction + drift)
         base = 1e12 / self.clock_hz
         p_int = int(round(base))
-        return p_int, (base - p_int) + base * self.drift_ppm * 1e-6
+        self._periods = (p_int, (base - p_int) + base * self.drift_ppm * 1e-6)
+
+    def periods(self) -> tuple[int, float]:
+        return self._periods
 
     def time(self, i: int, offset_ps: int) -> int:
         """floor of the tagger time of pulse i (mirrors _k.nominal_time)."""
@@ -511,6 +518,7 @@ class _Clock:
         fl = math.floor(frac)
         self.tau_int, self.tau_frac = self.tau_int + d * p_int + fl, frac - fl
         self.anchor_i, self.clock_hz, self.drift_ppm = i, clock_hz, drift_ppm
+        self._set_periods()
 
     def first_at_or_after(self, t_ps: int, offset_ps: int) -> int:
         """Smallest pulse index i >= 0 whose tagger time is >= t_ps."""
