@@ -102,18 +102,54 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     bench = state.get("bench")
     if bench is not None:
         bench.criteria_file = state["criteria_file"]
+        for role in sorted(_needed_roles(item) & set(bench.broken)):
+            pytest.skip(f"{role} is broken: {bench.broken[role]}")
     if marker and bench is not None:
         for role in marker.args:
             if not bench.has(role):
                 pytest.skip(f"the bench has no {role!r} instrument")
-            if role in bench.broken:
-                pytest.skip(f"{role} is broken: {bench.broken[role]}")
+
+
+ROLES = ("source", "attenuator", "switch", "detectors", "tagger", "powermeter", "control")
+
+
+def _needed_roles(item: pytest.Item) -> set[str]:
+    """The roles a test uses: its role fixtures and ``needs`` marker; a test that asks for the
+    whole ``bench`` may use any."""
+    roles = {r for r in ROLES if r in item.fixturenames}
+    for m in item.iter_markers("needs"):
+        roles.update(m.args)
+    if not roles and "bench" in item.fixturenames:
+        roles = set(ROLES)
+    return roles
+
+
+def _check_health(item: pytest.Item, call) -> None:
+    """After a failure: an instrument that stopped answering marks the bench broken."""
+    state = getattr(item.config, "_hil_state", {})
+    bench = state.get("bench")
+    if bench is None or call.excinfo is None:
+        return
+    from .instruments.base import InstrumentError
+
+    exc = call.excinfo.value
+    while exc is not None and not isinstance(exc, InstrumentError):
+        exc = exc.__cause__ or exc.__context__
+    if exc is not None and exc.unreachable:
+        bench.mark_broken(exc.instrument, str(exc))
+    emu = bench.emulator
+    if emu is not None and emu.proc is not None and not emu.alive():
+        why = f"the emulator process exited (code {emu.proc.returncode})"
+        for role in bench.instruments:
+            bench.mark_broken(role, why)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.failed:
+        _check_health(item, call)
     run = getattr(item.config, "_hil_run", None)
     if run is not None and run.created and (report.when == "call" or report.outcome != "passed"):
         run.outcomes[item.nodeid] = report.outcome

@@ -49,7 +49,13 @@ def _disable_nagle(session) -> None:
 
 
 class InstrumentError(RuntimeError):
-    """The instrument reported an error (or could not be reached)."""
+    """The instrument reported an error (or could not be reached).
+
+    ``unreachable`` tells a transport failure (timeout, connection lost: the instrument stopped
+    answering) from an error the instrument reported (its ``SYST:ERR?`` text).
+    """
+
+    unreachable = False
 
     def __init__(self, instrument: str, command: str, message: str):
         super().__init__(f"{instrument}: {command!r} -> {message}")
@@ -58,6 +64,14 @@ class InstrumentError(RuntimeError):
 
 class InstrumentTimeout(InstrumentError):
     """No answer within the timeout."""
+
+    unreachable = True
+
+
+class InstrumentUnreachable(InstrumentError):
+    """The connection to the instrument failed or was lost."""
+
+    unreachable = True
 
 
 # ----------------------------------------------------------------------------- validators
@@ -204,11 +218,11 @@ class Instrument:
                         f"no answer within {self.session.timeout / 1000:g} s "
                         f"from {self.resource_name}",
                     ) from None
-                raise InstrumentError(
+                raise InstrumentUnreachable(
                     self.name, command, f"{exc.description} ({self.resource_name})"
                 ) from None
             except (ConnectionError, OSError) as exc:
-                raise InstrumentError(
+                raise InstrumentUnreachable(
                     self.name, command, f"connection lost ({self.resource_name}): {exc}"
                 ) from None
 
