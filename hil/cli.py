@@ -150,6 +150,67 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from hil.monitor import LinkMonitor, Thresholds, follow_capture
+    from hil.postprocess import LinkSettings
+    from hil.store import open_capture
+
+    try:
+        with open_capture(args.file) as cap:
+            src = cap.snapshot().get("instruments", {}).get("source", {}).get("settings", {})
+    except (FileNotFoundError, OSError, KeyError) as exc:
+        print(f"hil monitor: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    sifter = None
+    if args.source:
+        from hil.instruments.source import QKDSource
+
+        source = QKDSource(args.source, "source")
+        link = LinkSettings.from_source(source)
+        sifter = source.sift
+    else:
+        try:
+            link = LinkSettings(
+                float(src["clock_hz"]),
+                int(src["sync_divider"]),
+                tuple(src["intensities"]),
+                tuple(src["probabilities"]),
+                float(src["z_probability"]),
+            )
+        except KeyError as exc:
+            print(
+                f"hil monitor: {args.file}: the snapshot has no source setting {exc}; "
+                "give --source RESOURCE",
+                file=sys.stderr,
+            )
+            return 2
+    th = Thresholds(
+        down_rate_hz=args.down_rate_hz,
+        abort_qber=args.abort_qber,
+        degraded_qber=args.degraded_qber,
+        key_rate_floor_bps=args.floor_bps,
+    )
+    mon = LinkMonitor(
+        link,
+        sifter,
+        window_s=args.window,
+        thresholds=th,
+        on_window=lambda w: print(w.line(), flush=True),
+    )
+    if sifter is None:
+        print("(no --source: rates and sync only; QBER and key need the source's answers)")
+    try:
+        for ts, ch in follow_capture(args.file, follow=args.follow):
+            mon.feed(ts, ch)
+    except KeyboardInterrupt:
+        pass
+    mon.flush()
+    for t in mon.transitions:
+        old = t.old.value if t.old else "-"
+        print(f"transition at {t.time_s:.3f} s: {old} -> {t.new.value} ({t.reason})")
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     if args.kind == "bench":
         from hil.config import bench_json_schema
@@ -197,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", type=Path, help="the .ptu file")
     imp.add_argument("-o", "--output", type=Path, help="capture file (default: FILE with .h5)")
     imp.set_defaults(func=_cmd_import)
+
+    mon = sub.add_parser("monitor", help="link states window by window over a capture file")
+    mon.add_argument("file", type=Path)
+    mon.add_argument("--follow", action="store_true", help="keep reading a growing capture")
+    mon.add_argument("--window", type=float, default=0.25, help="window length in s")
+    mon.add_argument("--source", help="VISA resource of the source, for QBER and key")
+    mon.add_argument("--down-rate-hz", type=float, default=20e3)
+    mon.add_argument("--abort-qber", type=float, default=0.11)
+    mon.add_argument("--degraded-qber", type=float, default=0.05)
+    mon.add_argument("--floor-bps", type=float, default=0.0, help="key-rate floor (bit/s)")
+    mon.set_defaults(func=_cmd_monitor)
 
     sch = sub.add_parser("schema", help="print the JSON Schema of bench or criteria files")
     sch.add_argument("kind", choices=("bench", "criteria"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -338,35 +338,23 @@ class LinkMonitor:
         }
 
 
-@dataclass
-class FileWatch:
-    """Follow a capture file that may still be growing (SWMR reader)."""
+def follow_capture(
+    path, *, follow: bool = False, poll_s: float = 0.2, chunk: int = 1 << 20
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield the tags of a capture file in chunks; with ``follow``, keep reading while its
+    writer adds to it (SWMR) until it is closed complete."""
+    import time
 
-    path: str
-    chunk: int = 1 << 20
-    poll_s: float = 0.2
-    _pos: int = field(default=0, init=False)
+    from .store import open_capture
 
-    def chunks(
-        self, follow: bool = False, stop: Callable[[], bool] | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        import time
-
-        from .store import open_capture
-
-        with open_capture(self.path) as cap:
-            while True:
-                ts_ds = cap.f["photon_data/timestamps"]
-                det_ds = cap.f["photon_data/detectors"]
-                for ds in (ts_ds, det_ds):
-                    if hasattr(ds, "refresh"):
-                        ds.refresh()
-                n = ts_ds.shape[0]
-                if n > self._pos:
-                    end = min(n, self._pos + self.chunk)
-                    yield ts_ds[self._pos : end], det_ds[self._pos : end]
-                    self._pos = end
-                    continue
-                if not follow or (stop is not None and stop()):
-                    return
-                time.sleep(self.poll_s)
+    pos = 0
+    with open_capture(path) as cap:
+        while True:
+            n = cap.n_tags  # refreshes the SWMR view
+            if n > pos:
+                yield from cap.iter_chunks(chunk, start=pos, stop=n)
+                pos = n
+                continue
+            if not follow or cap.complete:
+                return
+            time.sleep(poll_s)
