@@ -42,7 +42,7 @@ STREAM_AP_PROB = 24  # 24..27
 STREAM_AP_DELAY = 28  # 28..31
 
 JITTER_CLIP_SIGMA = 8.0  # Gaussian jitter truncated at 8 sigma (probability 1e-15 per click)
-BLOCK_PULSES = 1 << 12  # geometric-skip blocks: the skip sequence restarts at each block start
+BLOCK_PULSES = 1 << 14  # geometric-skip blocks: the skip sequence restarts at each block start
 DARK_SLOT_PS = 1 << 24  # dark counts are drawn per fixed 16.8 us slot of link time
 _POISSON_PIECE = 30.0  # Poisson inversion on pieces of mean <= 30 (no exp underflow)
 

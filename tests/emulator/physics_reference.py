@@ -9,7 +9,7 @@ import numpy as np
 
 MASK = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15
-BLOCK_PULSES = 1 << 12
+BLOCK_PULSES = 1 << 14
 DARK_SLOT_PS = 1 << 24
 CLIP = 8.0
 
