@@ -363,6 +363,7 @@ class _Derived:
     afterpulse_prob: float
     afterpulse_tau_ps: float
     delays: np.ndarray
+    min_detector_delay: int
     enabled: np.ndarray
     resolution: int
 
@@ -400,6 +401,7 @@ def _derive(p: LinkParams) -> _Derived:
         afterpulse_prob=float(p.afterpulse_prob),
         afterpulse_tau_ps=float(p.afterpulse_tau_s * 1e12),
         delays=delays,
+        min_detector_delay=int(delays[1:].min()),
         enabled=np.array(p.channel_enabled, dtype=np.bool_),
         resolution=int(p.resolution_ps),
     )
@@ -619,7 +621,7 @@ class LinkGenerator:
 
         # Detector events at or after `horizon` give tags at or after t1 on every channel:
         # floor((t + delay) / res) * res >= t1 when t >= t1 - min(delay) + res.
-        horizon = max(t1 - int(dv.delays[1:].min()) + res, st.horizon)
+        horizon = max(t1 - dv.min_detector_delay + res, st.horizon)
 
         # light: pulses whose clicks can fall before the horizon
         i_hi = st.clock.first_at_or_after(horizon + dv.jitter_reach, offset)
@@ -649,7 +651,7 @@ class LinkGenerator:
         if i_sync_end > st.next_sync:
             first = -(-st.next_sync // div) * div
             sync = _k.sync_tags(st.next_sync, i_sync_end - 1, div, *timing)
-            sync = ((sync + d0) // res) * res * 8
+            sync = (sync + d0) * 8 if res == 1 else ((sync + d0) // res) * res * 8
             n_in = int(np.searchsorted(sync, t1 * 8))
             st.next_sync = first + n_in * div if n_in < sync.shape[0] else i_sync_end
             sync = sync[:n_in] if p.sync_enabled and p.channel_enabled[0] else sync[:0]
