@@ -6,7 +6,11 @@ Reached through pyvisa-py's ASRL resources (``ASRL/dev/ttyUSB0::INSTR``, or a pt
 
 from __future__ import annotations
 
-from .base import Instrument
+import time
+
+from pyvisa import constants
+
+from .base import Instrument, InstrumentError
 
 
 class OpticalSwitch(Instrument):
@@ -16,7 +20,8 @@ class OpticalSwitch(Instrument):
     write_termination = "\n"
 
     def __init__(self, resource: str, name: str | None = None, **kw):
-        kw.setdefault("baud_rate", 115200)
+        kw.setdefault("baud_rate", 115200)  # OSW manual: 115200 8N1 with RTS/CTS handshake
+        kw.setdefault("flow_control", constants.ControlFlow.rts_cts)
         kw.setdefault("check_errors", False)  # the protocol has no error queue
         super().__init__(resource, name, **kw)
 
@@ -37,7 +42,7 @@ class OpticalSwitch(Instrument):
         self.write(f"S {value}")
         got = self.position  # the protocol has no acknowledgement: read back
         if got != value:
-            raise RuntimeError(f"{self.name}: position {got} after 'S {value}'")
+            raise InstrumentError(self.name, f"S {value}", f"position reads {got} afterwards")
 
     def cut(self) -> None:
         """Set position 2: the link fiber is cut."""
@@ -48,8 +53,7 @@ class OpticalSwitch(Instrument):
         self.position = 1
 
     def round_trip_s(self, n: int = 100) -> float:
-        import time
-
+        """Measure the median round-trip time of ``S?`` over ``n`` queries, in s."""
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
