@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import Instrument, InstrumentError, strict_range, to_bool
+from .base import Instrument, strict_range, to_bool
 
 MAX_FETCH_TAGS = 1_000_000
 
@@ -117,10 +117,8 @@ class TimeTagger(Instrument):
             time.sleep(poll_s)
 
     def safe_state(self) -> None:
-        try:
-            self.stop()
-        except InstrumentError:
-            raise
+        """Stop a running acquisition."""
+        self.stop()
 
     def settings(self) -> dict:
         return {

@@ -408,3 +408,14 @@ def test_switch_bytes_over_a_pty():
     finally:
         sw.close()
     peer.check()
+
+
+def test_switch_position_that_does_not_read_back_is_an_instrument_error():
+    peer = PtyPeer([(b"S 2\n",), (b"S?\n", b"1\r\n")])
+    sw = OpticalSwitch(peer.resource, "dut")
+    try:
+        with pytest.raises(InstrumentError, match="position reads 1"):
+            sw.position = 2
+    finally:
+        sw.close()
+    peer.check()
