@@ -186,3 +186,11 @@ def test_invalid_rows_give_one_clear_error(column, value):
     with pytest.raises(ValueError, match=r"^detection for pulse 4: channel") as err:
         sifting.sift(cols["pulse"], cols["ch"], cols["basis"], cols["cls"], cols["bit"])
     assert "\n" not in str(err.value)
+
+
+def test_answers_outside_uint8_are_refused_not_wrapped():
+    pulse = np.array([1, 2])
+    ch = np.array([1, 3], np.uint8)
+    ok = np.zeros(2, np.uint8)
+    with pytest.raises(ValueError, match="intensity must hold uint8 values"):
+        sifting.sift(pulse, ch, ok, np.array([0, 256]), ok)
