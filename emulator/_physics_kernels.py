@@ -330,8 +330,8 @@ def signal_detections(
     """Detector clicks caused by the light of pulses i_lo <= i < i_hi, as keys t_ps * 4 + detector.
 
     Candidate pulses are found by geometric skipping with the largest per-pulse click probability
-    p_c (Devroye, Non-Uniform Random Variate Generation, 1986, ch. X.2: the gap between
-    Bernoulli(p) successes is geometric); a candidate of class c and state s is kept with
+    p_c (the gap between Bernoulli(p) successes is geometric, sampled by inversion: Devroye,
+    Non-Uniform Random Variate Generation, 1986); a candidate of class c and state s is kept with
     probability P_any(c, s) / p_c (thinning), so kept pulses are exactly Bernoulli(P_any). The
     same uniform, rescaled, picks the click pattern from the tables of click_pattern_tables.
     Fills `out` and returns (n written, next pulse index): if `out` fills up, call again from
@@ -475,7 +475,8 @@ def signal_detections(
 
 @njit(cache=True)
 def _poisson(h, lam):
-    """Poisson(lam) by inversion, lam split into pieces of mean <= 30 (Devroye ch. X.3.3)."""
+    """Poisson(lam) by sequential inversion (Devroye 1986), lam split into pieces of mean <= 30
+    (a sum of independent Poisson variables is Poisson; no exp underflow)."""
     n = 0
     remaining = lam
     piece = 0
@@ -608,7 +609,8 @@ def register_clicks(
     A registered click at t makes the detector blind until t + dead (non-paralysable: clicks in
     the blind time are lost and do not extend it; Müller, NIM 112, 47 (1973)). With probability
     p_ap it is followed by an afterpulse at t + dead + Exp(tau) (trap release after re-arming,
-    single exponential trap family: Cova et al., Rev. Sci. Instrum. 62, 2596 (1991)); the
+    one trap family with exponential release, the simplest of the trap models discussed by
+    Korzh et al., arXiv:1411.0653 (2014), who show real InGaAs traps are more complex); the
     afterpulse is itself a click and can be lost to dead time or cause afterpulses.
     last[j] (in/out): time of the last registered click of detector j.
     Registered clicks go through the tagger: channel j + 1, tag time

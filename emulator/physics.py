@@ -154,7 +154,7 @@ def dark_count_rate_hz(params: LinkParams, detector: int) -> float:
 
     Thermally activated carrier generation (Shockley-Read-Hall), Arrhenius form
     R(T) = R_ref exp[-(E_a / k_B) (1/T - 1/T_ref)], as used for the dark counts of InGaAs/InP
-    SPADs by Itzler et al., J. Mod. Opt. 58, 174 (2011), Sec. 3. A detector that is off has none."""
+    SPADs by Itzler et al., J. Mod. Opt. 58, 174 (2011). A detector that is off has none."""
     if not params.detector_on[detector]:
         return 0.0
     t = params.temperature_c[detector] + _T_KELVIN
