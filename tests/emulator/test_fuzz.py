@@ -14,8 +14,9 @@ hold what the batch implies:
   such message must queue exactly one command error (-1xx) and execute nothing: after a batch of N
   the queue holds min(N, depth) entries, all -1xx, the last one -350 when N > depth, and no reply.
   Mutants of invalid messages keep (or get back) a forbidden byte, so the same holds for them.
-* "arbitrary" and "SCPI-like" messages (real headers of the instrument with random case, suffixes
-  and parameters): any outcome is allowed except a crash, an internal error (-300) or a code
+* "arbitrary", "SCPI-like" (real headers of the instrument with random case, suffixes and
+  parameters) and "block" messages (a header and a well-formed block of random bytes, ``\\n``
+  included): any outcome is allowed except a crash, an internal error (-300) or a code
   outside the standard table; the queue never exceeds its depth.
 * switch lines: a line answers ``CMD_NOT_DEFINED`` exactly when, stripped of surrounding
   whitespace and upper-cased, it is none of the documented commands (README).
@@ -184,6 +185,22 @@ def scpi_like(draw, forms):
     return no_newline_no_hash(text.encode())
 
 
+def with_block(prefix: bytes, payload: bytes) -> bytes:
+    """``prefix #<n><len><payload>``: a definite-length block after a header."""
+    ln = str(len(payload)).encode()
+    return prefix + b" #" + str(len(ln)).encode() + ln + payload
+
+
+def block_messages(forms):
+    """Random headers (and the source's sifting query) with a well-formed block of random
+    bytes, ``\\n`` included: the framing must keep the block whole."""
+    header = st.one_of(
+        st.just(b"SIFT:QUER?"),
+        scpi_like(forms).map(lambda m: m.split(b" ", 1)[0]),
+    )
+    return st.builds(with_block, header, st.binary(max_size=64))
+
+
 def fuzz_scpi(emu, role: str) -> int:
     device = emu.devices[role]
     conn = Conn(emu.resources[role])
@@ -196,9 +213,10 @@ def fuzz_scpi(emu, role: str) -> int:
         bad=st.lists(invalid_messages, min_size=1, max_size=40),
         anything=st.lists(arbitrary_messages, min_size=MIN_DRAWN, max_size=MIN_DRAWN + 10),
         like=st.lists(scpi_like(forms), min_size=MIN_DRAWN, max_size=MIN_DRAWN + 10),
+        blocks=st.lists(block_messages(forms), min_size=1, max_size=10),
         seed=st.integers(0, 2**32),
     )
-    def check(bad, anything, like, seed):
+    def check(bad, anything, like, blocks, seed):
         nonlocal sent
         # invalid: exactly one command error each, nothing executed, nothing answered
         for batch in (bad, expand(bad, seed, keep_invalid=True)):
@@ -211,7 +229,7 @@ def fuzz_scpi(emu, role: str) -> int:
             assert (codes[-1] == -350) == overflow
             sent += len(batch)
         # arbitrary and SCPI-like: anything but a crash or a non-standard code
-        for batch in (expand(anything, seed), expand(like, seed)):
+        for batch in (expand(anything, seed), expand(like, seed), blocks):
             conn.sock.sendall(b"".join(m + b"\n" for m in batch))
             conn.sync(idn)
             assert int(conn.query("SYST:ERR:COUN?")) <= ERROR_QUEUE_DEPTH
