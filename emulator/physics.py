@@ -38,7 +38,7 @@ class LinkParams:
     clock_hz: float = 1.0e9
     mu: tuple[float, float, float] = (0.5, 0.1, 2.0e-4)  # signal, decoy, vacuum/weakest
     p_mu: tuple[float, float, float] = (0.7, 0.2, 0.1)
-    p_z: float = 0.9
+    p_z: float = 0.6
     disclose_fraction: float = 0.1
     seed: int = 1
     sync_divider: int = 10000
@@ -51,7 +51,7 @@ class LinkParams:
     attenuator_shutter_open: bool = True
     link_connected: bool = True
     # receiver: detectors H, V, D, A -> tagger channels 1..4
-    p_z_bob: float = 0.9
+    p_z_bob: float = 0.6
     e_mis: float = 5.0e-3
     efficiency: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.2)
     dead_time_s: tuple[float, float, float, float] = (10e-9, 10e-9, 10e-9, 10e-9)

@@ -74,7 +74,11 @@ def test_acquire_writes_a_valid_complete_capture(tmp_path):
         on_chunk=lambda ts, ch: seen.append(len(ts)),
     )
     assert cap.n_tags == 60_000 == sum(seen)
-    assert [e[1:] for e in cap.events] == [("action", "attenuation 20 dB"), ("action", "fiber cut")]
+    # each action: its issue time (tagger clock read before it) and its marker in the stream
+    issued = {d: t for t, k, d in cap.events if k == "action-issued"}
+    marked = {d: t for t, k, d in cap.events if k == "action"}
+    assert list(issued) == list(marked) == ["attenuation 20 dB", "fiber cut"]
+    assert all(issued[d] <= marked[d] for d in issued)
     with open_capture(path) as f:
         assert f.complete
         assert f.n_tags == cap.n_tags
