@@ -18,6 +18,7 @@ import time
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
 from hil.emulator.physics import LinkGenerator, LinkParams  # noqa: E402
 
 SECOND_PS = 10**12

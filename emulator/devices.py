@@ -8,6 +8,8 @@ emulator's control instrument have command sets of this project's own.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import threading
 import time
@@ -15,7 +17,7 @@ import time
 import numpy as np
 
 from .link import PS, Link
-from .physics import dark_count_rate_hz, pulse_choices
+from .physics import dark_count_rate_hz, pulse_choices, validate
 from .scpi import Block, Bool, Choice, Num, Optional, ScpiDevice, ScpiError, Str, block
 
 N_DETECTORS = 4
@@ -572,6 +574,8 @@ class Control(LinkDevice):
         d = {"suffix_range": (1, N_DETECTORS)}
         c("LINK:TIME?", lambda s: self.link.now_ps * 1e-12)
         c("LINK:PARameter?", self._param, Str())
+        c("LINK:PARameter", self._set_param, Str(), Num())
+        c("LINK:PARameter:ALL?", self._all_params)
         c(
             "FAULt:LOSS",
             lambda s, v: self.link.set("insertion_loss_db", self.base_insertion_db + v),
@@ -613,6 +617,36 @@ class Control(LinkDevice):
         if not hasattr(self.link.params, name):
             raise ScpiError(-224, f"no link parameter {name!r}")
         return repr(self.link.get(name))
+
+    # Model parameters no instrument command reaches (the receiver's physics), settable for
+    # verification runs: a test can switch a effect off to compare with a closed-form value.
+    SETTABLE = (
+        "afterpulse_prob",
+        "afterpulse_tau_s",
+        "jitter_ps",
+        "e_mis",
+        "p_z_bob",
+        "fiber_length_m",
+        "fiber_loss_db_per_km",
+        "insertion_loss_db",
+        "dark_activation_energy_ev",
+        "offset_ps",
+    )
+
+    def _set_param(self, s, name: str, value: float) -> None:
+        if name not in self.SETTABLE:
+            raise ScpiError(-224, f"{name!r} is not settable; settable: {', '.join(self.SETTABLE)}")
+        old = self.link.get(name)
+        self.link.set(name, type(old)(value))
+        try:
+            validate(self.link.params)
+        except ValueError as exc:
+            self.link.set(name, old)
+            raise ScpiError(-222, str(exc)) from None
+
+    def _all_params(self, s) -> str:
+        """Every link parameter as one JSON object (for verification against the model)."""
+        return json.dumps(dataclasses.asdict(self.link.params))
 
     def _schedule(self, s, t_s: float, command: str) -> None:
         """Run a control command at link time ``t_s`` (a fault at an exact link time)."""

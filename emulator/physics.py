@@ -290,10 +290,9 @@ def squash(pattern: int) -> list[tuple[float, int, float]]:
     return [(1.0, 1, p_one[x])]
 
 
-def expected_qber(params: LinkParams, intensity_class: int, basis: int) -> float:
-    """Get the expected error rate of sifted detections (Alice's and Bob's bases equal) of one
-    class and basis, under the `squash` double-click convention. Dead time and afterpulsing are
-    not included."""
+def _sifted_and_errors(params: LinkParams, intensity_class: int, basis: int) -> tuple[float, float]:
+    """(P(sifted), P(sifted and wrong)) for a pulse of one class prepared in ``basis``, averaged
+    over Alice's bit, under the `squash` convention."""
     p_sift = 0.0
     p_err = 0.0
     for bit in (0, 1):
@@ -305,7 +304,22 @@ def expected_qber(params: LinkParams, intensity_class: int, basis: int) -> float
                 wrong = p_one if bit == 0 else 1.0 - p_one
                 p_sift += 0.5 * probs[pat] * w
                 p_err += 0.5 * probs[pat] * w * wrong
+    return p_sift, p_err
+
+
+def expected_qber(params: LinkParams, intensity_class: int, basis: int) -> float:
+    """Get the expected error rate of sifted detections (Alice's and Bob's bases equal) of one
+    class and basis, under the `squash` double-click convention. Dead time and afterpulsing are
+    not included."""
+    p_sift, p_err = _sifted_and_errors(params, intensity_class, basis)
     return p_err / p_sift if p_sift > 0 else float("nan")
+
+
+def expected_sift_probability(params: LinkParams, intensity_class: int, basis: int) -> float:
+    """Get the probability that a pulse of one class prepared in ``basis`` ends as a sifted
+    detection (Bob's squashed basis equal to Alice's). Dead time and afterpulsing are not
+    included."""
+    return _sifted_and_errors(params, intensity_class, basis)[0]
 
 
 def pulse_choices(seed: int, p_mu, p_z: float, disclose_fraction: float, indices: np.ndarray):

@@ -65,4 +65,15 @@ class EmulatorControl(Instrument):
         self._do(f"FAUL:SYNC:LOSS {int(lost)}", at_s)
 
     def parameter(self, name: str) -> str:
+        """Get one link-model parameter (its Python repr)."""
         return self.query(f'LINK:PAR? "{name}"')
+
+    def set_parameter(self, name: str, value: float) -> None:
+        """Set a model parameter no instrument command reaches (verification runs only)."""
+        self._do(f'LINK:PAR "{name}",{value:.12g}')
+
+    def parameters(self) -> dict:
+        """Get every link-model parameter."""
+        import json
+
+        return json.loads(self.query("LINK:PAR:ALL?"))

@@ -3,6 +3,7 @@ evidence file in the run folder."""
 
 import numpy as np
 import pytest
+
 from hil.fixtures.procedures import (
     action_time_s,
     dark_counts,
@@ -10,7 +11,6 @@ from hil.fixtures.procedures import (
     measure_key,
     monitor_capture,
 )
-
 from hil.monitor import LinkState
 
 

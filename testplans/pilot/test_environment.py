@@ -1,8 +1,8 @@
 """Pilot: environmental tolerance — detector temperature sweep and a slow loss drift."""
 
 import pytest
-from hil.fixtures.procedures import link_up, measure_key, monitor_capture
 
+from hil.fixtures.procedures import link_up, measure_key, monitor_capture
 from hil.monitor import Thresholds
 
 

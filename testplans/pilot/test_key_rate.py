@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from hil.fixtures.procedures import measure_key
 
 BASES = {"Z": 0, "X": 1}

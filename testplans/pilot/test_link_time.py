@@ -1,8 +1,7 @@
 """Pilot: integration time (source on to first secure key) and uptime over a soak."""
 
-from hil.fixtures.procedures import link_up, monitor_capture
-
 from hil.capture import acquire
+from hil.fixtures.procedures import link_up, monitor_capture
 from hil.monitor import Thresholds
 from hil.postprocess import LinkSettings, analyse_capture, time_to_first_key
 

@@ -1,10 +1,10 @@
 """Pilot: synchronisation status from the sync channel, and control-plane latency."""
 
 import pytest
-from hil.fixtures.procedures import link_up
 
 from hil.analysis.timing import recover_clock
 from hil.capture import acquire
+from hil.fixtures.procedures import link_up
 from hil.store import open_capture
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import pyvisa
 import serial
+
 from hil.emulator.server import Emulator
 
 H_PLANCK = 6.62607015e-34  # J s, exact (SI 2019)

@@ -31,10 +31,11 @@ import socket
 
 import pytest
 import serial
-from hil.emulator.scpi import ERROR_QUEUE_DEPTH, ERROR_TEXT
-from hil.emulator.server import Emulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hil.emulator.scpi import ERROR_QUEUE_DEPTH, ERROR_TEXT
+from hil.emulator.server import Emulator
 
 MESSAGES_PER_INSTRUMENT = 10_000
 EXAMPLES = 30  # hypothesis examples per instrument; each sends four batches (see below)

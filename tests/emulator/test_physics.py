@@ -14,6 +14,7 @@ from statistics import NormalDist
 import numpy as np
 import physics_reference as ref
 import pytest
+
 from hil.emulator import _physics_kernels as k
 from hil.emulator import physics
 from hil.emulator.physics import LinkGenerator, LinkParams

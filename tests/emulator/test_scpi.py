@@ -11,6 +11,7 @@ import select
 import socket
 
 import pytest
+
 from hil.emulator import scpi
 from hil.emulator.scpi import (
     ERROR_QUEUE_DEPTH,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import pyvisa
+
+from hil.bench import Bench
 from hil.emulator.server import Emulator
 from hil.instruments.attenuator import KeysightAttenuator
 from hil.instruments.base import InstrumentError
@@ -15,8 +17,6 @@ from hil.instruments.powermeter import PM100
 from hil.instruments.source import QKDSource
 from hil.instruments.switch import OpticalSwitch
 from hil.instruments.tagger import TimeTagger
-
-from hil.bench import Bench
 
 DRIVERS = {
     "source": QKDSource,

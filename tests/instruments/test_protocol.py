@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
 from hil.instruments.attenuator import KeysightAttenuator
 from hil.instruments.base import InstrumentError, InstrumentTimeout
 from hil.instruments.control import EmulatorControl

@@ -7,9 +7,9 @@ the closing times of the monitor windows that first show the new state.
 
 import numpy as np
 import pytest
-from hil.fixtures.procedures import action_time_s, link_up, monitor_capture
 
 from hil.analysis.timing import recover_clock
+from hil.fixtures.procedures import action_time_s, link_up, monitor_capture
 from hil.monitor import LinkState, Thresholds
 from hil.store import open_capture
 
