@@ -1,5 +1,6 @@
-"""The ``hil`` command: run a plan, serve the emulator, inspect or import a capture, plan key
-rates, export schemas.
+"""The hil command: run a plan, serve the emulator, inspect, import or monitor captures.
+
+Also plans key rates, reports trends across runs and exports schemas.
 
 Every subcommand returns an exit status; errors a user can fix are one line on stderr.
 """
