@@ -6,8 +6,6 @@ Reached through pyvisa-py's ASRL resources (``ASRL/dev/ttyUSB0::INSTR``, or a pt
 
 from __future__ import annotations
 
-import time
-
 from pyvisa import constants
 
 from .base import Instrument, InstrumentError
@@ -17,6 +15,7 @@ class OpticalSwitch(Instrument):
     """1x2 optical switch; position 1 passes the link fiber, position 2 cuts it."""
 
     read_termination = "\r\n"
+    round_trip_query = "S?"
     write_termination = "\n"
 
     def __init__(self, resource: str, name: str | None = None, **kw):
@@ -51,16 +50,6 @@ class OpticalSwitch(Instrument):
     def restore(self) -> None:
         """Set position 1: the link fiber passes."""
         self.position = 1
-
-    def round_trip_s(self, n: int = 100) -> float:
-        """Measure the median round-trip time of ``S?`` over ``n`` queries, in s."""
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            self.query("S?")
-            times.append(time.perf_counter() - t0)
-        times.sort()
-        return times[len(times) // 2]
 
     def reset(self) -> None:
         self.position = 1

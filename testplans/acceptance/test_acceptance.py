@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 
 from hil.fixtures.procedures import (
-    action_time_s,
     dark_counts,
     link_up,
     measure_key,
-    monitor_capture,
+    outage,
 )
-from hil.monitor import LinkState
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +51,18 @@ def test_acc_sec_01_no_key_under_attack(
 def test_acc_avail_fiber_cut(bench, vendor_source, switch, run, conditions, judge_value):
     cond = conditions("ACC-AVAIL-01")
     link_up(bench, cond["attenuation_db"])
-    mon, cap = monitor_capture(
+    o = outage(
         bench,
         run,
         "acceptance_fiber_cut",
-        2.0,
-        [(0.5, switch.cut, "cut"), (1.2, switch.restore, "restore")],
+        fail=switch.cut,
+        restore=switch.restore,
+        fail_at_s=0.5,
+        restore_at_s=1.2,
         window_s=cond["window_s"],
     )
-    t_cut, t_back = action_time_s(cap, "cut"), action_time_s(cap, "restore")
-    down, up = mon.first(LinkState.DOWN, t_cut), mon.first(LinkState.UP, t_back)
-    assert down is not None and up is not None, mon.states()
-    judge_value("ACC-AVAIL-01", down.time_s - t_cut, evidence=[cap.path])
-    judge_value("ACC-AVAIL-02", up.time_s - t_back, evidence=[cap.path])
+    judge_value("ACC-AVAIL-01", o.detection_s, evidence=[o.capture.path])
+    judge_value("ACC-AVAIL-02", o.recovery_s, evidence=[o.capture.path])
 
 
 def test_acc_det_01_dark_counts(bench, vendor_source, detectors, conditions, judge_value):

@@ -10,18 +10,8 @@ import pytest
 import pyvisa
 import serial
 
-from hil.emulator.server import Emulator
-
 H_PLANCK = 6.62607015e-34  # J s, exact (SI 2019)
 C_LIGHT = 299_792_458.0  # m/s, exact
-
-
-@pytest.fixture(scope="module")
-def emu():
-    e = Emulator()
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")

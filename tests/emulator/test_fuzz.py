@@ -35,7 +35,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hil.emulator.scpi import ERROR_QUEUE_DEPTH, ERROR_TEXT
-from hil.emulator.server import Emulator
 
 MESSAGES_PER_INSTRUMENT = 10_000
 EXAMPLES = 30  # hypothesis examples per instrument; each sends four batches (see below)
@@ -52,14 +51,6 @@ SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-@pytest.fixture(scope="module")
-def emu():
-    e = Emulator()
-    e.start()
-    yield e
-    e.stop()
 
 
 class Conn:

@@ -8,7 +8,6 @@ import pytest
 import pyvisa
 
 from hil.bench import Bench
-from hil.emulator.server import Emulator
 from hil.instruments.attenuator import KeysightAttenuator
 from hil.instruments.base import InstrumentError
 from hil.instruments.control import EmulatorControl
@@ -27,14 +26,6 @@ DRIVERS = {
     "control": EmulatorControl,
     "switch": OpticalSwitch,
 }
-
-
-@pytest.fixture(scope="module")
-def emu():
-    e = Emulator()
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")

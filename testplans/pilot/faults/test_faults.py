@@ -9,39 +9,23 @@ import numpy as np
 import pytest
 
 from hil.analysis.timing import recover_clock
-from hil.fixtures.procedures import action_time_s, link_up, monitor_capture
+from hil.fixtures.procedures import (
+    action_time_s,
+    assert_no_key_between,
+    latency,
+    link_up,
+    monitor_capture,
+    outage,
+)
 from hil.monitor import LinkState, Thresholds
 from hil.store import open_capture
 
 pytestmark = pytest.mark.needs("source", "attenuator", "tagger")
 
 
-def _latency(mon, state, after_s, what):
-    t = mon.first(state, after_s)
-    assert t is not None, (
-        f"{what}: the monitor never reported {state.value}; states "
-        f"{[w.state.value for w in mon.windows]}"
-    )
-    return t.time_s - after_s
-
-
-def _no_key_between(mon, t0, t1):
-    bad = [
-        w
-        for w in mon.windows
-        if w.t_start_s >= t0
-        and w.t_stop_s <= t1
-        and (w.key_rate_estimate_bps > 0 or w.finite_key_bits > 0)
-    ]
-    assert not bad, f"key reported from a dead or attacked link: {[w.line() for w in bad]}"
-
-
 @pytest.fixture
-def link(bench, source):
-    source.output_enabled = False
-    source.intensities = (0.6, 0.2, 2e-4)
-    source.probabilities = (0.7, 0.2, 0.1)
-    source.z_probability = 0.6
+def link(bench, pilot_source):
+    """The pilot's source settings; every fault cleared afterwards."""
     yield
     if bench.has("switch"):
         bench.switch.restore()
@@ -58,24 +42,18 @@ def link(bench, source):
 def test_fiber_cut(bench, link, switch, run, conditions, judge_value):
     cond = conditions("FLT-CUT-001")
     link_up(bench, cond["attenuation_db"])
-    mon, cap = monitor_capture(
+    o = outage(
         bench,
         run,
         "fault_fiber_cut",
-        cond["restore_at_s"] + 1.0,
-        [
-            (cond["cut_at_s"], switch.cut, "fiber cut"),
-            (cond["restore_at_s"], switch.restore, "fiber restored"),
-        ],
+        fail=switch.cut,
+        restore=switch.restore,
+        fail_at_s=cond["cut_at_s"],
+        restore_at_s=cond["restore_at_s"],
         window_s=cond["window_s"],
     )
-    t_cut, t_back = action_time_s(cap, "fiber cut"), action_time_s(cap, "fiber restored")
-    detect = _latency(mon, LinkState.DOWN, t_cut, "fiber cut")
-    t_down = t_cut + detect
-    _no_key_between(mon, t_down, t_back)
-    recover = _latency(mon, LinkState.UP, t_back, "fiber restored")
-    judge_value("FLT-CUT-001", detect, evidence=[cap.path])
-    judge_value("FLT-CUT-002", recover, evidence=[cap.path])
+    judge_value("FLT-CUT-001", o.detection_s, evidence=[o.capture.path])
+    judge_value("FLT-CUT-002", o.recovery_s, evidence=[o.capture.path])
 
 
 @pytest.mark.emulator_only
@@ -95,15 +73,13 @@ def test_loss_step(bench, link, control, run, conditions, judge_value):
     t_step = action_time_s(cap, "loss step")
     before = [w for w in mon.windows if w.t_stop_s <= t_step]
     assert before and all(w.state is LinkState.UP for w in before), "link not UP before"
-    latency = min(
-        x
-        for x in (
-            (mon.first(s, t_step).time_s - t_step) if mon.first(s, t_step) else np.inf
-            for s in (LinkState.DEGRADED, LinkState.DOWN)
-        )
-    )
-    assert np.isfinite(latency), f"loss step never detected: {mon.states()}"
-    judge_value("FLT-LOSS-001", latency, evidence=[cap.path])
+    seen = [
+        t.time_s - t_step
+        for t in mon.transitions
+        if t.time_s > t_step and t.new in (LinkState.DEGRADED, LinkState.DOWN)
+    ]
+    assert seen, f"loss step never detected: {mon.states()}"
+    judge_value("FLT-LOSS-001", seen[0], evidence=[cap.path])
 
 
 @pytest.mark.emulator_only
@@ -126,10 +102,10 @@ def test_polarization_drift(bench, link, control, run, conditions, judge_value):
         window_s=cond["window_s"],
     )
     t0 = action_time_s(cap, "polarization drift")
-    degraded = _latency(mon, LinkState.DEGRADED, t0, "polarization drift")
-    aborted = _latency(mon, LinkState.ABORTED, t0, "polarization drift")
+    degraded = latency(mon, LinkState.DEGRADED, t0, "polarization drift")
+    aborted = latency(mon, LinkState.ABORTED, t0, "polarization drift")
     assert degraded < aborted, "the link should degrade before it aborts"
-    _no_key_between(mon, t0 + aborted, duration + t0)
+    assert_no_key_between(mon, t0 + aborted, duration + t0)
     # QBER ~ e_mis + baseline: the abort must come before e_mis alone reaches 15 %
     judge_value("FLT-POL-001", degraded, evidence=[cap.path])
     judge_value(
@@ -208,7 +184,7 @@ def test_intercept_resend(bench, link, control, run, conditions, judge_value):
         window_s=cond["window_s"],
     )
     t0 = action_time_s(cap, "intercept-resend")
-    latency = _latency(mon, LinkState.ABORTED, t0, "intercept-resend")
+    delay = latency(mon, LinkState.ABORTED, t0, "intercept-resend")
     attacked = [w for w in mon.windows if w.t_start_s >= t0]
     assert attacked and all(w.state is LinkState.ABORTED for w in attacked[1:]), [
         w.line() for w in attacked
@@ -216,9 +192,9 @@ def test_intercept_resend(bench, link, control, run, conditions, judge_value):
     qber = np.nanmean([w.qber_z for w in attacked[1:]])
     # intercept-resend on every pulse: QBER 25 % (plus the link's own errors)
     assert 0.2 < qber < 0.32, qber
-    _no_key_between(mon, t0, np.inf)
+    assert_no_key_between(mon, t0, np.inf)
     judge_value(
-        "FLT-EVE-001", latency, evidence=[cap.path], conditions={"qber_z_under_attack": float(qber)}
+        "FLT-EVE-001", delay, evidence=[cap.path], conditions={"qber_z_under_attack": float(qber)}
     )
 
 
@@ -226,23 +202,18 @@ def test_intercept_resend(bench, link, control, run, conditions, judge_value):
 def test_sync_loss(bench, link, control, run, conditions, judge_value):
     cond = conditions("FLT-SYNC-001")
     link_up(bench, cond["attenuation_db"])
-    mon, cap = monitor_capture(
+    o = outage(
         bench,
         run,
         "fault_sync_loss",
-        cond["back_at_s"] + 1.0,
-        [
-            (cond["lost_at_s"], lambda: control.sync_loss(True), "sync lost"),
-            (cond["back_at_s"], lambda: control.sync_loss(False), "sync back"),
-        ],
+        fail=lambda: control.sync_loss(True),
+        restore=lambda: control.sync_loss(False),
+        fail_at_s=cond["lost_at_s"],
+        restore_at_s=cond["back_at_s"],
         window_s=cond["window_s"],
     )
-    t_lost, t_back = action_time_s(cap, "sync lost"), action_time_s(cap, "sync back")
-    detect = _latency(mon, LinkState.DOWN, t_lost, "sync lost")
-    _no_key_between(mon, t_lost + detect, t_back)
-    recover = _latency(mon, LinkState.UP, t_back, "sync back")
-    judge_value("FLT-SYNC-001", detect, evidence=[cap.path])
-    judge_value("FLT-SYNC-002", recover, evidence=[cap.path])
+    judge_value("FLT-SYNC-001", o.detection_s, evidence=[o.capture.path])
+    judge_value("FLT-SYNC-002", o.recovery_s, evidence=[o.capture.path])
 
 
 @pytest.mark.emulator_only
@@ -287,6 +258,6 @@ def test_laser_off(bench, link, source, run, conditions, judge_value):
         window_s=cond["window_s"],
     )
     t0 = action_time_s(cap, "laser off")
-    latency = _latency(mon, LinkState.DOWN, t0, "laser off")
-    _no_key_between(mon, t0 + latency, np.inf)
-    judge_value("FLT-LASER-001", latency, evidence=[cap.path])
+    delay = latency(mon, LinkState.DOWN, t0, "laser off")
+    assert_no_key_between(mon, t0 + delay, np.inf)
+    judge_value("FLT-LASER-001", delay, evidence=[cap.path])
