@@ -119,6 +119,10 @@ class Emulator:
         self._stop = threading.Event()
 
     def start(self, ports: dict[str, int] | None = None) -> dict[str, str]:
+        """Serve every instrument; returns the VISA resource string of each role."""
+        # compile (or load from the cache) the physics kernels before serving, not inside the
+        # first command that generates tags (a cold compile outlasts any client timeout)
+        LinkGenerator(self.link.params).generate(self.link.params, 0, 1_000_000)
         ports = ports or {}
         for role, device in self.devices.items():
             srv = _Server((self.host, ports.get(role, 0)), _ScpiHandler)
@@ -193,8 +197,6 @@ def serve(
     """Run the emulator until SIGTERM/SIGINT or until ``parent_pid`` is gone."""
     params = LinkParams() if seed is None else LinkParams(seed=seed)
     emu = Emulator(params)
-    # compile (or load from cache) the physics kernels now, not in the first acquisition
-    LinkGenerator(params).generate(params, 0, 1_000_000)
     resources = emu.start(ports)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
