@@ -71,7 +71,9 @@ class EmulatorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(1, ge=0, description="seed of every random choice of the emulated link")
-    start_timeout_s: float = Field(30.0, gt=0, description="wait this long for *IDN? answers")
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="wait this long for the emulator (a cold numba compile is slow)"
+    )
 
 
 class BenchFile(BaseModel):
