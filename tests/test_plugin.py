@@ -204,3 +204,54 @@ def test_unmet_criterion_fails_with_value_and_limit(pytester):
     assert [(v["criterion_id"], v["outcome"], v["value"]) for v in verdicts] == [
         ("DEMO-001", "FAIL", 2.5)
     ]
+
+
+def test_hil_run_is_pytest_for_people_who_do_not_use_pytest(pytester):
+    """``hil run PLAN`` gives the same verdicts, run folder and exit status as pytest."""
+    pytester.makefile(
+        ".yaml",
+        criteria="""
+        plan: demo
+        criteria:
+          DEMO-001: {title: rate, quantity: count_rate, unit: Hz, limits: {min: 10}}
+          DEMO-002: {title: rate, quantity: count_rate, unit: Hz, limits: {min: 1000}}
+        """,
+    )
+    pytester.makepyfile(
+        test_demo="""
+        def test_ok(judge_value):
+            judge_value("DEMO-001", 100.0)
+        def test_low(judge_value):
+            judge_value("DEMO-002", 100.0)
+        """
+    )
+    import json
+
+    outcomes = {}
+    for how, argv in (
+        (
+            "pytest",
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "--results",
+                "res-pytest",
+                ".",
+            ],
+        ),
+        ("hil run", [sys.executable, "-m", "hil.cli", "run", ".", "--results", "res-hil"]),
+    ):
+        proc = subprocess.run(argv, cwd=pytester.path, capture_output=True, text=True, timeout=300)
+        folder = "res-pytest" if how == "pytest" else "res-hil"
+        (summary,) = (pytester.path / folder).glob("*/summary.json")
+        verdicts = json.loads(summary.read_text())["verdicts"]
+        outcomes[how] = (
+            proc.returncode,
+            sorted((v["criterion_id"], v["outcome"], v["value"]) for v in verdicts),
+        )
+    assert outcomes["pytest"] == outcomes["hil run"]
+    assert outcomes["pytest"][0] == pytest.ExitCode.TESTS_FAILED
+    assert outcomes["pytest"][1] == [("DEMO-001", "PASS", 100.0), ("DEMO-002", "FAIL", 100.0)]
