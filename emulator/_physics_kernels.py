@@ -47,7 +47,7 @@ DARK_SLOT_PS = 1 << 24  # dark counts are drawn per fixed 16.8 us slot of link t
 _POISSON_PIECE = 30.0  # Poisson inversion on pieces of mean <= 30 (no exp underflow)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mix64(z):
     """splitmix64 finaliser of a uint64."""
     z = (z ^ (z >> _S30)) * _M1
@@ -55,25 +55,25 @@ def mix64(z):
     return z ^ (z >> _S31)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def stream_key(seed, stream):
     """Key of one random stream: a hash of the user seed and the stream number."""
     return mix64(np.uint64(seed) * GAMMA + np.uint64(stream))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def counter_mix(index):
     """First mixing stage of a counter (pulse index, slot, time); shared by all streams."""
     return mix64(np.uint64(index) * GAMMA + GAMMA)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def keyed(key, cmix):
     """Hash of a stream key and a pre-mixed counter."""
     return mix64(key ^ cmix)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def u01(h):
     """Uniform double in [0, 1) from the top 53 bits of a hash."""
     return np.float64(h >> _S11) * _INV53
@@ -109,7 +109,7 @@ _ND = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754
 _P_LOW = 0.02425
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def norm_ppf(p):
     """Standard normal quantile of p in (0, 1)."""
     if p < _P_LOW:
@@ -147,7 +147,7 @@ _INV40 = 1.0 / float(1 << 40)
 _INV52 = 1.0 / float(1 << 52)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gauss_from_hash(h):
     """Standard normal variate from a hash, truncated at JITTER_CLIP_SIGMA.
 
@@ -163,7 +163,7 @@ def gauss_from_hash(h):
     return min(max(g, -JITTER_CLIP_SIGMA), JITTER_CLIP_SIGMA)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pulse_choices_kernel(seed, c0, c1, p_z, disclose_fraction, indices):
     """Basis, intensity class, bit and disclosure flag of each pulse index (see physics.py)."""
     n = indices.shape[0]
@@ -186,7 +186,7 @@ def pulse_choices_kernel(seed, c0, c1, p_z, disclose_fraction, indices):
     return basis, intensity, bit, disclosed
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
     """Tagger time (ps) of pulse i's emission as (integer part, fraction in [0, 1)).
 
@@ -198,7 +198,7 @@ def nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
     return tau0_int + d * p_int + np.int64(fl), frac - fl
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def click_pattern_tables(mu, tj):
     """Click-pattern distribution of one pulse window, per intensity class c and state s.
 
@@ -229,9 +229,15 @@ def click_pattern_tables(mu, tj):
 
 
 _BATCH = 2048
+# detectors of each click pattern (bit j = detector j), ascending: _PAT_N[p] of them
+_PAT_N = np.array([bin(p).count("1") for p in range(16)], np.int64)
+_PAT_DET = np.zeros((16, 4), np.int64)
+for _p in range(16):
+    _dets = [j for j in range(4) if (_p >> j) & 1]
+    _PAT_DET[_p, : len(_dets)] = _dets
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _judge_batch(
     out,
     n_out,
@@ -243,6 +249,8 @@ def _judge_batch(
     acc_i,
     acc_c,
     acc_x,
+    exp_i,
+    exp_d,
     keys,
     k_jit,
     order,
@@ -289,26 +297,34 @@ def _judge_batch(
         acc_c[m] = 4 * cls + s
         acc_x[m] = x
         m += np.int64(x < cum[cls, s, 14])
+    # Click patterns: the first running sum above x, by a branch-free binary search (cum is
+    # non-decreasing and x < cum[.., 14] here); a data-dependent loop would mispredict.
+    n_exp = 0
     for q in range(m):
-        cls = acc_c[q] >> 2
-        s = acc_c[q] & 3
+        c = acc_c[q]
+        cls = c >> 2
+        s = c & 3
         x = acc_x[q]
-        j = 0
-        while cum[cls, s, j] <= x:
-            j += 1
+        j = 8 * np.int64(cum[cls, s, 7] <= x)
+        j += 4 * np.int64(cum[cls, s, j + 3] <= x)
+        j += 2 * np.int64(cum[cls, s, j + 1] <= x)
+        j += np.int64(cum[cls, s, j] <= x)
         pattern = order[cls, s, j]
-        i = acc_i[q]
-        cm = counter_mix(i)
+        for r in range(_PAT_N[pattern]):
+            exp_i[n_exp] = acc_i[q]
+            exp_d[n_exp] = _PAT_DET[pattern, r]
+            n_exp += 1
+    # click times: one iteration per click, independent of each other
+    for q in range(n_exp):
+        i = exp_i[q]
+        d = exp_d[q]
         t_int, t_frac = nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-        for d in range(4):
-            if (pattern >> d) & 1:
-                g = gauss_from_hash(keyed(k_jit[d], cm))
-                out[n_out] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + d
-                n_out += 1
-    return n_out
+        g = gauss_from_hash(keyed(k_jit[d], counter_mix(i)))
+        out[n_out + q] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + d
+    return n_out + n_exp
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def signal_detections(
     out,
     seed,
@@ -360,6 +376,8 @@ def signal_detections(
     acc_i = np.empty(_BATCH, np.int64)
     acc_c = np.empty(_BATCH, np.int64)
     acc_x = np.empty(_BATCH)
+    exp_i = np.empty(4 * _BATCH, np.int64)
+    exp_d = np.empty(4 * _BATCH, np.int64)
     n_cand = 0
     log_q = math.log1p(-p_c) if p_c < 1.0 else -math.inf
     b = i_lo // BLOCK_PULSES
@@ -392,6 +410,8 @@ def signal_detections(
                     acc_i,
                     acc_c,
                     acc_x,
+                    exp_i,
+                    exp_d,
                     keys,
                     k_jit,
                     order,
@@ -425,6 +445,8 @@ def signal_detections(
                     acc_i,
                     acc_c,
                     acc_x,
+                    exp_i,
+                    exp_d,
                     keys,
                     k_jit,
                     order,
@@ -454,6 +476,8 @@ def signal_detections(
         acc_i,
         acc_c,
         acc_x,
+        exp_i,
+        exp_d,
         keys,
         k_jit,
         order,
@@ -473,7 +497,7 @@ def signal_detections(
     return n_out, i_hi
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _poisson(h, lam):
     """Poisson(lam) by sequential inversion (Devroye 1986), lam split into pieces of mean <= 30
     (a sum of independent Poisson variables is Poisson; no exp underflow)."""
@@ -496,7 +520,7 @@ def _poisson(h, lam):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dark_detections(out, seed, det, rate_hz, t_lo, t_hi):
     """Dark counts of one detector in [t_lo, t_hi) ps as sorted keys t_ps * 4 + det.
 
@@ -538,7 +562,7 @@ def dark_detections(out, seed, det, rate_hz, t_lo, t_hi):
     return n_out, t_hi
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dark_detections_all(out, seed, rates_hz, t_lo, t_hi):
     """Dark counts of all four detectors in [t_lo, t_hi), merged and sorted, in `out`.
     Returns the number written, or -1 if `out` is too small (call again with a larger one)."""
@@ -552,7 +576,7 @@ def dark_detections_all(out, seed, rates_hz, t_lo, t_hi):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _heap_push(heap, n, key):
     q = n
     heap[q] = key
@@ -565,7 +589,7 @@ def _heap_push(heap, n, key):
     return n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _heap_pop(heap, n):
     top = heap[0]
     n -= 1
@@ -585,7 +609,7 @@ def _heap_pop(heap, n):
     return top, n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def register_clicks(
     out,
     keys,
@@ -659,7 +683,7 @@ def register_clicks(
     return n_out, i, n_heap
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sync_tags(i_first, i_last, divider, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
     """Nominal tagger times (int ps, floor) of pulses i_first <= i <= i_last that are multiples of
     the sync divider."""
@@ -674,7 +698,7 @@ def sync_tags(i_first, i_last, divider, anchor_i, tau0_int, tau0_frac, p_int, p_
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sort_nearly_sorted(a, max_moves):
     """Sort `a` in place by insertion; give up (return False, `a` then partly sorted) after
     max_moves element moves. Click streams are sorted up to jitter, so this is near O(n)."""
@@ -692,7 +716,7 @@ def sort_nearly_sorted(a, max_moves):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def merge_sorted(a, b):
     """Merge two sorted int64 arrays."""
     out = np.empty(a.shape[0] + b.shape[0], np.int64)
@@ -708,7 +732,7 @@ def merge_sorted(a, b):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def finalize_tags(pending, main, sync, t0_ps, t1_ps):
     """Merge three sorted arrays of tag keys (ts * 8 + channel) and split them at the span.
 

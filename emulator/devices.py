@@ -13,10 +13,11 @@ import json
 import math
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
-from .link import PS, Link
+from .link import LONG_CHUNK_PS, PS, Link
 from .physics import dark_count_rate_hz, pulse_choices, validate
 from .scpi import Block, Bool, Choice, Num, Optional, ScpiDevice, ScpiError, Str, block
 
@@ -395,9 +396,9 @@ class Tagger(LinkDevice):
         self.thresholds_v = [-0.1] * N_TAGGER_CHANNELS
         self.duration_s = 1.0
         self.pace = 0.0  # 0 = as fast as generation allows (with back-pressure, no loss)
-        self._buf_ts: list[np.ndarray] = []
-        self._buf_ch: list[np.ndarray] = []
+        self._buf: deque[tuple[np.ndarray, np.ndarray]] = deque()  # (ts, ch) oldest first
         self._buffered = 0
+        self._unsorted = False
         self.lost = False
         self.state = "IDLE"
 
@@ -464,7 +465,7 @@ class Tagger(LinkDevice):
         if self.state == "RUNNING":
             raise ScpiError(-221, "acquisition already running")
         with self._buf_lock:
-            self._buf_ts, self._buf_ch, self._buffered = [], [], 0
+            self._buf, self._buffered, self._unsorted = deque(), 0, False
             self._marks_pending = 0
         self.lost = False
         self._stop.clear()
@@ -497,9 +498,15 @@ class Tagger(LinkDevice):
                         continue
                     if ahead < -0.01:  # fell behind (a stall): resume the pace, never burst
                         wall0 += -ahead / self.pace
-                ts, ch = self.link.step(t_stop)
-                keep = np.asarray(self.link.params.channel_enabled, dtype=bool)[ch]
-                ts, ch = ts[keep], ch[keep]
+                # paced: 1 ms chunks, so that commands and markers land within 1 ms of link
+                # time of their wall-clock arrival; unpaced: longer chunks while nothing ramps
+                ts, ch = self.link.step(
+                    t_stop, long_chunk_ps=None if self.pace > 0 else LONG_CHUNK_PS
+                )
+                enabled = self.link.params.channel_enabled
+                if not all(enabled):  # tags computed before a channel was disabled
+                    keep = np.asarray(enabled, dtype=bool)[ch]
+                    ts, ch = ts[keep], ch[keep]
                 with self._room:
                     if self.pace == 0:
                         while self._buffered > self.BUFFER_TAGS and not self._stop.is_set():
@@ -507,9 +514,7 @@ class Tagger(LinkDevice):
                     if self._buffered + len(ts) > self.BUFFER_TAGS:
                         self.lost = True
                         continue
-                    self._buf_ts.append(ts)
-                    self._buf_ch.append(ch)
-                    self._buffered += len(ts)
+                    self._append(ts, ch)
                     self._place_marks(int(ts[-1]) if len(ts) else 0)
         finally:
             with self._room:
@@ -523,9 +528,16 @@ class Tagger(LinkDevice):
         if self._marks_pending:
             t = max(self.link.now_ps, last_tag_ps)
             n, self._marks_pending = self._marks_pending, 0
-            self._buf_ts.append(np.full(n, t, dtype=np.int64))
-            self._buf_ch.append(np.full(n, MARKER_CHANNEL, dtype=np.uint8))
-            self._buffered += n
+            self._append(np.full(n, t, dtype=np.int64), np.full(n, MARKER_CHANNEL, dtype=np.uint8))
+
+    def _append(self, ts: np.ndarray, ch: np.ndarray) -> None:
+        """Buffer a time-sorted piece (caller holds _room), noting whether it starts before the
+        end of the buffer (a marker placed between chunks): _fetch then restores the order."""
+        if len(ts):
+            if self._buf and ts[0] < self._buf[-1][0][-1]:
+                self._unsorted = True
+            self._buf.append((ts, ch))
+            self._buffered += len(ts)
 
     def _mark(self) -> None:
         if self.state != "RUNNING":
@@ -534,24 +546,56 @@ class Tagger(LinkDevice):
             # placed by the acquisition thread at the end of the chunk in progress
             self._marks_pending += 1
 
+    def _take(self, max_tags: int) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        """Remove up to max_tags of the oldest buffered tags (caller holds _room); returns the
+        pieces in order and their total. Only a piece cut at the end is copied."""
+        ts_parts: list[np.ndarray] = []
+        ch_parts: list[np.ndarray] = []
+        n = 0
+        while self._buf and n < max_tags:
+            ts, ch = self._buf[0]
+            room = max_tags - n
+            if len(ts) > room:
+                self._buf[0] = (ts[room:], ch[room:])
+                ts, ch = ts[:room], ch[:room]
+            else:
+                self._buf.popleft()
+            ts_parts.append(ts)
+            ch_parts.append(ch)
+            n += len(ts)
+        self._buffered -= n
+        return ts_parts, ch_parts, n
+
     def _fetch(self, s, max_tags: int = MAX_FETCH_TAGS) -> bytes:
         """Block of N tags, structure of arrays: N int64 LE timestamps (ps), then N uint8
         channels. Tags come in time order; a marker may share a chunk with later tags."""
         with self._room:
-            if not self._buffered:
-                return block(b"")
-            ts = np.concatenate(self._buf_ts)
-            ch = np.concatenate(self._buf_ch)
-            if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):  # a marker placed between chunks
+            if self._unsorted:
+                ts_all, ch_all, _ = self._take(self._buffered)
+                ts, ch = np.concatenate(ts_all), np.concatenate(ch_all)
                 order = np.argsort(ts, kind="stable")
-                ts, ch = ts[order], ch[order]
-            out_ts, out_ch = ts[:max_tags], ch[:max_tags]
-            rest_ts, rest_ch = ts[max_tags:], ch[max_tags:]
-            self._buf_ts = [rest_ts] if len(rest_ts) else []
-            self._buf_ch = [rest_ch] if len(rest_ch) else []
-            self._buffered = len(rest_ts)
+                self._buf.append((ts[order], ch[order]))
+                self._buffered, self._unsorted = len(ts), False
+            ts_parts, ch_parts, n = self._take(max_tags)
             self._room.notify_all()
-        return block(out_ts.astype("<i8").tobytes() + out_ch.astype(np.uint8).tobytes())
+        # one pass per array into the reply: header, timestamps, channels
+        head = _block_header(9 * n)
+        out = np.empty(len(head) + 9 * n, np.uint8)
+        out[: len(head)] = np.frombuffer(head, np.uint8)
+        pos = len(head)
+        for ts in ts_parts:
+            out[pos : pos + 8 * len(ts)].view("<i8")[:] = ts
+            pos += 8 * len(ts)
+        for ch in ch_parts:
+            out[pos : pos + len(ch)] = ch
+            pos += len(ch)
+        return out.tobytes()
+
+
+def _block_header(length: int) -> bytes:
+    """Header ``#<n><length>`` of an IEEE 488.2 definite-length block (as scpi.block)."""
+    digits = str(length)
+    return b"#" + str(len(digits)).encode() + digits.encode()
 
 
 # ----------------------------------------------------------------------------- control

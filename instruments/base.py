@@ -48,6 +48,19 @@ def _disable_nagle(session) -> None:
         pass
 
 
+def _raise_recv_size(session, n_bytes: int) -> None:
+    """Let a pyvisa-py raw-socket session receive up to ``n_bytes`` per ``recv`` call. It
+    receives at most 4096 bytes per call (``max_recv_size``), each call a pass through its
+    Python read loop: a 9 MB tag block then takes over 2000 of them. Reaches into the session
+    object like `_disable_nagle`, and does nothing where that object is not there."""
+    try:
+        impl = session.visalib.sessions[session.session]
+        if isinstance(getattr(impl, "max_recv_size", None), int):
+            impl.max_recv_size = max(impl.max_recv_size, int(n_bytes))
+    except (AttributeError, KeyError, TypeError):
+        pass
+
+
 class InstrumentError(RuntimeError):
     """The instrument reported an error (or could not be reached).
 

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import Instrument, strict_range, to_bool
+from .base import Instrument, _raise_recv_size, strict_range, to_bool
 
 MAX_FETCH_TAGS = 1_000_000
+RECV_BYTES = 1 << 20  # per socket recv on pyvisa-py sessions (its default is 4096)
 
 
 def parse_tag_block(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +36,7 @@ class TimeTagger(Instrument):
     def __init__(self, resource: str, name: str | None = None, **kw):
         super().__init__(resource, name, **kw)
         self.session.chunk_size = 4 * 1024 * 1024  # fetch blocks are up to 9 MB
+        _raise_recv_size(self.session, RECV_BYTES)
 
     def _checked(self, command: str) -> None:
         self.write(command)
