@@ -15,7 +15,7 @@ from numba import njit
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def merge_sorted_streams(flat_ps, starts, labels, out_ps, out_ch):
     """Merge k sorted runs ``flat_ps[starts[r]:starts[r+1]]`` into one sorted stream.
 
@@ -39,7 +39,7 @@ def merge_sorted_streams(flat_ps, starts, labels, out_ps, out_ch):
         heads[best] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rate_histogram(timestamps_ps, channels, n_channels, start_ps, bin_width_ps, n_bins):
     """Count tags per (time bin, channel); bin b covers [start + b w, start + (b + 1) w)."""
     counts = np.zeros((n_bins, n_channels), dtype=np.int64)
@@ -53,7 +53,7 @@ def rate_histogram(timestamps_ps, channels, n_channels, start_ps, bin_width_ps, 
     return counts
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_coincidences(a_ps, b_ps, window_ps):
     """Number of pairs (i, j) with |b[j] - a[i]| <= window_ps; both inputs sorted."""
     n_b = len(b_ps)
@@ -71,7 +71,7 @@ def count_coincidences(a_ps, b_ps, window_ps):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def correlation_histogram(start_ps, click_ps, range_ps, bin_width_ps, n_bins):
     """Histogram of click - start over [-range, range); bin k is [-range + k w, -range + (k+1) w).
 
@@ -98,8 +98,10 @@ def correlation_histogram(start_ps, click_ps, range_ps, bin_width_ps, n_bins):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothing, max_fraction):
+@njit(cache=True, nogil=True)
+def build_sync_table(
+    timestamps_ps, channels, sync_channel, period0_ps, smoothing, max_fraction, pad=0
+):
     """Number the sync tags of the stream: count sync periods between successive sync tags,
     tolerating gaps, drift changes and glitches.
 
@@ -115,19 +117,29 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
     Returns (table_ps, table_count, n_syncs, max_abs_residual_ps, gap_rows, gap_uncertain): the
     accepted sync tags, their sync counts from the first tag, the number of sync tags seen,
     the largest |residual| among accepted tags, the table rows that follow a gap (count step
-    > 1) and whether each gap's count is uncertain.
+    > 1) and whether each gap's count is uncertain. With ``pad`` = 1 the two tables carry one
+    unfilled row before and after the accepted ones (table rows are then table_ps[1:-1]), for
+    the caller's virtual extrapolation rows without a copy of the table; gap_rows still
+    number the accepted tags from 0.
+
+    Speed: when an interval is one sync period (steps == 1, the usual case) the frequency
+    update is freq * keep + smoothing * inv_dt, where smoothing * inv_dt is off the
+    loop-carried chain; it is bit-identical to the general (smoothing * steps) * inv_dt
+    because smoothing * 1.0 == smoothing exactly. The general update sits in the (rare, hence
+    well predicted) gap branch, so the chain from one frequency to the next is one multiply
+    and one add instead of waiting for the rounding of x.
     """
     n = 0
     for c in channels:
         n += c == sync_channel
     # branch-free extraction first (sync tags sit at random among detections, so a branch on
     # the channel would be mispredicted twice per sync); slot j is overwritten until a sync
-    table_ps = np.empty(n + 1, dtype=np.int64)
-    j = 0
+    table_ps = np.empty(n + 1 + 2 * pad, dtype=np.int64)
+    j = pad
     for i in range(len(timestamps_ps)):
         table_ps[j] = timestamps_ps[i]
         j += channels[i] == sync_channel
-    table_count = np.empty(n, dtype=np.int64)
+    table_count = np.empty(n + 2 * pad, dtype=np.int64)
     gap_rows = np.empty(n, dtype=np.int64)
     gap_uncertain = np.empty(n, dtype=np.bool_)
     n_gaps = 0
@@ -138,9 +150,9 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
     last_t = 0
     last_count = 0
     for i in range(n):
-        t = table_ps[i]  # m <= i: the accepted tags are compacted in place
+        t = table_ps[i + pad]  # m <= i: the accepted tags are compacted in place
         if m == 0:
-            table_count[0] = 0
+            table_count[pad] = 0
             last_t = t
             m = 1
             continue
@@ -153,19 +165,28 @@ def build_sync_table(timestamps_ps, channels, sync_channel, period0_ps, smoothin
             continue
         max_res = max(max_res, off / freq)
         last_count += np.int64(steps)
+        next_freq = freq * keep + smoothing * inv_dt  # steps == 1 (see the docstring)
         if steps > 1.5:
             gap_rows[n_gaps] = m
             gap_uncertain[n_gaps] = off > max_fraction
             n_gaps += 1
-        table_ps[m] = t
-        table_count[m] = last_count
+            next_freq = freq * keep + (smoothing * steps) * inv_dt
+        table_ps[m + pad] = t
+        table_count[m + pad] = last_count
         m += 1
         last_t = t
-        freq = freq * keep + (smoothing * steps) * inv_dt
-    return table_ps[:m], table_count[:m], n, max_res, gap_rows[:n_gaps], gap_uncertain[:n_gaps]
+        freq = next_freq
+    return (
+        table_ps[: m + 2 * pad],
+        table_count[: m + 2 * pad],
+        n,
+        max_res,
+        gap_rows[:n_gaps],
+        gap_uncertain[:n_gaps],
+    )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def interval_periods(table_ps, table_pulse):
     """Pulse period in each of the len(table) - 1 table intervals."""
     m = len(table_ps)
@@ -175,7 +196,7 @@ def interval_periods(table_ps, table_pulse):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def first_tags(timestamps_ps, channels, channel, limit):
     """The first ``limit`` timestamps on ``channel`` (fewer if the stream has fewer)."""
     out = np.empty(limit, dtype=np.int64)
@@ -194,7 +215,7 @@ def first_tags(timestamps_ps, channels, channel, limit):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_detector_tags(channels, sync_channel, n_channels):
     """Number of tags with channel != sync_channel and channel < n_channels."""
     n = 0
@@ -203,7 +224,7 @@ def count_detector_tags(channels, sync_channel, n_channels):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nearest_pulse(
     timestamps_ps,
     channels,
@@ -256,7 +277,7 @@ def nearest_pulse(
         j += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def assign_pulses_gated(
     timestamps_ps,
     channels,
@@ -278,7 +299,9 @@ def assign_pulses_gated(
     path: every tag is processed and written at slot j, and j only advances on detector tags
     (so a sync tag's slot is overwritten by the next detection); the outputs need one spare
     slot. This avoids a branch on the channel, which is unpredictable (syncs are interleaved
-    at random among detections). Returns (n_outside_per_channel, n_outside_table).
+    at random among detections). Returns (n_outside_per_channel, n_outside_table, n_written),
+    n_written being the number of detector tags (so the caller may pass buffers of
+    len(timestamps_ps) + 1 without counting them first).
     """
     n_ch = len(delays_ps)
     outside = np.zeros(256, dtype=np.int64)  # by raw channel: no test of the channel needed
@@ -307,7 +330,7 @@ def assign_pulses_gated(
     n_outside = outside[:n_ch].copy()
     if sync_channel < n_ch:
         n_outside[sync_channel] = 0
-    return n_outside, n_outside_table
+    return n_outside, n_outside_table, j
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +342,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def splitmix_bit(seed, pulse, salt):
     """One pseudo-random bit from (seed, pulse index, salt) via the splitmix64 finaliser.
 
@@ -334,7 +357,7 @@ def splitmix_bit(seed, pulse, salt):
     return np.int64(z & np.uint64(1))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sift_result(hist, stats, code):
     """(n, d, m, stats, code) from the outcome histogram of sift_counts."""
     h = hist.reshape(6, 2, 2, 2)  # [basis * 3 + class, match, disclosed, error]
@@ -345,7 +368,7 @@ def _sift_result(hist, stats, code):
     return n, d, m, stats, code
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sift_counts(pulse, channel, basis, intensity, bit, seed):
     """Per-(basis, class) counts from detections sorted by pulse index, with squashing.
 

@@ -15,7 +15,7 @@ Typical chain from a capture to pulse indices::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -233,10 +233,17 @@ class ClockRecovery:
     offset_ps: float
     drift_ppm: float
     status: SyncStatus
+    # kernel_table() built by recover_clock around the same memory as table_ps (which is a
+    # view of its rows 1..-2): saves copying the table; None for a table built elsewhere
+    padded_table: tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @cached_property
     def kernel_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
         """The table the pulse kernels use: see kernel_table()."""
+        if self.padded_table is not None:
+            return self.padded_table
         return kernel_table(self.table_ps, self.table_pulse, self.edge_period_ps)
 
     def local_drift_ppm(self, window_syncs: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -265,17 +272,24 @@ def kernel_table(
     case in their inner loop. Returns (rows_ps, rows_pulse, interval_period_ps, t_first,
     t_last), the last two being the span of the real sync tags.
     """
-    ahead = np.int64(_VIRTUAL_PULSES)
-    rows_ps = np.concatenate(
-        [
-            [table_ps[0] - int(round(_VIRTUAL_PULSES * edge_period_ps[0]))],
-            table_ps,
-            [table_ps[-1] + int(round(_VIRTUAL_PULSES * edge_period_ps[1]))],
-        ]
-    ).astype(np.int64)
-    rows_pulse = np.concatenate([[table_pulse[0] - ahead], table_pulse, [table_pulse[-1] + ahead]])
+    rows_ps = np.empty(len(table_ps) + 2, dtype=np.int64)
+    rows_pulse = np.empty(len(table_ps) + 2, dtype=np.int64)
+    rows_ps[1:-1] = table_ps
+    rows_pulse[1:-1] = table_pulse
+    return _pad_rows(rows_ps, rows_pulse, edge_period_ps)
+
+
+def _pad_rows(
+    rows_ps: np.ndarray, rows_pulse: np.ndarray, edge_period_ps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Fill the virtual first and last rows of a padded table (rows 1..-2 hold the real
+    table) in place and compute the interval periods: kernel_table's result."""
+    rows_ps[0] = rows_ps[1] - int(round(_VIRTUAL_PULSES * edge_period_ps[0]))
+    rows_ps[-1] = rows_ps[-2] + int(round(_VIRTUAL_PULSES * edge_period_ps[1]))
+    rows_pulse[0] = rows_pulse[1] - _VIRTUAL_PULSES
+    rows_pulse[-1] = rows_pulse[-2] + _VIRTUAL_PULSES
     period = k.interval_periods(rows_ps, rows_pulse)
-    return rows_ps, rows_pulse.astype(np.int64), period, int(table_ps[0]), int(table_ps[-1])
+    return rows_ps, rows_pulse, period, int(rows_ps[1]), int(rows_ps[-2])
 
 
 def _initial_sync_period(sync_ps: np.ndarray, nominal_ps: float) -> float:
@@ -330,14 +344,19 @@ def recover_clock(
             f"{len(first)}: check the sync cable and the sync channel number"
         )
     period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
-    table_ps, count, n_seen, max_res, gap_rows, gap_uncertain = k.build_sync_table(
-        timestamps_ps, channels, sync_channel, period0, smoothing, max_residual_fraction
+    # pad = 1: the table comes with room for kernel_table's virtual rows (no copy of it later)
+    rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.build_sync_table(
+        timestamps_ps, channels, sync_channel, period0, smoothing, max_residual_fraction, 1
     )
+    table_ps = rows_ps[1:-1]
     if len(table_ps) < 2:
         raise ValueError("fewer than 2 sync tags lie on a common period grid: sync is unusable")
+    count = rows_pulse[1:-1]
+    steps = count[gap_rows] - count[gap_rows - 1]
     first_sync = int(np.floor(table_ps[0] / period0 + 0.5))
-    table_pulse = (first_sync + count) * np.int64(sync_divider)
-    table_period = k.interval_periods(table_ps, table_pulse)
+    table_pulse = count  # becomes (first_sync + count) * sync_divider, in place
+    table_pulse += first_sync
+    table_pulse *= np.int64(sync_divider)
     edge = min(EDGE_INTERVALS, len(table_ps) - 1)
     edge_period = np.array(
         [
@@ -345,7 +364,7 @@ def recover_clock(
             (table_ps[-1] - table_ps[-1 - edge]) / float(table_pulse[-1] - table_pulse[-1 - edge]),
         ]
     )
-    steps = count[gap_rows] - count[gap_rows - 1]
+    padded = _pad_rows(rows_ps, rows_pulse, edge_period)
     status = SyncStatus(
         n_syncs=len(table_ps),
         n_rejected=int(n_seen - len(table_ps)),
@@ -359,7 +378,7 @@ def recover_clock(
     return ClockRecovery(
         table_ps=table_ps,
         table_pulse=table_pulse,
-        table_period_ps=table_period,
+        table_period_ps=padded[2][1:-1],
         edge_period_ps=edge_period,
         clock_hz=float(clock_hz),
         sync_divider=int(sync_divider),
@@ -367,6 +386,7 @@ def recover_clock(
         offset_ps=float(table_ps[0] - table_pulse[0] * (period0 / sync_divider)),
         drift_ppm=(period * clock_hz * 1e-12 - 1.0) * 1e6,
         status=status,
+        padded_table=padded,
     )
 
 
@@ -439,6 +459,7 @@ def assign_pulses(
     delays_ps: Sequence[int] | np.ndarray | None = None,
     gate_width_ps: float | None = None,
     sync_channel: int = SYNC_CHANNEL,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PulseAssignment:
     """Give each detector tag the absolute index of the pulse whose gate window contains it.
 
@@ -449,6 +470,12 @@ def assign_pulses(
     Pulse i's window is [t_i - gate/2, t_i + gate/2) around its interpolated tagger time t_i
     plus the delay. The gate defaults to the full pulse period; it may not exceed it (windows
     would overlap).
+
+    ``out`` = (int64 array, uint8 array), each of at least len(timestamps_ps) + 1 elements,
+    lets a caller that analyses capture after capture reuse its buffers: the result's
+    pulse_index and channels are then views of them (valid until the next call that reuses
+    them). Fresh arrays of a few hundred MB cost more in first-touch page faults than the
+    assignment itself.
     """
     timestamps_ps, channels = _check_stream(timestamps_ps, channels)
     delays = _delays(delays_ps, DETECTOR_CHANNELS)
@@ -460,11 +487,27 @@ def assign_pulses(
             f"gate_width_ps ({gate_width_ps}) must be positive and at most the pulse period "
             f"({nominal_pulse_ps:.1f} ps)"
         )
-    # outputs sized by a counting pass and allocated here: the kernel itself allocates nothing
-    n_det = k.count_detector_tags(channels, sync_channel, len(delays))
-    pulse = np.empty(n_det + 1, dtype=np.int64)  # + 1: the kernel's spare slot
-    det_ch = np.empty(n_det + 1, dtype=np.uint8)
-    n_outside, n_outside_table = k.assign_pulses_gated(
+    if out is None:
+        # outputs sized by a counting pass and allocated here: the kernel allocates nothing
+        n_det = k.count_detector_tags(channels, sync_channel, len(delays))
+        pulse = np.empty(n_det + 1, dtype=np.int64)  # + 1: the kernel's spare slot
+        det_ch = np.empty(n_det + 1, dtype=np.uint8)
+    else:
+        pulse, det_ch = out
+        if (
+            not isinstance(pulse, np.ndarray)
+            or not isinstance(det_ch, np.ndarray)
+            or pulse.dtype != np.int64
+            or det_ch.dtype != np.uint8
+            or pulse.ndim != 1
+            or det_ch.ndim != 1
+            or min(len(pulse), len(det_ch)) < len(timestamps_ps) + 1
+        ):
+            raise ValueError(
+                "out must be (int64 array, uint8 array), one-dimensional, each of at least "
+                f"len(timestamps_ps) + 1 = {len(timestamps_ps) + 1} elements"
+            )
+    n_outside, n_outside_table, n_det = k.assign_pulses_gated(
         timestamps_ps,
         channels,
         sync_channel,

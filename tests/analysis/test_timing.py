@@ -233,6 +233,30 @@ def test_sync_table_matches_reference(rng, kw):
     )
     empty = k.build_sync_table(ts[:0], ch[:0], *args)
     assert empty[2] == 0 and all(len(empty[i]) == 0 for i in (0, 1, 4, 5))
+    # pad = 1 (recover_clock's layout): the same table between one spare row at each end
+    padded = k.build_sync_table(ts, ch, *args, 1)
+    for i in (0, 1):
+        assert len(padded[i]) == len(exp[i]) + 2
+        np.testing.assert_array_equal(padded[i][1:-1], exp[i])
+    for g, e in zip(padded[2:], exp[2:], strict=True):
+        np.testing.assert_array_equal(g, e)
+    empty = k.build_sync_table(ts[:0], ch[:0], *args, 1)
+    assert empty[2] == 0 and len(empty[0]) == len(empty[1]) == 2
+
+
+@pytest.mark.parametrize("kw", [{}, {"gap_pulses": (30_000, 90_000)}])
+def test_recover_clock_table_is_kernel_table_of_its_fields(rng, kw):
+    # recover_clock builds the padded kernel table in place around table_ps; it must be
+    # exactly what kernel_table() makes from the public fields
+    ts, ch, _, _ = make_capture(rng, n_pulses=200_000, drift_ppm=(-40.0, 60.0), **kw)
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    assert clock.padded_table is not None
+    exp = timing.kernel_table(clock.table_ps, clock.table_pulse, clock.edge_period_ps)
+    for g, e in zip(clock.kernel_table, exp, strict=True):
+        np.testing.assert_array_equal(g, e)
+    np.testing.assert_array_equal(
+        clock.table_period_ps, ref.interval_periods(clock.table_ps, clock.table_pulse)
+    )
 
 
 def table_for(ts, ch):
@@ -278,9 +302,10 @@ def run_nearest(ts, ch, delays, table):
 def run_gated(ts, ch, delays, table, half_gate):
     n = k.count_detector_tags(ch, 0, len(delays))
     pulse, det_ch = np.empty(n + 1, np.int64), np.empty(n + 1, np.uint8)  # one spare slot
-    n_outside, n_outside_table = k.assign_pulses_gated(
+    n_outside, n_outside_table, written = k.assign_pulses_gated(
         ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate, pulse, det_ch
     )
+    assert written == n
     return pulse[:n], det_ch[:n], n_outside, n_outside_table
 
 
@@ -332,6 +357,28 @@ def test_known_offset_drift_delays_give_exact_pulse_indices(rng):
     assert clock.status.in_sync and clock.status.n_gaps == 0
     assert clock.status.max_residual_ps < 30  # two tags of +-10 ps jitter plus smoothing lag
     assert res.n_outside.sum() == 0
+
+
+def test_reused_output_buffers_give_the_same_assignment(rng):
+    ts, ch, truth, delays = make_capture(rng, noise_per_channel=37)
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    fresh = timing.assign_pulses(ts, ch, clock, delays, 500.0)
+    buffers = (np.full(len(ts) + 10, 7, np.int64), np.full(len(ts) + 10, 7, np.uint8))
+    for _ in range(2):  # the second call overwrites the first one's result in place
+        reused = timing.assign_pulses(ts, ch, clock, delays, 500.0, out=buffers)
+        np.testing.assert_array_equal(reused.pulse_index, fresh.pulse_index)
+        np.testing.assert_array_equal(reused.channels, fresh.channels)
+        np.testing.assert_array_equal(reused.n_outside, fresh.n_outside)
+        assert reused.n_outside_table == fresh.n_outside_table
+        assert np.shares_memory(reused.pulse_index, buffers[0])
+    np.testing.assert_array_equal(fresh.pulse_index, truth[ch != 0])
+    for bad in [
+        (buffers[0][: len(ts)], buffers[1]),  # no spare slot
+        (buffers[1], buffers[1]),  # wrong dtype
+        (buffers[0], buffers[0]),
+    ]:
+        with pytest.raises(ValueError, match="out must be"):
+            timing.assign_pulses(ts, ch, clock, delays, 500.0, out=bad)
 
 
 def test_outside_window_count_is_exact(rng):
