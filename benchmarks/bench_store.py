@@ -5,7 +5,8 @@
    bytes written with numpy ``tofile`` (what the disk / page cache takes without HDF5).
 2. Whole capture on the emulated bench (source on, attenuator at low loss, pace 0 = as fast as
    the emulator generates): acquire() into a file, and the same acquisition with the tags
-   fetched and dropped (no store), which separates the store's cost from generation+transfer.
+   fetched and dropped (no store), which separates the store's cost from generation+transfer;
+   then the bound measured in the same run: the emulator's link physics alone, in process.
 
 Run: /work/venv/bin/python benchmarks/bench_store.py [--tags 2**25] [--no-bench] [--seconds 2]
 Targets (issue 5): store alone >= 100 Mtags/s; whole capture >= 20 Mtags/s.
@@ -151,6 +152,22 @@ def bench_capture(seconds: float, tmp: Path) -> None:
                 f"  {'':28s} CPU: this process {cpu:.2f} s, emulator process {emu:.2f} s "
                 f"({emu / dt:.0%} of wall time)"
             )
+    # the bound in the same run: the link physics alone, in this process, on the same settings
+    # and in the chunks of an unpaced acquisition (no SCPI, no transfer, no store)
+    from hil.emulator.link import LONG_CHUNK_PS
+    from hil.emulator.physics import LinkGenerator, LinkParams
+
+    params = LinkParams(attenuation_db=0.0)
+    gen = LinkGenerator(params)
+    end, n = int(seconds * 1e12), 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for a in range(0, end, LONG_CHUNK_PS):
+        n += len(gen.generate(params, a, min(a + LONG_CHUNK_PS, end))[0])
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(
+        f"  {'generation alone (bound)':28s} {n / dt / 1e6:8.2f} Mtags/s  {n} tags in {dt:.2f} s"
+        f"  ({n / cpu / 1e6:.2f} Mtags per CPU s)"
+    )
 
 
 def _cpu_s(pid: int | None) -> float:
