@@ -244,6 +244,21 @@ def test_sync_table_matches_reference(rng, kw):
     assert empty[2] == 0 and len(empty[0]) == len(empty[1]) == 2
 
 
+def test_duplicate_sync_timestamp_is_a_rejected_glitch(rng):
+    # two sync tags with the same timestamp: an interval of 0 ps (1 / dt must not raise)
+    ts, ch, truth, delays = make_capture(rng, n_pulses=50_000)
+    sync_at = np.flatnonzero(ch == 0)[7]
+    ts, ch = np.insert(ts, sync_at, ts[sync_at]), np.insert(ch, sync_at, 0)
+    truth = np.insert(truth, sync_at, -2)
+    args = (0, float(DIVIDER * PERIOD_PS), 1 / 16, 0.25)
+    got = k.build_sync_table(ts, ch, *args)
+    for g, e in zip(got, ref.build_sync_table(ts, ch, *args), strict=True):
+        np.testing.assert_array_equal(g, e)
+    assert got[2] == len(got[0]) + 1
+    clock, _ = check_assignment(ts, ch, truth, delays)
+    assert clock.status.n_rejected == 1
+
+
 @pytest.mark.parametrize("kw", [{}, {"gap_pulses": (30_000, 90_000)}])
 def test_recover_clock_table_is_kernel_table_of_its_fields(rng, kw):
     # recover_clock builds the padded kernel table in place around table_ps; it must be
