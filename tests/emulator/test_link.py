@@ -92,3 +92,23 @@ def test_switch_cut_leaves_only_dark_counts():
     counts = _detector_counts(link, link.now_ps + duration, duration)
     dark = sum(dark_count_rate_hz(link.params, j) for j in range(4)) * duration / PS
     assert abs(counts[0] - dark) <= SIGMAS * np.sqrt(dark), (counts[0], dark)
+
+
+def test_long_chunks_only_while_nothing_ramps():
+    """Unpaced acquisitions step in long chunks; a running ramp forces the short chunk so the
+    ramp stays smooth, and a scheduled action still splits a chunk at its exact time."""
+    link, att, _ = _bench()
+    long_ps = 10 * link.chunk_ps
+    t0 = link.now_ps
+    link.step(t0 + PS, long_chunk_ps=long_ps)
+    assert link.now_ps - t0 == long_ps
+    assert att.execute(b"INP1:ATT:SPE 10;:INP1:ATT 5") is None  # a 0.5 s ramp starts
+    t1 = link.now_ps
+    link.step(t1 + PS, long_chunk_ps=long_ps)
+    assert link.now_ps - t1 == link.chunk_ps
+    fired = []
+    t2 = link.now_ps + PS  # the ramp is over
+    link.idle_until(t2)
+    link.at(t2 + 3 * link.chunk_ps // 2, lambda: fired.append(link.now_ps))
+    link.step(t2 + PS, long_chunk_ps=long_ps)
+    assert link.now_ps == t2 + 3 * link.chunk_ps // 2 and fired == [link.now_ps]
