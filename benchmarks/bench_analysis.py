@@ -302,6 +302,25 @@ def main(argv=None):
 
     t_sum, _, _ = best_of(args.repeat, lambda: np.sum(ts))
     print(f"np.sum over timestamps: {t_sum:.3f} s -> {n_tags / t_sum / 1e6:.0f} Mtags/s")
+    # what memory alone would allow each stage, at the np.sum read bandwidth (an optimistic
+    # floor: written bytes cost at least as much as read ones); a stage far above its floor
+    # is bound by instructions per tag, not by memory
+    n_det = len(pulses.pulse_index)
+    bandwidth = ts.nbytes / t_sum
+    stage_bytes = {
+        "clock": ts.nbytes + ch.nbytes,  # reads every timestamp and channel
+        "pulses": ts.nbytes + ch.nbytes + 9 * n_det,  # + writes int64 index, uint8 channel
+        "sifting": 12 * n_det,  # reads index, channel and three uint8 answers
+    }
+    stage_time = {"clock": t_clock, "pulses": t_assign, "sifting": t_sift}
+    for name, nbytes in stage_bytes.items():
+        floor = nbytes / bandwidth
+        print(
+            f"  {name:8s}: {stage_time[name] / n_tags * 1e9:5.2f} ns/tag, memory floor "
+            f"{floor:.3f} s ({stage_time[name] / floor:.1f}x above it)"
+        )
+    floor = sum(stage_bytes.values()) / bandwidth
+    print(f"  chain memory floor {floor:.3f} s -> {n_tags / floor / 1e6:.0f} Mtags/s at most")
 
     # --- cross-correlation: sync (start) vs channel 1 (click), same data and bins as pycorrelate
     import pycorrelate

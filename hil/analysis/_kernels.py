@@ -308,31 +308,52 @@ def assign_pulses_gated(
     at random among detections). Returns (n_outside_per_channel, n_outside_table, n_written),
     n_written being the number of detector tags (so the caller may pass buffers of
     len(timestamps_ps) + 1 without counting them first).
+
+    Per-tag work is kept small: the current interval's start, period and pulse, and the raw
+    time at which the next interval begins, stay in registers and are reloaded only when a
+    tag passes that time (about once per sync); delays and the detector flag come from
+    256-entry tables indexed by the raw channel (0 delay and not a detector beyond n_ch),
+    without clamping the channel.
     """
     n_ch = len(delays_ps)
+    delay = np.zeros(256, dtype=np.int64)
+    is_det = np.zeros(256, dtype=np.int64)
+    for c in range(n_ch):
+        delay[c] = delays_ps[c]
+        is_det[c] = c != sync_channel
     outside = np.zeros(256, dtype=np.int64)  # by raw channel: no test of the channel needed
     n_outside_table = 0
     last_interval = len(table_ps) - 2
+    no_next = np.iinfo(np.int64).max
     k = 0
+    base = table_ps[0]
+    p = table_period_ps[0]
+    base_pulse = table_pulse[0]
+    # interval k holds the tags with raw - search_delay_ps < table_ps[k + 1]
+    next_raw = table_ps[1] + search_delay_ps if last_interval > 0 else no_next
     j = 0
     for i in range(len(timestamps_ps)):
         c = channels[i]
-        is_det = (c != sync_channel) & (c < n_ch)
         raw = timestamps_ps[i]
-        while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
-            k += 1
-        t = raw - delays_ps[min(c, n_ch - 1)]
-        p = table_period_ps[k]
-        dt = t - table_ps[k]
+        if raw >= next_raw:
+            while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
+                k += 1
+            base = table_ps[k]
+            p = table_period_ps[k]
+            base_pulse = table_pulse[k]
+            next_raw = table_ps[k + 1] + search_delay_ps if k < last_interval else no_next
+        t = raw - delay[c]
+        dt = t - base
         step = np.floor(dt / p + 0.5)
         r = dt - step * p
         inside = (r >= -half_gate_ps) & (r < half_gate_ps)
-        pulse[j] = table_pulse[k] + np.int64(step) if inside else -1
+        pulse[j] = base_pulse + np.int64(step) if inside else -1
         det_ch[j] = c
         if not inside:
             outside[c] += 1
-        n_outside_table += is_det & ((t < t_first) | (t > t_last))
-        j += is_det
+        d = is_det[c]
+        n_outside_table += d & ((t < t_first) | (t > t_last))
+        j += d
     n_outside = outside[:n_ch].copy()
     if sync_channel < n_ch:
         n_outside[sync_channel] = 0
