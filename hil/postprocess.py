@@ -118,18 +118,21 @@ class KeyAnalysis:
     total: WindowResult
     windows: list[WindowResult] = field(default_factory=list)
     frame_shift: int = 0  # sync periods added to the recovered pulse indices
+    span_clocks: list[ClockRecovery] = field(default_factory=list)  # one per analysed span
 
     def summary(self) -> dict:
-        st = self.clock.status
+        clocks = self.span_clocks or [self.clock]
+        st = [c.status for c in clocks]
         return {
             "clock": {
                 "period_ps": self.clock.period_ps,
                 "offset_ps": self.clock.offset_ps,
-                "drift_ppm": self.clock.drift_ppm,
-                "n_syncs": st.n_syncs,
-                "sync_gaps": st.n_gaps,
-                "max_residual_ps": st.max_residual_ps,
-                "in_sync": st.in_sync,
+                "drift_ppm": float(np.mean([c.drift_ppm for c in clocks])),
+                "n_syncs": sum(x.n_syncs for x in st),
+                "sync_gaps": sum(x.n_gaps for x in st),
+                "max_residual_ps": max(x.max_residual_ps for x in st),
+                "in_sync": all(x.in_sync for x in st),
+                "spans": len(clocks),
             },
             "delays_ps": self.delays_ps.tolist(),
             "total": self.total.summary(),
@@ -326,6 +329,9 @@ def analyse_tags(
     return KeyAnalysis(clock, np.asarray(delays_ps), total, windows, frame_shift=shift)
 
 
+SPAN_S = 2.0  # link time analysed at once: memory stays bounded on captures of any length
+
+
 def analyse_capture(
     path,
     source,
@@ -334,25 +340,70 @@ def analyse_capture(
     key_params: KeyParameters | None = None,
     link: LinkSettings | None = None,
     store_result: bool = True,
+    span_s: float = SPAN_S,
 ) -> KeyAnalysis:
     """Analyse a capture file with the bench's source answering the sifting exchange, and
-    store the summary (counts and bounds, no key material) under /user/qkd/results."""
+    store the summary (counts and bounds, no key material) under /user/qkd/results.
+
+    The file is read span by span (``span_s`` of link time, a whole number of windows), so a
+    soak of hours needs no more memory than a few seconds of tags; the sifted counts of all
+    spans form one finite-key block. The channel delays found in the first span and the frame
+    shift found in each span carry over to the next.
+    """
     from .store import CaptureReader
 
     link = link or LinkSettings.from_source(source)
+    kp = key_params or KeyParameters()
+    sifter = _source_sifter(source)
+    if window_s:
+        span_s = max(1, round(span_s / window_s)) * window_s
+    span_ps = int(round(span_s * 1e12))
+    parts: list[KeyAnalysis] = []
     with CaptureReader(path) as cap:
-        ts, ch = cap.tags()
-        duration = cap.duration_s
-    t0 = int(ts[0]) if len(ts) else 0
-    result = analyse_tags(
-        ts,
-        ch,
-        link,
-        _source_sifter(source),
-        t_start_ps=t0,
-        t_stop_ps=t0 + int(duration * 1e12),
-        window_s=window_s,
-        key_params=key_params,
+        n = cap.n_tags
+        if n == 0:
+            raise ValueError(f"{path}: the capture holds no tags")
+        (first, _), (last, _) = (next(cap.iter_chunks(1, start=i, stop=i + 1)) for i in (0, n - 1))
+        t0 = int(first[0])
+        t_end = max(t0 + int(cap.duration_s * 1e12), int(last[0]) + 1)
+        delays, shift = None, None
+        for a in range(t0, t_end, span_ps):
+            b = min(a + span_ps, t_end)
+            ts, ch = cap.window(a, b)
+            if np.count_nonzero(ch == SYNC_CHANNEL) < 2:
+                continue  # nothing to number pulses by in this span (sync lost, laser off)
+            part = analyse_tags(
+                ts,
+                ch,
+                link,
+                sifter,
+                t_start_ps=a,
+                t_stop_ps=b,
+                window_s=window_s,
+                delays_ps=delays,
+                key_params=kp,
+                frame_hint=shift,
+            )
+            delays, shift = part.delays_ps, part.frame_shift
+            parts.append(part)
+    if not parts:
+        raise ValueError(f"{path}: no span of the capture has sync tags to number pulses by")
+    counts = add_counts([p.total.counts for p in parts])
+    total = WindowResult(
+        t0,
+        t_end,
+        counts,
+        _key(counts, link, kp),
+        sum(p.total.detections for p in parts),
+        sum(p.total.outside_gate for p in parts),
+    )
+    result = KeyAnalysis(
+        parts[0].clock,
+        delays,
+        total,
+        [w for p in parts for w in p.windows],
+        frame_shift=shift,
+        span_clocks=[p.clock for p in parts],
     )
     if store_result:
         from .store import store_result as _store
