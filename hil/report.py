@@ -118,15 +118,17 @@ class Run:
         }
 
     def add_verdict(self, verdict: Verdict) -> None:
-        verdict.evidence = [
-            os.path.relpath(e, self.dir)
-            if Path(e).is_absolute() and Path(e).is_relative_to(self.dir)
-            else e
-            for e in verdict.evidence
-        ]
+        verdict.evidence = [self._evidence_path(e) for e in verdict.evidence]
         if not verdict.test:
             verdict.test = self.current_test
         self.verdicts.append(verdict)
+
+    def _evidence_path(self, e: str) -> str:
+        """Evidence inside the run folder is named relative to it (the summary's links work from
+        the folder, wherever it is moved); anything else is kept as given."""
+        p = Path(e).resolve()
+        here = self.dir.resolve()
+        return os.path.relpath(p, here) if p.is_relative_to(here) else str(e)
 
     def add_series(
         self,

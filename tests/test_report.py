@@ -370,3 +370,18 @@ def test_bad_criteria_file_stops_the_plan_with_one_line(pytester):
         "secure_key_rate; use one of bit/s, kbit/s, Mbit/s, bps, kbps, Mbps"
     ], err
     assert not (pytester.path / "res").exists()
+
+
+def test_evidence_is_named_relative_to_the_run_folder(tmp_path, monkeypatch):
+    """The summary's evidence links work from inside the run folder, also when the results
+    folder was given as a relative path (the default ``results``)."""
+    from hil.criteria import Criterion, judge
+    from hil.report import Run
+
+    monkeypatch.chdir(tmp_path)
+    run = Run("results")
+    inside = run.path("cap.h5")
+    assert not inside.is_absolute()
+    crit = Criterion(title="t", quantity="count_rate", unit="Hz", limits={"min": 1})
+    run.add_verdict(judge("X-1", crit, 5.0, evidence=[str(inside), "/elsewhere/ref.h5"]))
+    assert run.verdicts[0].evidence == ["cap.h5", "/elsewhere/ref.h5"]
