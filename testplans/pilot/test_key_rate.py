@@ -51,15 +51,15 @@ def test_key_rate_against_loss(bench, pilot_source, run, conditions, judge_value
         )
     table = run.path("key_rate_vs_loss.json")
     table.write_text(json.dumps(points, indent=2))
-    if hasattr(run, "add_series"):
-        run.add_series(
-            "secure key rate against loss",
-            [p["attenuation_db"] for p in points],
-            [p["secure_key_rate_bps"] / 1e3 for p in points],
-            x_label="attenuation (dB)",
-            y_label="secure key rate (kbit/s)",
-            criterion_id="PIL-SKR-002",
-        )
+    run.add_series(
+        "secure key rate against loss",
+        [p["attenuation_db"] for p in points],
+        [p["secure_key_rate_bps"] / 1e3 for p in points],
+        x_label="attenuation (dB)",
+        y_label="secure key rate (kbit/s)",
+        criterion_id="PIL-SKR-002",
+        log_y=True,
+    )
     worst = min(points, key=lambda p: p["secure_key_rate_bps"])
     judge_value(
         "PIL-SKR-002",

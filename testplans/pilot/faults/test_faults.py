@@ -52,6 +52,15 @@ def test_fiber_cut(bench, link, switch, run, conditions, judge_value):
         restore_at_s=cond["restore_at_s"],
         window_s=cond["window_s"],
     )
+    w = o.monitor.windows
+    run.add_series(
+        "fiber cut: count rate per monitor window",
+        [x.t_stop_s - w[0].t_start_s for x in w],
+        [x.detector_rate_hz / 1e3 for x in w],
+        x_label="time (s)",
+        y_label="count rate, four detectors (kHz)",
+        style="points",
+    )
     judge_value("FLT-CUT-001", o.detection_s, evidence=[o.capture.path])
     judge_value("FLT-CUT-002", o.recovery_s, evidence=[o.capture.path])
 
