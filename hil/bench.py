@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,9 @@ class Bench:
         self.broken: dict[str, str] = {}  # role -> first error
         self.latency_s: dict[str, float] = {}
         self.idn: dict[str, str] = {}
-        self.actions: list[tuple[float, str, str]] = []  # (wall time, instrument, command)
+        # the last instrument commands (wall time, instrument, command), for diagnosing a failure;
+        # bounded so that a soak of hours does not grow it without end
+        self.actions: deque[tuple[float, str, str]] = deque(maxlen=10_000)
         self.criteria_file: Path | None = None  # the plan's criteria, for the snapshot
 
     # -- opening -------------------------------------------------------------------------------
