@@ -467,3 +467,394 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
         )
         hist[outcome] += 1
     return _sift_result(hist, stats, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused chain: clock recovery + pulse assignment + sifting counts in one pass, no per-tag output
+# ---------------------------------------------------------------------------------------------
+
+_RING = 4096  # sync rows kept by the fused chain: > EDGE_INTERVALS + 2 (timing.py)
+_EDGE = 1024  # = timing.EDGE_INTERVALS
+_VIRTUAL = 2**32  # = timing._VIRTUAL_PULSES
+_BLOCK = 2048  # tags per block of fused_chain_counts (its buffers stay in the L1 cache)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _scan_next_sync(
+    ts,
+    ch,
+    sync_channel,
+    smoothing,
+    max_fraction,
+    ring_ps,
+    ring_cnt,
+    s,
+    m,
+    last_t,
+    last_count,
+    n_seen,
+    n_gaps,
+    n_uncertain,
+    freq,
+    max_res,
+):
+    """Advance the sync scanner of fused_chain_counts from stream position s to the next
+    accepted sync tag, numbering it exactly as build_sync_table does (same operations in the
+    same order), and store it as row m of the ring. The state goes in and out as scalars (no
+    per-call array bookkeeping). Returns (found, s, m, last_t, last_count, n_seen, n_gaps,
+    n_uncertain, freq, max_res).
+    """
+    n = len(ts)
+    keep = 1.0 - smoothing
+    while s < n:
+        if ch[s] != sync_channel:
+            s += 1
+            continue
+        t = ts[s]
+        s += 1
+        n_seen += 1
+        if m == 0:
+            ring_ps[0] = t
+            ring_cnt[0] = 0
+            return True, s, 1, t, last_count, n_seen, n_gaps, n_uncertain, freq, max_res
+        dt = np.float64(t - last_t)
+        inv_dt = 1.0 / dt
+        x = dt * freq
+        steps = np.floor(x + 0.5)
+        off = abs(x - steps)
+        if steps < 1.0 or (steps < 1.5 and off > max_fraction):
+            continue
+        max_res = max(max_res, off / freq)
+        last_count += np.int64(steps)
+        next_freq = freq * keep + smoothing * inv_dt
+        if steps > 1.5:
+            n_gaps += 1
+            n_uncertain += off > max_fraction
+            next_freq = freq * keep + (smoothing * steps) * inv_dt
+        slot = m & (_RING - 1)
+        ring_ps[slot] = t
+        ring_cnt[slot] = last_count
+        return True, s, m + 1, t, last_count, n_seen, n_gaps, n_uncertain, next_freq, max_res
+    return False, s, m, last_t, last_count, n_seen, n_gaps, n_uncertain, freq, max_res
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pulse_outcome(p, n_clicks, seen, c0, a_basis, a_class, a_bit, seed):
+    """One detected pulse counted as sift_counts does (answers already validated): returns
+    (outcome bin, multi-click, cross-basis, conflicting) as scalars, so that the hot loop
+    passes no arrays to a call."""
+    multi = 0
+    cross = 0
+    conflict = 0
+    if n_clicks > 1:
+        multi = 1
+        z_seen = seen & 3
+        x_seen = (seen >> 2) & 3
+        if z_seen != 0 and x_seen != 0:
+            cross = 1
+            b_basis = splitmix_bit(seed, p, 0)
+        elif z_seen != 0:
+            b_basis = 0
+        else:
+            b_basis = 1
+        in_basis = z_seen if b_basis == 0 else x_seen
+        if in_basis == 3:
+            conflict = 1
+            b_bit = splitmix_bit(seed, p, 1)
+        else:
+            b_bit = in_basis >> 1
+    else:
+        b_basis = c0 >> 1
+        b_bit = c0 & 1
+    outcome = (
+        (a_basis * 3 + a_class) * 8
+        + np.int64(b_basis == a_basis) * 4
+        + np.int64(a_bit != 255) * 2
+        + np.int64(a_bit != b_bit)
+    )
+    return outcome, multi, cross, conflict
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def fused_chain_counts(
+    timestamps_ps,
+    channels,
+    sync_channel,
+    period0_ps,
+    smoothing,
+    max_fraction,
+    sync_divider,
+    delays_ps,
+    search_delay_ps,
+    half_gate_ps,
+    ans_pulse,
+    ans_basis,
+    ans_class,
+    ans_bit,
+    seed,
+):
+    """build_sync_table + recover_clock's table + assign_pulses_gated + sift_counts in one pass
+    over the stream, with no per-tag output: same numbers, bit for bit.
+
+    A sync scanner (_scan_next_sync) runs ahead of the tag loop and keeps the last _RING
+    accepted sync rows in a ring; it first reads up to _EDGE + 1 rows, which give the first
+    sync's absolute index (round(t / period0), as recover_clock) and the head extrapolation
+    period, and is then advanced only when a tag needs the next interval (about once per
+    sync). Tags are taken in blocks of _BLOCK: a first loop gives every tag its interval,
+    pulse index and gate test with the operations of assign_pulses_gated (the interval period
+    recomputed from the two rows exactly as interval_periods does) and keeps the in-gate
+    detections in a small cache-resident buffer; a second loop counts them into the
+    sift_counts outcome histogram, grouping the clicks of one pulse while its index repeats.
+    Answers are rows
+    (ans_pulse strictly increasing, basis, class, bit) read with a forward-only pointer.
+
+    Returns (hist, stats, n_outside [n_ch], n_outside_table, sync_info, code, code_pulse):
+    hist/stats as sift_counts's (stats[0] filled); sync_info = [accepted rows, syncs seen,
+    gaps, uncertain gaps]; code -1 ok, -2 the three-stage chain must decide (in-gate pulses
+    out of order, invalid channel or answer: the caller runs it, which sorts or raises),
+    -3 fewer than 2 accepted sync tags, -4 no answer for pulse code_pulse.
+    """
+    hist = np.zeros(48, dtype=np.int64)
+    stats = np.zeros(5, dtype=np.int64)
+    n_ch = len(delays_ps)
+    delay = np.zeros(256, dtype=np.int64)
+    is_det = np.zeros(256, dtype=np.int64)
+    min_delay = np.iinfo(np.int64).max
+    max_delay = np.iinfo(np.int64).min
+    for c in range(n_ch):
+        delay[c] = delays_ps[c]
+        is_det[c] = c != sync_channel
+        if c != sync_channel:
+            min_delay = min(min_delay, delays_ps[c])
+            max_delay = max(max_delay, delays_ps[c])
+    outside = np.zeros(256, dtype=np.int64)
+    ring_ps = np.empty(_RING, dtype=np.int64)
+    ring_cnt = np.empty(_RING, dtype=np.int64)
+    # sync scanner state (see _scan_next_sync)
+    s = 0
+    m = 0
+    last_t = np.int64(0)
+    last_count = np.int64(0)
+    n_seen = 0
+    n_gaps = 0
+    n_unc = 0
+    freq = 1.0 / period0_ps
+    max_res = 0.0
+    sync_info = np.zeros(4, dtype=np.int64)
+    n = len(timestamps_ps)
+    # prefill: the first rows give the head extrapolation (edge = min(_EDGE, rows - 1))
+    found = True
+    while found and m < _EDGE + 1:
+        found, s, m, last_t, last_count, n_seen, n_gaps, n_unc, freq, max_res = _scan_next_sync(
+            timestamps_ps,
+            channels,
+            sync_channel,
+            smoothing,
+            max_fraction,
+            ring_ps,
+            ring_cnt,
+            s,
+            m,
+            last_t,
+            last_count,
+            n_seen,
+            n_gaps,
+            n_unc,
+            freq,
+            max_res,
+        )
+    if m < 2:
+        sync_info[0] = m
+        sync_info[1] = n_seen
+        return hist, stats, outside[:n_ch].copy(), 0, sync_info, -3, 0
+    t_first = ring_ps[0]
+    first_sync = np.int64(np.floor(t_first / period0_ps + 0.5))
+    div = np.int64(sync_divider)
+    edge = min(_EDGE, m - 1)  # the prefill stopped at _EDGE + 1 rows or at the end
+    pulse0 = (ring_cnt[0] + first_sync) * div
+    edge_period = (ring_ps[edge] - t_first) / np.float64(
+        (ring_cnt[edge] + first_sync) * div - pulse0
+    )
+    virt_ps = t_first - np.int64(np.rint(_VIRTUAL * edge_period))
+    # current interval j (real rows j and j + 1; j = -1 before the first row, on the virtual
+    # row's line; j = last row after the last one)
+    j = -1
+    base = virt_ps
+    base_pulse = pulse0 - _VIRTUAL
+    p = (t_first - virt_ps) / np.float64(pulse0 - base_pulse)
+    next_raw = t_first + search_delay_ps
+    no_next = np.iinfo(np.int64).max
+    mask = _RING - 1
+    cur = np.int64(-1)  # pulse being collected, its clicks and channel mask
+    n_clicks = 0
+    seen = 0
+    c0 = 0
+    a = 0
+    n_ans = len(ans_pulse)
+    n_multi = 0
+    n_cross = 0
+    n_conflict = 0
+    qbuf = np.empty(_BLOCK, dtype=np.int64)  # in-gate detections of one block (cache
+    cbuf = np.empty(_BLOCK, dtype=np.int64)  # resident): pulse index, channel - 1
+    for start in range(0, n, _BLOCK):
+        # pass 1 over the block: interval, pulse index and gate of every tag, branch-free
+        # apart from the once-per-sync interval change (slot jw is overwritten unless the tag
+        # is an in-gate detection, as in assign_pulses_gated)
+        jw = 0
+        for i in range(start, min(start + _BLOCK, n)):
+            c = channels[i]
+            raw = timestamps_ps[i]
+            if raw >= next_raw:
+                target = raw - search_delay_ps
+                while True:
+                    if m <= j + 1:
+                        found, s, m, last_t, last_count, n_seen, n_gaps, n_unc, freq, max_res = (
+                            _scan_next_sync(
+                                timestamps_ps,
+                                channels,
+                                sync_channel,
+                                smoothing,
+                                max_fraction,
+                                ring_ps,
+                                ring_cnt,
+                                s,
+                                m,
+                                last_t,
+                                last_count,
+                                n_seen,
+                                n_gaps,
+                                n_unc,
+                                freq,
+                                max_res,
+                            )
+                        )
+                    if j + 1 < m and ring_ps[(j + 1) & mask] <= target:
+                        j += 1
+                    else:
+                        break
+                base = ring_ps[j & mask]
+                base_pulse = (ring_cnt[j & mask] + first_sync) * div
+                if j + 1 < m:
+                    nxt = ring_ps[(j + 1) & mask]
+                    p = (nxt - base) / np.float64(
+                        (ring_cnt[(j + 1) & mask] + first_sync) * div - base_pulse
+                    )
+                    next_raw = nxt + search_delay_ps
+                else:  # after the last row: the tail extrapolation (the scanner reached the end)
+                    last = m - 1
+                    e = min(_EDGE, last)
+                    lo = (last - e) & mask
+                    edge_period = (base - ring_ps[lo]) / np.float64(
+                        base_pulse - (ring_cnt[lo] + first_sync) * div
+                    )
+                    virt = base + np.int64(np.rint(_VIRTUAL * edge_period))
+                    p = (virt - base) / np.float64(_VIRTUAL)
+                    next_raw = no_next
+            t = raw - delay[c]
+            dt = t - base
+            step = np.floor(dt / p + 0.5)
+            r = dt - step * p
+            d = is_det[c]
+            keep = d & np.int64((r >= -half_gate_ps) & (r < half_gate_ps))
+            outside[c] += d - keep
+            qbuf[jw] = base_pulse + np.int64(step)
+            cbuf[jw] = np.int64(c) - 1
+            jw += keep
+        # pass 2: the in-gate detections of the block, counted as sift_counts does; a pulse's
+        # clicks are grouped while its index repeats (also across blocks)
+        for jr in range(jw):
+            q = qbuf[jr]
+            cc = cbuf[jr]
+            if (cc < 0) | (cc > 3):
+                return hist, stats, outside[:n_ch].copy(), 0, sync_info, -2, 0
+            if q == cur:
+                n_clicks += 1
+                seen |= 1 << cc
+                continue
+            if q < cur:
+                return hist, stats, outside[:n_ch].copy(), 0, sync_info, -2, 0
+            if cur >= 0:
+                while a < n_ans and ans_pulse[a] < cur:
+                    a += 1
+                if a == n_ans or ans_pulse[a] != cur:
+                    return hist, stats, outside[:n_ch].copy(), 0, sync_info, -4, cur
+                a_basis = np.int64(ans_basis[a])
+                a_class = np.int64(ans_class[a])
+                a_bit = np.int64(ans_bit[a])
+                if (a_basis > 1) | (a_class > 2) | ((a_bit > 1) & (a_bit != 255)):
+                    return hist, stats, outside[:n_ch].copy(), 0, sync_info, -2, cur
+                outcome, multi, cross, conflict = _pulse_outcome(
+                    cur, n_clicks, seen, c0, a_basis, a_class, a_bit, seed
+                )
+                hist[outcome] += 1
+                n_multi += multi
+                n_cross += cross
+                n_conflict += conflict
+            cur = q
+            n_clicks = 1
+            seen = 1 << cc
+            c0 = cc
+    if cur >= 0:
+        while a < n_ans and ans_pulse[a] < cur:
+            a += 1
+        if a == n_ans or ans_pulse[a] != cur:
+            return hist, stats, outside[:n_ch].copy(), 0, sync_info, -4, cur
+        a_basis = np.int64(ans_basis[a])
+        a_class = np.int64(ans_class[a])
+        a_bit = np.int64(ans_bit[a])
+        if (a_basis > 1) | (a_class > 2) | ((a_bit > 1) & (a_bit != 255)):
+            return hist, stats, outside[:n_ch].copy(), 0, sync_info, -2, cur
+        outcome, multi, cross, conflict = _pulse_outcome(
+            cur, n_clicks, seen, c0, a_basis, a_class, a_bit, seed
+        )
+        hist[outcome] += 1
+        n_multi += multi
+        n_cross += cross
+        n_conflict += conflict
+    stats[1] = n_multi
+    stats[2] = n_cross
+    stats[3] = n_conflict
+    # the scanner may stop before the end when the last tags need no new interval
+    found = True
+    while found:
+        found, s, m, last_t, last_count, n_seen, n_gaps, n_unc, freq, max_res = _scan_next_sync(
+            timestamps_ps,
+            channels,
+            sync_channel,
+            smoothing,
+            max_fraction,
+            ring_ps,
+            ring_cnt,
+            s,
+            m,
+            last_t,
+            last_count,
+            n_seen,
+            n_gaps,
+            n_unc,
+            freq,
+            max_res,
+        )
+    t_last = ring_ps[(m - 1) & mask]
+    # detector tags whose pulse time lies before the first / after the last sync row: only the
+    # tags within the delay spread of those rows can, so walk in from both ends
+    n_outside_table = 0
+    if max_delay < min_delay:  # no detector channel
+        n = 0
+    i = 0
+    while i < n and timestamps_ps[i] - max_delay < t_first:
+        c = channels[i]
+        n_outside_table += is_det[c] & (timestamps_ps[i] - delay[c] < t_first)
+        i += 1
+    i = n - 1
+    while i >= 0 and timestamps_ps[i] - min_delay > t_last:
+        c = channels[i]
+        n_outside_table += is_det[c] & (timestamps_ps[i] - delay[c] > t_last)
+        i -= 1
+    n_outside = outside[:n_ch].copy()  # only detector tags were counted
+    stats[0] = n_outside.sum()
+    sync_info[0] = m
+    sync_info[1] = n_seen
+    sync_info[2] = n_gaps
+    sync_info[3] = n_unc
+    return hist, stats, n_outside, n_outside_table, sync_info, -1, 0
