@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "analysis"))
 import reference as ref  # noqa: E402
 
-from hil.analysis import pipeline, sifting, timing  # noqa: E402
+from hil.analysis import sifting, timing  # noqa: E402
 
 DELAYS_PS = np.array([0, 40, -60, 95, -15], dtype=np.int64)
 
@@ -300,46 +300,6 @@ def main(argv=None):
     )
     del np_pulse, np_ch, table
 
-    # --- fused chain: the same three stages in one pass, no per-tag output; the source's
-    # answers are rows keyed by pulse (here exactly the detected pulses, untimed as above)
-    assigned = pulses.pulse_index[pulses.pulse_index >= 0]
-    answer_pulse = assigned[np.flatnonzero(np.diff(assigned, prepend=-1))]  # sorted, unique
-    fused_answers = (answer_pulse, *source_answers(answer_pulse))
-    del assigned
-    pipeline.count_classes(
-        ts[w], ch[w], args.sync_divider, args.clock_hz, *fused_answers, DELAYS_PS, args.gate_ps
-    )  # warm-up
-    t_fused, fused, _ = best_of(
-        args.repeat,
-        lambda: pipeline.count_classes(
-            ts, ch, args.sync_divider, args.clock_hz, *fused_answers, DELAYS_PS, args.gate_ps
-        ),
-    )
-    same_fused = (
-        fused.fused
-        and all(
-            np.array_equal(getattr(fused.sift, f), getattr(counts, f))
-            for f in (
-                "n",
-                "d",
-                "m",
-                "n_unassigned",
-                "n_multi_click",
-                "n_cross_basis",
-                "n_conflicting",
-                "n_basis_mismatch",
-            )
-        )
-        and np.array_equal(fused.n_outside, pulses.n_outside)
-        and fused.n_outside_table == pulses.n_outside_table
-        and fused.n_syncs == clock.status.n_syncs
-    )
-    print(
-        f"fused  chain (best of {args.repeat}, pipeline.count_classes): {t_fused:.3f} s -> "
-        f"{n_tags / t_fused / 1e6:.0f} Mtags/s ({t_fused / n_tags * 1e9:.2f} ns/tag); "
-        f"identical counts to the numba chain: {same_fused}"
-    )
-
     t_sum, _, _ = best_of(args.repeat, lambda: np.sum(ts))
     print(f"np.sum over timestamps: {t_sum:.3f} s -> {n_tags / t_sum / 1e6:.0f} Mtags/s")
     # what memory alone would allow each stage, at the np.sum read bandwidth (an optimistic
@@ -388,9 +348,6 @@ def main(argv=None):
     print("ratios:")
     print(f"  numba chain / 2e8 tags/s target   : {n_tags / t_numba / 2e8:.2f} (buffers reused)")
     print(f"  same, fresh output arrays         : {n_tags / t_numba_fresh / 2e8:.2f}")
-    print(f"  fused chain / 2e8 tags/s target   : {n_tags / t_fused / 2e8:.2f}")
-    print(f"  fused chain vs numba chain        : {t_numba / t_fused:.2f}x (buffers reused)")
-    print(f"  fused chain vs np.sum pass        : {t_sum / t_fused:.2f} (1 = memory bound)")
     print(f"  numba chain vs numpy chain        : {t_numpy / t_numba:.1f}x (target >= 5)")
     print(f"  numba chain vs np.sum pass        : {t_sum / t_numba:.2f} (1 = memory bound)")
     print(f"  correlation vs pycorrelate        : {t_pyc / t_ours:.1f}x (target >= 1)")
