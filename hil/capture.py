@@ -82,15 +82,13 @@ def acquire(
     events: list[tuple[int, str, str]] = []
     progress_bar = _Progress(duration_s, progress)
     t_start = int(tagger.link_time_s() * 1e12)
-    t_first = t_last = None
+    t_last = None
     ok = False
     try:
         if pace is None:  # with actions, emulated link time at wall-clock pace: they land on time
             pace = 1.0 if pending else 0.0
         tagger.start(duration_s, pace=pace if bench.emulated else None)
         for ts, ch in tagger.stream():
-            if t_first is None:
-                t_first = int(ts[0])
             t_last = int(ts[-1])
             for i in np.flatnonzero(ch == MARKER_CHANNEL):
                 kind, what = labels.popleft() if labels else ("marker", "")

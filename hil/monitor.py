@@ -208,26 +208,22 @@ class LinkMonitor:
             sync_rate_hz=sync_rate,
             in_sync=in_sync,
         )
+
+        def down(reason: str) -> WindowStatus:  # no key can come out of this window
+            return WindowStatus(
+                **base,
+                state=LinkState.DOWN,
+                reason=reason,
+                qber_z=nan,
+                qber_x=nan,
+                key_rate_estimate_bps=0.0,
+                finite_key_bits=0,
+            )
+
         if not clock_ok or not in_sync:
-            return WindowStatus(
-                **base,
-                state=LinkState.DOWN,
-                reason="sync lost",
-                qber_z=nan,
-                qber_x=nan,
-                key_rate_estimate_bps=0.0,
-                finite_key_bits=0,
-            )
+            return down("sync lost")
         if det_rate < self.th.down_rate_hz:
-            return WindowStatus(
-                **base,
-                state=LinkState.DOWN,
-                reason=f"detector rate below {self.th.down_rate_hz:g} Hz",
-                qber_z=nan,
-                qber_x=nan,
-                key_rate_estimate_bps=0.0,
-                finite_key_bits=0,
-            )
+            return down(f"detector rate below {self.th.down_rate_hz:g} Hz")
         if self.sifter is None:
             return WindowStatus(
                 **base,
@@ -250,15 +246,7 @@ class LinkMonitor:
                 frame_hint=self.frame_shift,
             )
         except ValueError as exc:  # no frame alignment: nothing can be sifted
-            return WindowStatus(
-                **base,
-                state=LinkState.DOWN,
-                reason=str(exc).split(":")[0],
-                qber_z=nan,
-                qber_x=nan,
-                key_rate_estimate_bps=0.0,
-                finite_key_bits=0,
-            )
+            return down(str(exc).split(":")[0])
         self.frame_shift = analysis.frame_shift
         res = analysis.total
         c = res.counts

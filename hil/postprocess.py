@@ -158,13 +158,22 @@ FRAME_SAMPLE = 3000
 _WRONG_FRAME_ERROR = 0.35  # a right frame shows the link's QBER (< 25 % even under attack)
 
 
-def _sample_error_rate(pulse, det, answers_for) -> tuple[float, int]:
-    basis, _, bit = answers_for(pulse)
-    bob_basis = (det >= 3).astype(np.uint8)
-    bob_bit = ((det - 1) % 2).astype(np.uint8)
-    use = (basis == bob_basis) & (bit != 255)
-    n = int(use.sum())
-    return (float((bit[use] != bob_bit[use]).mean()) if n else 1.0), n
+def _shift_error_rates(sp, sd, shifts, sync_divider, sifter) -> tuple[np.ndarray, np.ndarray]:
+    """Error rate on the disclosed, basis-matched bits of the sample ``sp`` (pulse indices) with
+    detectors ``sd``, for each candidate frame shift; also the number of such bits."""
+    cand = sp[None, :] + np.asarray(shifts)[:, None] * sync_divider
+    ok = cand >= 0
+    flat = np.where(ok, cand, 0).ravel()
+    uniq = _sorted_unique(flat)
+    b, _, bit = sifter(uniq)
+    pos = np.searchsorted(uniq, flat)
+    b, bit = b[pos].reshape(cand.shape), bit[pos].reshape(cand.shape)
+    bob_basis = (sd >= 3).astype(np.uint8)[None, :]  # channels 3, 4 = D, A measure X
+    bob_bit = ((sd - 1) % 2).astype(np.uint8)[None, :]  # V and A report bit 1
+    use = ok & (b == bob_basis) & (bit != 255)
+    n = use.sum(axis=1)
+    err = np.where(n > 0, ((bit != bob_bit) & use).sum(axis=1) / np.maximum(n, 1), 1.0)
+    return err, n
 
 
 def align_frames(
@@ -189,27 +198,12 @@ def align_frames(
     take = np.linspace(0, len(pulse) - 1, min(FRAME_SAMPLE, len(pulse))).astype(np.int64)
     sp, sd = pulse[take], det[take]
 
-    def answers_for(idx):
-        uniq = _sorted_unique(idx)
-        b, k, bit = sifter(uniq)
-        pos = np.searchsorted(uniq, idx)
-        return b[pos], k[pos], bit[pos]
-
     if hint is not None:
-        err, n = _sample_error_rate(sp + hint * sync_divider, sd, answers_for)
-        if n and err < _WRONG_FRAME_ERROR:
+        err, n = _shift_error_rates(sp, sd, [hint], sync_divider, sifter)
+        if n[0] and err[0] < _WRONG_FRAME_ERROR:
             return hint
     shifts = np.arange(-max_shift_syncs, max_shift_syncs + 1)
-    cand = (sp[None, :] + shifts[:, None] * sync_divider).ravel()
-    ok = cand >= 0
-    b, _, bit = answers_for(np.where(ok, cand, 0))
-    b, bit = b.reshape(len(shifts), -1), bit.reshape(len(shifts), -1)
-    ok = ok.reshape(len(shifts), -1)
-    bob_basis = (sd >= 3).astype(np.uint8)[None, :]
-    bob_bit = ((sd - 1) % 2).astype(np.uint8)[None, :]
-    use = ok & (b == bob_basis) & (bit != 255)
-    n = use.sum(axis=1)
-    err = np.where(n > 0, ((bit != bob_bit) & use).sum(axis=1) / np.maximum(n, 1), 1.0)
+    err, n = _shift_error_rates(sp, sd, shifts, sync_divider, sifter)
     best = int(np.argmin(err))
     if err[best] >= _WRONG_FRAME_ERROR:
         raise ValueError(
@@ -218,10 +212,6 @@ def align_frames(
             "the one the capture was made with?"
         )
     return int(shifts[best])
-
-
-def _source_sifter(source) -> Sifter:
-    return source.sift
 
 
 def _window_counts(pulse, det, answers, idx_sorted, seed: int) -> SiftCounts:
@@ -354,7 +344,7 @@ def analyse_capture(
 
     link = link or LinkSettings.from_source(source)
     kp = key_params or KeyParameters()
-    sifter = _source_sifter(source)
+    sifter = source.sift
     if window_s:
         span_s = max(1, round(span_s / window_s)) * window_s
     span_ps = int(round(span_s * 1e12))
