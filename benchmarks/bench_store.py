@@ -133,6 +133,7 @@ def bench_capture(seconds: float, tmp: Path) -> None:
         tagger = bench.tagger
         emu_pid = bench.emulator.pid if bench.emulator else None
         for label in ("acquire() into the store", "fetch only, tags dropped"):
+            threads0 = _thread_cpu_s(emu_pid)
             t0, c0, e0 = time.perf_counter(), time.process_time(), _cpu_s(emu_pid)
             if label.startswith("acquire"):
                 cap = acquire(bench, tmp / "cap.h5", seconds, pace=0, progress=False)
@@ -146,12 +147,23 @@ def bench_capture(seconds: float, tmp: Path) -> None:
                 size = 0
             dt = time.perf_counter() - t0
             cpu, emu = time.process_time() - c0, _cpu_s(emu_pid) - e0
+            threads1 = _thread_cpu_s(emu_pid)
+            # the emulator's threads that lived through the acquisition (its connection
+            # handlers: fetch, pack, send) against the acquisition thread, which ended with it
+            # and whose time the process total keeps: the generation, plus buffering
+            serve = sum(threads1[t] - threads0[t] for t in threads1.keys() & threads0.keys())
             per_tag = f"{size / n:5.2f} bytes/tag" if size and n else ""
             print(f"  {label:28s} {n / dt / 1e6:8.2f} Mtags/s  {n} tags in {dt:.2f} s  {per_tag}")
             print(
                 f"  {'':28s} CPU: this process {cpu:.2f} s, emulator process {emu:.2f} s "
                 f"({emu / dt:.0%} of wall time)"
             )
+            if n:
+                print(
+                    f"  {'':28s} CPU ns/tag: this process {cpu / n * 1e9:.1f}; emulator "
+                    f"{emu / n * 1e9:.1f} = acquisition thread {(emu - serve) / n * 1e9:.1f} "
+                    f"+ serving threads {serve / n * 1e9:.1f}"
+                )
     # reference in the same run: the link physics alone, in this process, on the same settings
     # and in the chunks of an unpaced acquisition (no SCPI, no transfer, no store). A capture
     # cannot outrun the emulator's generation; it can come near it, since the emulator fetches
@@ -179,6 +191,22 @@ def _cpu_s(pid: int | None) -> float:
     except (OSError, IndexError, TypeError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu_s(pid: int | None) -> dict[int, float]:
+    """User + system CPU seconds of each live thread of a process (Linux /proc), by thread id."""
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (OSError, TypeError):
+        return out
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def main() -> int:

@@ -40,6 +40,9 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         device = self.server.device
+        # a device that can answer in pieces (the tagger's tag blocks) is sent them as they are
+        parts = getattr(device, "execute_parts", None)
+        execute = parts if parts is not None else (lambda m: _one(device.execute(m)))
         limit = self.server.max_message_bytes
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -79,12 +82,36 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
                 message = message[:-1]
             if not message.strip(b" \t"):
                 continue
-            reply = device.execute(message)
+            reply = execute(message)
             if reply is not None:
                 try:
-                    sock.sendall(reply)
+                    _send_parts(sock, reply)
                 except OSError:
                     return
+
+
+def _one(reply: bytes | None) -> list | None:
+    return None if reply is None else [reply]
+
+
+IOV_MAX = 1024  # buffers per sendmsg call (Linux's UIO_MAXIOV)
+
+
+def _send_parts(sock: socket.socket, parts: list) -> None:
+    """Send buffers back to back with scatter-gather ``sendmsg`` (the kernel copies each
+    straight from its array; no joined copy), resuming after partial sends."""
+    if len(parts) == 1:
+        sock.sendall(parts[0])
+        return
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    i = 0
+    while i < len(views):
+        sent = sock.sendmsg(views[i : i + IOV_MAX])
+        while i < len(views) and sent >= views[i].nbytes:
+            sent -= views[i].nbytes
+            i += 1
+        if sent:
+            views[i] = views[i][sent:]
 
 
 class _Server(socketserver.ThreadingTCPServer):

@@ -90,11 +90,13 @@ def acquire(
         tagger.start(duration_s, pace=pace if bench.emulated else None)
         for ts, ch in tagger.stream():
             t_last = int(ts[-1])
-            for i in np.flatnonzero(ch == MARKER_CHANNEL):
-                kind, what = labels.popleft() if labels else ("marker", "")
-                events.append((int(ts[i]), kind, what))
-                writer.add_event(*events[-1])
-            writer.append(ts, ch)
+            # the writer counts the chunk's channels anyway: look for markers only in a chunk
+            # that has some (a pass over the chunk less per chunk)
+            if writer.append(ts, ch)[MARKER_CHANNEL]:
+                for i in np.flatnonzero(ch == MARKER_CHANNEL):
+                    kind, what = labels.popleft() if labels else ("marker", "")
+                    events.append((int(ts[i]), kind, what))
+                    writer.add_event(*events[-1])
             if on_chunk is not None:
                 on_chunk(ts, ch)
             link_s = (t_last - t_start) * 1e-12

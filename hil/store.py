@@ -414,11 +414,12 @@ class CaptureWriter:
         timestamps_ps: np.ndarray,
         channels: np.ndarray,
         nanotimes: np.ndarray | None = None,
-    ) -> None:
-        """Append a chunk of tags (sorted, and not before the previous chunk)."""
+    ) -> np.ndarray:
+        """Append a chunk of tags (sorted, and not before the previous chunk); returns the
+        chunk's tags per channel id (int64, length 256)."""
         n = len(timestamps_ps)
         if n == 0:
-            return
+            return np.zeros(N_CHANNEL_IDS, dtype=np.int64)
         if len(channels) != n:
             raise ValueError("timestamps and channels differ in length")
         if timestamps_ps[0] < self._last_ts:
@@ -433,13 +434,15 @@ class CaptureWriter:
         if self.nt is not None:
             self.nt.resize((end,))
             self.nt[self.n_tags :] = nanotimes
-        self._counts += count_channels(np.ascontiguousarray(channels, dtype=np.uint8))
+        chunk_counts = count_channels(np.ascontiguousarray(channels, dtype=np.uint8))
+        self._counts += chunk_counts
         if self._first_ts is None:
             self._first_ts = int(timestamps_ps[0])
         self.n_tags = end
         self._last_ts = int(timestamps_ps[-1])
         if time.monotonic() - self._last_flush > self._flush_every_s:
             self.flush()
+        return chunk_counts
 
     @property
     def counts(self) -> np.ndarray:

@@ -17,8 +17,9 @@ MAX_FETCH_TAGS = 1_000_000
 RECV_BYTES = 1 << 20  # per socket recv on pyvisa-py sessions (its default is 4096)
 
 
-def parse_tag_block(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Split a tag block into (timestamps int64, channels uint8)."""
+def parse_tag_block(payload: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
+    """Split a tag block into (timestamps int64, channels uint8): views of ``payload``, no
+    copy (read-only when ``payload`` is)."""
     if len(payload) % 9:
         raise ValueError(f"tag block of {len(payload)} bytes is not a whole number of 9-byte tags")
     n = len(payload) // 9
@@ -104,19 +105,33 @@ class TimeTagger(Instrument):
     def fetch(self, max_tags: int = MAX_FETCH_TAGS) -> tuple[np.ndarray, np.ndarray]:
         """Fetch up to ``max_tags`` buffered tags."""
         strict_range(max_tags, (1, MAX_FETCH_TAGS))
-        return parse_tag_block(self.query_block(f"FETC:TAGS? {max_tags:d}"))
+        return parse_tag_block(self.query_block(f"FETC:TAGS? {max_tags:d}", copy=False))
 
-    def stream(self, poll_s: float = 0.002) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield tag chunks of the running acquisition until it is done and drained."""
+    def stream(
+        self, poll_s: float = 0.002, max_poll_s: float = 0.016
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield tag chunks of the running acquisition until it is done and drained.
+
+        One query per chunk while tags keep coming; the status is asked only after an empty
+        fetch (and, once the acquisition is over, one more fetch drains what arrived between
+        the empty fetch and the status). Empty polls back off from ``poll_s`` to
+        ``max_poll_s``: each costs both processes a round trip, and a consumer faster than
+        the acquisition otherwise spends more on them than on the tags."""
+        wait = poll_s
         while True:
-            state = self.status()
             ts, ch = self.fetch()
             if len(ts):
+                wait = poll_s
                 yield ts, ch
                 continue
-            if state != "RUNNING":
-                return
-            time.sleep(poll_s)
+            if self.status() != "RUNNING":  # no tag is buffered after this answer
+                ts, ch = self.fetch()
+                if not len(ts):
+                    return
+                yield ts, ch
+                continue
+            time.sleep(wait)
+            wait = min(2 * wait, max_poll_s)
 
     def safe_state(self) -> None:
         """Stop a running acquisition."""
