@@ -9,7 +9,8 @@ tests/emulator/physics_reference.py and the tests compare both.
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 # splitmix64 constants (Steele, Lea, Flood, "Fast splittable pseudorandom number generators",
 # OOPSLA 2014; finaliser constants from Vigna's splitmix64.c): a bijective 64-bit mixer whose
@@ -27,11 +28,11 @@ _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 # Streams: one independent hash family per random decision. Keep these numbers stable: changing
 # one changes every emulated capture made with a given seed.
-STREAM_INTENSITY = 1
-STREAM_BASIS_BIT = 2
+STREAM_SOURCE = 1  # class, basis and bit of a pulse, from bit fields of one hash
+# 2: retired (was the basis/bit stream)
 STREAM_DISCLOSE = 3
-STREAM_EVE_SELECT = 4
-STREAM_EVE_CHOICE = 5
+STREAM_EVE = 4  # whether Eve acts on a pulse, her basis and her random bit
+# 5: retired (was Eve's choices)
 STREAM_ACCEPT = 6
 STREAM_PATTERN = 7  # 7..10: reserved (was one per detector)
 STREAM_JITTER = 11  # 11..14, one per detector
@@ -42,7 +43,7 @@ STREAM_AP_PROB = 24  # 24..27
 STREAM_AP_DELAY = 28  # 28..31
 
 JITTER_CLIP_SIGMA = 8.0  # Gaussian jitter truncated at 8 sigma (probability 1e-15 per click)
-BLOCK_PULSES = 1 << 14  # geometric-skip blocks: the skip sequence restarts at each block start
+BLOCK_PULSES = 1 << 16  # geometric-skip blocks: the skip sequence restarts at each block start
 DARK_SLOT_PS = 1 << 24  # dark counts are drawn per fixed 16.8 us slot of link time
 _POISSON_PIECE = 30.0  # Poisson inversion on pieces of mean <= 30 (no exp underflow)
 
@@ -79,6 +80,63 @@ def u01(h):
     # via int64 (exact: < 2**53): a signed conversion is one instruction, an unsigned one a
     # longer sequence on most x86 targets
     return np.float64(np.int64(h >> _S11)) * _INV53
+
+
+@intrinsic
+def _f64_bits(typingctx, x):
+    """Bit pattern of a float64 as an int64 (a register move)."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, x):
+    """The float64 with the given int64 bit pattern."""
+    if x != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return types.float64(types.int64), codegen
+
+
+_S32 = np.uint64(32)
+_M31 = np.uint64((1 << 31) - 1)
+_INV32 = 1.0 / float(1 << 32)
+_INV31 = 1.0 / float(1 << 31)
+_LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+_MANT = np.int64((1 << 52) - 1)
+_EXP_ONE = np.int64(1023 << 52)
+_S52I = np.int64(52)
+# ln m = 2 (s + s^3/3 + s^5/5 + ...), s = (m - 1) / (m + 1) (NIST DLMF eq. 4.6.4); for m in
+# [1/sqrt2, sqrt2], |s| <= 0.1716 and the terms after s^13 add less than 5e-13.
+_L3, _L5, _L7, _L9, _L11, _L13 = 2 / 3, 2 / 5, 2 / 7, 2 / 9, 2 / 11, 2 / 13
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def exp_from_hash(h):
+    """Exponential(1) variate -ln(u) of u = (2 (h >> 12) + 1) 2**-53, uniform in (0, 1).
+
+    Absolute error < 5e-13 against the exact logarithm. Only multiplications, one division and
+    bit operations: unlike a call to log, a loop of these vectorises."""
+    x = np.float64(np.int64(h >> _S12) * 2 + 1)  # odd integer < 2**53: exact
+    bits = _f64_bits(x)
+    e = (bits >> _S52I) - 1023  # x = 2**e m, m in [1, 2)
+    m = _bits_f64((bits & _MANT) | _EXP_ONE)
+    big = m > _SQRT2  # centre m on 1: m in [1/sqrt2, sqrt2]
+    m = m * 0.5 if big else m
+    e += np.int64(big)
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    p = (((((_L13 * z + _L11) * z + _L9) * z + _L7) * z + _L5) * z + _L3) * z + 2.0
+    return np.float64(53 - e) * _LN2 - s * p
 
 
 # Inverse of the standard normal CDF: Acklam's rational approximation (P. J. Acklam, "An
@@ -166,6 +224,18 @@ def gauss_from_hash(h):
 
 
 @njit(cache=True, nogil=True)
+def source_choice(h, c0, c1, p_z):
+    """(intensity class, basis, bit) of a pulse from its STREAM_SOURCE hash h.
+
+    Independent bit fields: the top 32 bits are the class uniform (resolution 2**-32), the next
+    31 bits the basis uniform (2**-31), the lowest bit the bit value."""
+    uc = np.float64(np.int64(h >> _S32)) * _INV32
+    ub = np.float64(np.int64((h >> _ONE) & _M31)) * _INV31
+    cls = np.int64(uc >= c0) + np.int64(uc >= c1)
+    return cls, np.int64(ub >= p_z), np.int64(h & _ONE)
+
+
+@njit(cache=True, nogil=True)
 def pulse_choices_kernel(seed, c0, c1, p_z, disclose_fraction, indices):
     """Basis, intensity class, bit and disclosure flag of each pulse index (see physics.py)."""
     n = indices.shape[0]
@@ -173,17 +243,14 @@ def pulse_choices_kernel(seed, c0, c1, p_z, disclose_fraction, indices):
     intensity = np.empty(n, np.uint8)
     bit = np.empty(n, np.uint8)
     disclosed = np.empty(n, np.bool_)
-    k_int = stream_key(seed, STREAM_INTENSITY)
-    k_bb = stream_key(seed, STREAM_BASIS_BIT)
+    k_src = stream_key(seed, STREAM_SOURCE)
     k_dis = stream_key(seed, STREAM_DISCLOSE)
     for m in range(n):
         cm = counter_mix(indices[m])
-        u = u01(keyed(k_int, cm))
-        intensity[m] = 0 if u < c0 else (1 if u < c1 else 2)
-        h = keyed(k_bb, cm)
-        b = 0 if u01(h) < p_z else 1
+        cls, b, v = source_choice(keyed(k_src, cm), c0, c1, p_z)
+        intensity[m] = cls
         basis[m] = b
-        bit[m] = np.uint8(h & _ONE)
+        bit[m] = v
         disclosed[m] = b == 1 or u01(keyed(k_dis, cm)) < disclose_fraction
     return basis, intensity, bit, disclosed
 
@@ -231,6 +298,8 @@ def click_pattern_tables(mu, tj):
 
 
 _BATCH = 2048
+_GUIDE_CELLS = 256
+_BLOCK_F = float(BLOCK_PULSES)
 # detectors of each click pattern (bit j = detector j), ascending: _PAT_N[p] of them
 _PAT_N = np.array([bin(p).count("1") for p in range(16)], np.int64)
 _PAT_DET = np.zeros((16, 4), np.int64)
@@ -239,94 +308,88 @@ for _p in range(16):
     _PAT_DET[_p, : len(_dets)] = _dets
 
 
-@njit(cache=True, nogil=True)
-def _judge_batch(
-    out,
-    n_out,
-    cand,
-    n,
-    hc,
-    hb,
-    ha,
-    acc_i,
-    acc_c,
-    acc_x,
-    exp_i,
-    exp_d,
-    keys,
-    k_jit,
-    order,
-    cum,
-    p_c,
-    c0,
-    c1,
-    p_z,
-    eve_fraction,
-    sigma_ps,
-    anchor_i,
-    tau0_int,
-    tau0_frac,
-    p_int,
-    p_rest,
-):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _guide_table(cum, p_c):
+    """guide[c, k]: how many running sums of row c lie below cell k's lower edge k p_c / cells
+    (made slightly lower, so that float rounding of the cell index never overshoots)."""
+    guide = np.zeros((cum.shape[0], _GUIDE_CELLS + 1), np.int64)
+    for c in range(cum.shape[0]):
+        j = 0
+        for k in range(_GUIDE_CELLS + 1):
+            edge = k * p_c / _GUIDE_CELLS * (1.0 - 1e-9)
+            while j < 14 and cum[c, j] <= edge:
+                j += 1
+            guide[c, k] = j
+    return guide
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _draw_skips(skips, nb, s0, k, inv_neg_log_q):
+    """Geometric gaps of draws k + 1 .. k + nb of a block's skip sequence (hash s0)."""
+    for j in range(nb):
+        e = exp_from_hash(mix64(s0 + np.uint64(k + j + 1) * GAMMA))
+        skips[j] = np.int64(min(e * inv_neg_log_q, _BLOCK_F))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, w_d, keys, tabs, prm, tim):
     """Decide a batch of candidate pulses and write the clicks of the kept ones to `out`.
 
-    Split into loops with independent iterations (hashes; decisions with branch-free
-    compaction; click times) so that the CPU overlaps their latencies."""
-    k_int, k_bb, k_acc, k_es, k_ec = keys[0], keys[1], keys[2], keys[3], keys[4]
+    Loops of independent iterations (hashes and decisions; compaction; click patterns; click
+    times), so that the compiler vectorises the first and the CPU overlaps the others."""
+    k_src, k_acc, k_eve = keys[0], keys[1], keys[2]
+    order, cum, cum_any, guide = tabs
+    c0, c1, p_z, p_c, eve_fraction, sigma_ps, tau0_frac, p_rest = prm
+    cell_scale = _GUIDE_CELLS / p_c
+    # source choices (one hash: class, basis, bit) and the acceptance uniform
     for q in range(n):
         cm = counter_mix(cand[q])
-        hc[q] = keyed(k_int, cm)
-        hb[q] = keyed(k_bb, cm)
-        ha[q] = keyed(k_acc, cm)
+        w_cm[q] = cm
+        cls, basis, bit = source_choice(keyed(k_src, cm), c0, c1, p_z)
+        w_cs[q] = 4 * cls + 2 * basis + bit
+        w_x[q] = u01(keyed(k_acc, cm)) * p_c
+    if eve_fraction > 0.0:
+        for q in range(n):
+            he = keyed(k_eve, w_cm[q])
+            if u01(he) < eve_fraction:
+                # Intercept-resend: Eve measures in a random basis and resends her result.
+                c = w_cs[q]
+                basis = (c >> 1) & 1
+                eb = np.int64(he & _ONE)
+                ebit = (c & 1) if eb == basis else np.int64((he >> _ONE) & _ONE)
+                w_cs[q] = (c & ~3) | (2 * eb + ebit)
     m = 0
     for q in range(n):
-        u = u01(hc[q])
-        cls = np.int64(u >= c0) + np.int64(u >= c1)
-        h = hb[q]
-        basis = np.int64(u01(h) >= p_z)
-        s = 2 * basis + np.int64(h & _ONE)
-        if eve_fraction > 0.0:
-            cm = counter_mix(cand[q])
-            if u01(keyed(k_es, cm)) < eve_fraction:
-                # Intercept-resend: Eve measures in a random basis and resends her result.
-                he = keyed(k_ec, cm)
-                eb = np.int64(he >> _S63)
-                ebit = (s & 1) if eb == basis else np.int64((he >> _S11) & _ONE)
-                s = 2 * eb + ebit
-        x = u01(ha[q]) * p_c
-        acc_i[m] = cand[q]
-        acc_c[m] = 4 * cls + s
-        acc_x[m] = x
-        m += np.int64(x < cum[cls, s, 14])
-    # Click patterns: the first running sum above x, by a branch-free binary search (cum is
-    # non-decreasing and x < cum[.., 14] here); a data-dependent loop would mispredict.
+        w_acc[m] = q
+        m += np.int64(w_x[q] < cum_any[w_cs[q]])
+    # Click patterns: the first running sum above x. The guide table gives a lower bound of
+    # that index from the cell of x (indexed search: Chen and Asau, AIIE Trans. 6, 163 (1974);
+    # Devroye 1986, Sec. III.2.4), the loop steps up from it: usually no step, since few cells
+    # hold a running sum.
     n_exp = 0
-    for q in range(m):
-        c = acc_c[q]
-        cls = c >> 2
-        s = c & 3
-        x = acc_x[q]
-        j = 8 * np.int64(cum[cls, s, 7] <= x)
-        j += 4 * np.int64(cum[cls, s, j + 3] <= x)
-        j += 2 * np.int64(cum[cls, s, j + 1] <= x)
-        j += np.int64(cum[cls, s, j] <= x)
-        pattern = order[cls, s, j]
-        for r in range(_PAT_N[pattern]):
-            exp_i[n_exp] = acc_i[q]
-            exp_d[n_exp] = _PAT_DET[pattern, r]
-            n_exp += 1
-    # click times: one iteration per click, independent of each other
-    for q in range(n_exp):
-        i = exp_i[q]
-        d = exp_d[q]
-        t_int, t_frac = nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-        g = gauss_from_hash(keyed(k_jit[d], counter_mix(i)))
-        out[n_out + q] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + d
+    for r in range(m):
+        q = w_acc[r]
+        c = w_cs[q]
+        x = w_x[q]
+        j = guide[c, np.int64(x * cell_scale)]
+        while cum[c, j] <= x:
+            j += 1
+        pattern = order[c, j]
+        for d in range(4):
+            w_q[n_exp + d] = q
+            w_d[n_exp + d] = _PAT_DET[pattern, d]
+        n_exp += _PAT_N[pattern]
+    anchor_i, tau0_int, p_int = tim
+    for e in range(n_exp):
+        q = w_q[e]
+        d = w_d[e]
+        t_int, t_frac = nominal_time(cand[q], anchor_i, tau0_int, tau0_frac, p_int, p_rest)
+        g = gauss_from_hash(keyed(keys[3 + d], w_cm[q]))
+        out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + d
     return n_out + n_exp
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def signal_detections(
     out,
     seed,
@@ -354,149 +417,87 @@ def signal_detections(
     same uniform, rescaled, picks the click pattern from the tables of click_pattern_tables.
     Fills `out` and returns (n written, next pulse index): if `out` fills up, call again from
     that index (the caller's buffer keeps this loop free of reallocation)."""
-    n_out = 0
     p_c = 0.0
     for c in range(3):
         for s in range(4):
             p_c = max(p_c, cum[c, s, 14])
     if p_c <= 0.0 or i_hi <= i_lo:
         return 0, i_hi
-    keys = np.empty(5, np.uint64)
-    keys[0] = stream_key(seed, STREAM_INTENSITY)
-    keys[1] = stream_key(seed, STREAM_BASIS_BIT)
-    keys[2] = stream_key(seed, STREAM_ACCEPT)
-    keys[3] = stream_key(seed, STREAM_EVE_SELECT)
-    keys[4] = stream_key(seed, STREAM_EVE_CHOICE)
-    k_blk = stream_key(seed, STREAM_BLOCK)
-    k_jit = np.empty(4, np.uint64)
+    # skip = floor(E / -ln(1 - p_c)), E exponential: the number of failures before a success
+    inv_neg_log_q = -1.0 / math.log1p(-p_c) if p_c < 1.0 else 0.0
+    keys = np.empty(7, np.uint64)
+    keys[0] = stream_key(seed, STREAM_SOURCE)
+    keys[1] = stream_key(seed, STREAM_ACCEPT)
+    keys[2] = stream_key(seed, STREAM_EVE)
     for j in range(4):
-        k_jit[j] = stream_key(seed, STREAM_JITTER + j)
-    cand = np.empty(_BATCH, np.int64)
-    hc = np.empty(_BATCH, np.uint64)
-    hb = np.empty(_BATCH, np.uint64)
-    ha = np.empty(_BATCH, np.uint64)
-    acc_i = np.empty(_BATCH, np.int64)
-    acc_c = np.empty(_BATCH, np.int64)
-    acc_x = np.empty(_BATCH)
-    exp_i = np.empty(4 * _BATCH, np.int64)
-    exp_d = np.empty(4 * _BATCH, np.int64)
-    n_cand = 0
-    log_q = math.log1p(-p_c) if p_c < 1.0 else -math.inf
-    b = i_lo // BLOCK_PULSES
-    while b * BLOCK_PULSES < i_hi:
-        start = b * BLOCK_PULSES
-        end = min(start + BLOCK_PULSES, i_hi)
-        state = keyed(k_blk, counter_mix(b))
-        pos = start - 1
-        while True:
-            state += GAMMA
-            if p_c >= 1.0:
-                skip = 0.0
-            else:
-                u = 1.0 - u01(mix64(state))  # (0, 1]
-                skip = math.floor(math.log(u) / log_q)
-            if pos + 1 + skip >= end:
-                break
-            pos += 1 + np.int64(skip)
-            if pos < i_lo:
-                continue
-            if n_out + 4 * (n_cand + 1) > out.shape[0]:
-                n_out = _judge_batch(
-                    out,
-                    n_out,
-                    cand,
-                    n_cand,
-                    hc,
-                    hb,
-                    ha,
-                    acc_i,
-                    acc_c,
-                    acc_x,
-                    exp_i,
-                    exp_d,
-                    keys,
-                    k_jit,
-                    order,
-                    cum,
-                    p_c,
-                    c0,
-                    c1,
-                    p_z,
-                    eve_fraction,
-                    sigma_ps,
-                    anchor_i,
-                    tau0_int,
-                    tau0_frac,
-                    p_int,
-                    p_rest,
-                )
-                n_cand = 0
-                if n_out + 4 > out.shape[0]:
-                    return n_out, pos
-            cand[n_cand] = pos
-            n_cand += 1
-            if n_cand == _BATCH:
-                n_out = _judge_batch(
-                    out,
-                    n_out,
-                    cand,
-                    n_cand,
-                    hc,
-                    hb,
-                    ha,
-                    acc_i,
-                    acc_c,
-                    acc_x,
-                    exp_i,
-                    exp_d,
-                    keys,
-                    k_jit,
-                    order,
-                    cum,
-                    p_c,
-                    c0,
-                    c1,
-                    p_z,
-                    eve_fraction,
-                    sigma_ps,
-                    anchor_i,
-                    tau0_int,
-                    tau0_frac,
-                    p_int,
-                    p_rest,
-                )
-                n_cand = 0
-        b += 1
-    n_out = _judge_batch(
-        out,
-        n_out,
-        cand,
-        n_cand,
-        hc,
-        hb,
-        ha,
-        acc_i,
-        acc_c,
-        acc_x,
-        exp_i,
-        exp_d,
-        keys,
-        k_jit,
-        order,
-        cum,
-        p_c,
-        c0,
-        c1,
-        p_z,
-        eve_fraction,
-        sigma_ps,
-        anchor_i,
-        tau0_int,
-        tau0_frac,
-        p_int,
-        p_rest,
+        keys[3 + j] = stream_key(seed, STREAM_JITTER + j)
+    k_blk = stream_key(seed, STREAM_BLOCK)
+    cum2 = np.ascontiguousarray(cum).reshape((12, 15))
+    tabs = (
+        np.ascontiguousarray(order).reshape((12, 15)),
+        cum2,
+        cum2[:, 14].copy(),
+        _guide_table(cum2, p_c),
     )
-    return n_out, i_hi
+    prm = (c0, c1, p_z, p_c, eve_fraction, sigma_ps, tau0_frac, p_rest)
+    tim = (anchor_i, tau0_int, p_int)
+    cand = np.empty(_BATCH, np.int64)
+    skips = np.empty(_BATCH, np.int64)
+    w_cm = np.empty(_BATCH, np.uint64)
+    w_cs = np.empty(_BATCH, np.int64)
+    w_x = np.empty(_BATCH)
+    w_acc = np.empty(_BATCH, np.int64)
+    w_q = np.empty(4 * _BATCH + 4, np.int64)
+    w_d = np.empty(4 * _BATCH + 4, np.int64)
+    n_out = 0
+    b = i_lo // BLOCK_PULSES - 1
+    end = b * BLOCK_PULSES  # no block open yet
+    pos = end
+    s0 = np.uint64(0)
+    k = 0  # draws of the open block's skip sequence made so far
+    j = 0  # next unused entry of skips[:nb]
+    nb = 0
+    block_done = True
+    finished = False
+    while True:
+        # candidates until the batch is full or could overflow `out` (4 clicks at most each)
+        limit = min(_BATCH, (out.shape[0] - n_out) // 4)
+        n_cand = 0
+        while n_cand < limit:
+            if j == nb:
+                if block_done:
+                    b += 1
+                    if b * BLOCK_PULSES >= i_hi:
+                        finished = True
+                        break
+                    end = min((b + 1) * BLOCK_PULSES, i_hi)
+                    s0 = keyed(k_blk, counter_mix(b))
+                    pos = b * BLOCK_PULSES - 1
+                    k = 0
+                    block_done = False
+                # draws for the expected candidates left in the block, plus a margin
+                nb = min(
+                    _BATCH, np.int64((end - pos) * p_c + 2.0 * math.sqrt((end - pos) * p_c)) + 4
+                )
+                _draw_skips(skips, nb, s0, k, inv_neg_log_q)
+                k += nb
+                j = 0
+            nxt = pos + 1 + skips[j]
+            j += 1
+            if nxt >= end:
+                block_done = True
+                j = nb
+                continue
+            pos = nxt
+            cand[n_cand] = pos
+            n_cand += np.int64(pos >= i_lo)
+        n_out = _judge_batch(
+            out, n_out, cand, n_cand, w_cm, w_cs, w_x, w_acc, w_q, w_d, keys, tabs, prm, tim
+        )
+        if finished:
+            return n_out, i_hi
+        if out.shape[0] - n_out < 4:
+            return n_out, max(i_lo, pos + 1)
 
 
 @njit(cache=True, nogil=True)

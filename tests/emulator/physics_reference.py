@@ -9,12 +9,12 @@ import numpy as np
 
 MASK = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15
-BLOCK_PULSES = 1 << 14
+BLOCK_PULSES = 1 << 16
 DARK_SLOT_PS = 1 << 24
 CLIP = 8.0
 
 # stream numbers as documented in the kernels module
-S_INTENSITY, S_BASIS_BIT, S_DISCLOSE, S_EVE_SELECT, S_EVE_CHOICE, S_ACCEPT = 1, 2, 3, 4, 5, 6
+S_SOURCE, S_DISCLOSE, S_EVE, S_ACCEPT = 1, 3, 4, 6
 S_JITTER, S_BLOCK, S_DARK_COUNT, S_DARK_TIME, S_AP_PROB, S_AP_DELAY = 11, 15, 16, 20, 24, 28
 
 
@@ -37,18 +37,40 @@ def u01(h: int) -> float:
     return (h >> 11) * 2.0**-53
 
 
+def source_choice(h: int, c0: float, c1: float, p_z: float) -> tuple[int, int, int]:
+    """(class, basis, bit) from one hash: class uniform = bits 63..32, basis uniform = bits
+    31..1, bit = bit 0."""
+    u_class = (h >> 32) / 2.0**32
+    u_basis = ((h >> 1) & (2**31 - 1)) / 2.0**31
+    cls = 0 if u_class < c0 else (1 if u_class < c1 else 2)
+    return cls, (0 if u_basis < p_z else 1), h & 1
+
+
 def pulse_choices(seed, p_mu, p_z, disclose_fraction, indices):
     out = []
     for i in indices:
         i = int(i)
-        u = u01(hash_at(seed, S_INTENSITY, i))
-        cls = 0 if u < p_mu[0] else (1 if u < p_mu[0] + p_mu[1] else 2)
-        h = hash_at(seed, S_BASIS_BIT, i)
-        basis = 0 if u01(h) < p_z else 1
-        bit = h & 1
+        cls, basis, bit = source_choice(hash_at(seed, S_SOURCE, i), p_mu[0], p_mu[0] + p_mu[1], p_z)
         disclosed = basis == 1 or u01(hash_at(seed, S_DISCLOSE, i)) < disclose_fraction
         out.append((basis, cls, bit, disclosed))
     return out
+
+
+def exp_from_hash(h: int) -> float:
+    """-ln(u), u = (2 (h >> 12) + 1) / 2**53, by the series ln m = 2 sum s^(2k+1) / (2k + 1),
+    s = (m - 1)/(m + 1), through s^13, after reducing u's integer to 2**e m, m in
+    [1/sqrt2, sqrt2]."""
+    x = float(2 * (h >> 12) + 1)
+    frac, exp2 = math.frexp(x)  # x = frac 2**exp2, frac in [1/2, 1)
+    m, e = 2.0 * frac, exp2 - 1
+    if m > math.sqrt(2.0):
+        m, e = m / 2.0, e + 1
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    series = 2 / 13
+    for k in (11, 9, 7, 5, 3, 1):
+        series = series * z + 2 / k
+    return (53 - e) * math.log(2.0) - s * series
 
 
 # Acklam's inverse normal CDF, same coefficients as the kernel (checked separately against
@@ -149,7 +171,7 @@ def signal_detections(seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma
     out = []
     if p_c <= 0 or i_hi <= i_lo:
         return out
-    log_q = math.log1p(-p_c) if p_c < 1 else -math.inf
+    inv = -1.0 / math.log1p(-p_c) if p_c < 1 else 0.0
     b = i_lo // BLOCK_PULSES
     while b * BLOCK_PULSES < i_hi:
         start, end = b * BLOCK_PULSES, min((b + 1) * BLOCK_PULSES, i_hi)
@@ -157,23 +179,19 @@ def signal_detections(seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma
         pos = start - 1
         while True:
             state = (state + GAMMA) & MASK
-            skip = 0 if p_c >= 1 else math.floor(math.log(1.0 - u01(mix64(state))) / log_q)
+            skip = int(min(exp_from_hash(mix64(state)) * inv, float(BLOCK_PULSES)))
             if pos + 1 + skip >= end:
                 break
             pos += 1 + skip
             if pos < i_lo:
                 continue
             i = pos
-            u = u01(hash_at(seed, S_INTENSITY, i))
-            cls = int(u >= c0) + int(u >= c1)
-            h = hash_at(seed, S_BASIS_BIT, i)
-            basis = int(u01(h) >= p_z)
-            bit = h & 1
+            cls, basis, bit = source_choice(hash_at(seed, S_SOURCE, i), c0, c1, p_z)
             s = 2 * basis + bit
-            if eve_fraction > 0 and u01(hash_at(seed, S_EVE_SELECT, i)) < eve_fraction:
-                he = hash_at(seed, S_EVE_CHOICE, i)
-                eb = he >> 63
-                ebit = bit if eb == basis else (he >> 11) & 1
+            he = hash_at(seed, S_EVE, i)
+            if eve_fraction > 0 and u01(he) < eve_fraction:
+                eb = he & 1  # Eve's basis; her bit is Alice's in the same basis, else bit 1
+                ebit = bit if eb == basis else (he >> 1) & 1
                 s = 2 * eb + ebit
             x = u01(hash_at(seed, S_ACCEPT, i)) * p_c
             if x >= cum[cls, s, 14]:

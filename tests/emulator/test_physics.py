@@ -99,6 +99,55 @@ def test_normal_quantile_matches_statistics_module():
         assert abs(g - exact) < 1.5e-4
 
 
+def test_exponential_from_hash_matches_reference_and_log():
+    rng = np.random.default_rng(11)
+    hashes = rng.integers(0, 2**64 - 1, 20_000, dtype=np.uint64, endpoint=True)
+    # extremes of u, powers of two, and both sides of the sqrt2 reduction (mantissa near sqrt2)
+    near_sqrt2 = int(math.sqrt(2.0) * 2**63)
+    hashes[:8] = [0, 2**64 - 1, 2**12, 2**63, 2**63 - 1, 2**52, near_sqrt2, near_sqrt2 + 2**13]
+    for h in hashes:
+        e = k.exp_from_hash(h)
+        assert e == ref.exp_from_hash(int(h))
+        u = (2 * (int(h) >> 12) + 1) * 2.0**-53  # exact: odd integer < 2**53 times 2**-53
+        # stated accuracy: series truncation < 5e-13 plus rounding of values below 37
+        assert abs(e + math.log(u)) < 5e-13, (int(h), e, -math.log(u))
+        assert e > 0.0
+
+
+def test_geometric_skips_follow_geometric_law():
+    """P(skip >= j) = (1 - p)^j for the gaps of the candidate search. Counting: the number of
+    n draws with skip >= j is binomial(n, (1 - p)^j); tolerance 5 sigma."""
+    p, n = 0.01, 400_000
+    skips = np.empty(n, np.int64)
+    k._draw_skips(skips, n, np.uint64(0x1234567), 0, -1.0 / math.log1p(-p))
+    assert skips.min() >= 0
+    for j in (1, 10, 69, 200, 500, 1000):
+        q = (1 - p) ** j
+        assert abs(np.sum(skips >= j) - n * q) < 5 * math.sqrt(n * q * (1 - q)), j
+
+
+def test_guide_table_never_overshoots():
+    """The guide table's start index is at most the first running sum above x, for x anywhere
+    in [0, P_any), including exactly on and just below cell edges."""
+    tj = physics.photon_click_table(BASE.replace(attenuation_db=0.0, e_mis=0.05))
+    order, cum = k.click_pattern_tables(np.array([0.6, 0.2, 1e-4]), tj)
+    cum2 = cum.reshape(12, 15)
+    p_c = float(cum2[:, 14].max())
+    guide = k._guide_table(cum2, p_c)
+    cells = guide.shape[1] - 1
+    rng = np.random.default_rng(4)
+    edges = np.arange(cells) * p_c / cells
+    for c in range(12):
+        xs = np.concatenate(
+            [rng.random(2000) * cum2[c, 14], edges, np.nextafter(edges, -1.0), cum2[c, :14]]
+        )
+        xs = xs[(xs >= 0) & (xs < cum2[c, 14])]
+        first = np.searchsorted(cum2[c], xs, side="right")  # first running sum > x
+        start = guide[c, (xs * (cells / p_c)).astype(np.int64)]
+        assert (start <= first).all()
+        assert (first <= 14).all()
+
+
 @pytest.mark.parametrize("eve", [0.0, 0.5])
 def test_signal_kernel_matches_reference(eve):
     p = BASE.replace(attenuation_db=0.0, efficiency=(0.3, 0.2, 0.25, 0.1), e_mis=0.03)
@@ -539,6 +588,14 @@ def test_pulse_choices_frequencies():
         assert abs(np.sum(cls == c) - n * pc) < 5 * math.sqrt(n * pc * (1 - pc))
     assert abs(np.sum(basis == 0) - 0.9 * n) < 5 * math.sqrt(n * 0.09)
     assert abs(np.sum(bit) - 0.5 * n) < 5 * math.sqrt(n * 0.25)
+    # class, basis and bit come from separate bit fields of one hash: their joint law is the
+    # product (each of the 12 cells binomial, 5 sigma)
+    for c, pc in enumerate((0.7, 0.2, 0.1)):
+        for b, pb in enumerate((0.9, 0.1)):
+            for v in (0, 1):
+                pj = pc * pb * 0.5
+                got = np.sum((cls == c) & (basis == b) & (bit == v))
+                assert abs(got - n * pj) < 5 * math.sqrt(n * pj * (1 - pj)), (c, b, v)
     assert disc[basis == 1].all()
     nz = int(np.sum(basis == 0))
     assert abs(np.sum(disc[basis == 0]) - 0.1 * nz) < 5 * math.sqrt(nz * 0.09)
