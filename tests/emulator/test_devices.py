@@ -244,3 +244,126 @@ def test_switch_through_plain_pyserial(emu):
         ser.write(b"s 1\r\nS?\n")  # lower case and CR LF are accepted
         assert ser.readline() == b"1\r\n"
         assert emu.link.params.link_connected is True
+
+
+# -- the tagger's fetch answer in pieces (server fast path), in process ------------------------
+
+
+def _buffered_tagger(pieces):
+    """A Tagger on its own link with ``pieces`` [(ts, ch), ...] in its buffer, as the
+    acquisition thread leaves them."""
+    from hil.emulator.devices import Tagger
+    from hil.emulator.link import Link
+
+    tagger = Tagger(Link())
+    with tagger._room:
+        for ts, ch in pieces:
+            tagger._append(np.asarray(ts, np.int64), np.asarray(ch, np.uint8))
+    return tagger
+
+
+def _expected_block(ts, ch) -> bytes:
+    """The README's record layout, built independently: #<n><len>, int64 LE, uint8, LF."""
+    payload = np.asarray(ts, "<i8").tobytes() + np.asarray(ch, np.uint8).tobytes()
+    length = str(len(payload))
+    return b"#" + str(len(length)).encode() + length.encode() + payload + b"\n"
+
+
+def _pieces(seed=3, sizes=(5, 1, 7, 4)):
+    rng = np.random.default_rng(seed)
+    t, out = 0, []
+    for n in sizes:
+        ts = t + np.cumsum(rng.integers(1, 1000, n))
+        t = int(ts[-1])
+        out.append((ts, rng.integers(0, 5, n)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "message, n",
+    [
+        (b"FETC:TAGS? 9", 9),
+        (b"fetch:tags? 100", 17),  # more asked than buffered: all of it
+        (b":FETCh:TAGS?", 17),  # default: up to 1 000 000
+        (b"  FETC:TAGS?   3 ", 3),
+        (b"FETC:TAGS? 0000012", 12),
+    ],
+)
+def test_tagger_fetch_in_pieces_is_the_documented_block(message, n):
+    pieces = _pieces()
+    ts = np.concatenate([p[0] for p in pieces])
+    ch = np.concatenate([p[1] for p in pieces])
+    tagger = _buffered_tagger(pieces)
+    parts = tagger.execute_parts(message)
+    assert len(parts) > 3  # header, several arrays, terminator: no joined copy
+    got = b"".join(memoryview(p).cast("B") for p in parts)
+    assert got == _expected_block(ts[:n], ch[:n])
+    # the rest stays buffered, in order, for the generic path
+    rest = tagger.execute(b"FETC:TAGS? 1000000")
+    assert rest == _expected_block(ts[n:], ch[n:])
+    assert tagger.execute(b"SYST:ERR?") == b'0,"No error"\n'
+
+
+@pytest.mark.parametrize(
+    "message, reply_start, error",
+    [
+        (b"FETC:TAGS? 0", None, b"-222"),  # out of range: the generic parser's error
+        (b"FETC:TAGS? 2000000", None, b"-222"),
+        (b"FETC:TAGS? 2;:FETC:COUN?", b"#218", None),  # compound: generic path, same block
+        (b"FETC:TAGS? 1E1", b"#290", None),  # other number forms: generic path
+    ],
+)
+def test_tagger_fetch_other_forms_take_the_generic_path(message, reply_start, error):
+    tagger = _buffered_tagger(_pieces())
+    parts = tagger.execute_parts(message)
+    if reply_start is None:
+        assert parts is None
+    else:
+        assert len(parts) == 1 and bytes(parts[0]).startswith(reply_start)
+    err = tagger.execute(b"SYST:ERR?")
+    assert err.startswith(error) if error else err == b'0,"No error"\n'
+
+
+def test_tagger_fetch_in_pieces_restores_time_order_after_a_marker():
+    # a marker placed between chunks at a time before the end of the buffer
+    pieces = [(np.array([10, 20, 30]), np.array([1, 2, 3])), (np.array([25]), np.array([8]))]
+    pieces.append((np.array([40, 50]), np.array([0, 4])))
+    tagger = _buffered_tagger(pieces)
+    assert tagger._unsorted
+    got = b"".join(memoryview(p).cast("B") for p in tagger.execute_parts(b"FETC:TAGS?"))
+    assert got == _expected_block([10, 20, 25, 30, 40, 50], [1, 2, 8, 3, 0, 4])
+
+
+def test_scatter_send_delivers_every_byte_through_partial_sends():
+    """More buffers than one sendmsg takes (IOV_MAX) and more bytes than the socket buffers
+    hold, so sendmsg returns partial counts that end inside a buffer."""
+    import socket
+    import threading
+
+    from hil.emulator.server import IOV_MAX, _send_parts
+
+    rng = np.random.default_rng(9)
+    parts = [b"#head"]
+    parts += [rng.integers(0, 2**62, int(k)) for k in rng.integers(0, 50, IOV_MAX + 300)]
+    parts += [rng.integers(0, 2**62, 600_000), b"", rng.integers(0, 255, 10, dtype=np.uint8)]
+    expected = b"".join(memoryview(p).cast("B") for p in parts)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    received = bytearray()
+
+    def reader():
+        while len(received) < len(expected):
+            chunk = b.recv(70_001)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        _send_parts(a, parts)
+    finally:
+        t.join(10)
+        a.close()
+        b.close()
+    assert bytes(received) == expected

@@ -15,6 +15,7 @@ import threading
 import time
 import tty
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -339,6 +340,87 @@ def test_tagger_bytes(tcp):
         tg.fetch(0)
     with pytest.raises(ValueError):
         tg.set_input(9, enabled=True)
+
+
+def tag_block(ts, ch) -> bytes:
+    """A FETC:TAGS? answer per emulator/README.md: #<n><len>, int64 LE, uint8, LF."""
+    payload = np.asarray(ts, "<i8").tobytes() + np.asarray(ch, np.uint8).tobytes()
+    return (
+        b"#" + str(len(str(len(payload)))).encode() + str(len(payload)).encode() + payload + b"\n"
+    )
+
+
+def test_tagger_stream_bytes_and_drain_after_the_end(tcp, monkeypatch):
+    """One fetch per chunk while tags come; the status only after an empty fetch; after a
+    status other than RUNNING one more fetch picks up what arrived meanwhile; empty polls
+    back off (2, 4 ms ...)."""
+    import hil.instruments.tagger as tagger_module
+
+    sleeps = []
+    monkeypatch.setattr(tagger_module, "time", SimpleNamespace(sleep=sleeps.append))
+    fetch = b"FETC:TAGS? 1000000\n"
+    empty = b"#10\n"
+    a = ([10, 20], [0, 1])
+    b = ([30], [2])
+    c = ([40, 41, 42], [3, 4, 8])
+    tg, _ = tcp(
+        TimeTagger,
+        [
+            (fetch, tag_block(*a)),
+            (fetch, empty),
+            (b"ACQ:STAT?\n", b"RUNNING\n"),
+            (fetch, empty),
+            (b"ACQ:STAT?\n", b"RUNNING\n"),
+            (fetch, tag_block(*b)),
+            (fetch, empty),
+            (b"ACQ:STAT?\n", b"RUNNING\n"),
+            (fetch, empty),
+            (b"ACQ:STAT?\n", b"DONE\n"),
+            (fetch, tag_block(*c)),  # came in between the empty fetch and the status
+            (fetch, empty),
+            (b"ACQ:STAT?\n", b"DONE\n"),
+            (fetch, empty),
+        ],
+    )
+    chunks = [(t.tolist(), c_.tolist()) for t, c_ in tg.stream(poll_s=0.002, max_poll_s=0.016)]
+    assert chunks == [a, b, c]
+    assert sleeps == [0.002, 0.004, 0.002]  # doubles while empty, resets after a chunk
+
+
+def test_tagger_large_block_read_in_pieces(tcp):
+    """A block of many read pieces, sent by the peer in two parts with a pause between."""
+    from hil.instruments.base import READ_PIECE_BYTES
+
+    n = 3 * READ_PIECE_BYTES // 9 + 5
+    rng = np.random.default_rng(2)
+    ts = np.cumsum(rng.integers(0, 1000, n)).astype("<i8")
+    ch = rng.integers(0, 9, n).astype(np.uint8)
+    block = tag_block(ts, ch)
+    half = len(block) // 2
+    tg, _ = tcp(
+        TimeTagger,
+        [
+            Step(b"FETC:TAGS? 1000000\n", block[:half]),
+            Step(b"", block[half:], delay_s=0.05),
+        ],
+    )
+    got_ts, got_ch = tg.fetch()
+    np.testing.assert_array_equal(got_ts, ts)
+    np.testing.assert_array_equal(got_ch, ch)
+
+
+def test_tagger_block_without_terminator_is_an_instrument_error(tcp):
+    bad = tag_block([1, 2], [0, 1])[:-1] + b"X"
+    tg, _ = tcp(TimeTagger, [(b"FETC:TAGS? 2\n", bad)])
+    with pytest.raises(InstrumentError, match="terminator"):
+        tg.fetch(2)
+
+
+def test_tagger_short_block_times_out_naming_the_command(tcp):
+    short = tag_block([1, 2, 3], [0, 1, 2])[:-6]
+    tg, _ = tcp(TimeTagger, [(b"FETC:TAGS? 3\n", short)], timeout_s=0.3)
+    with pytest.raises(InstrumentTimeout, match="FETC:TAGS"):
+        tg.fetch(3)
 
 
 # ----------------------------------------------------------------------------- power meter
