@@ -141,10 +141,10 @@ def build_sync_table(
     # branch-free extraction first (sync tags sit at random among detections, so a branch on
     # the channel would be mispredicted twice per sync); slot j is overwritten until a sync
     table_ps = np.empty(n + 1 + 2 * pad, dtype=np.int64)
-    j = pad
+    j = np.uint64(pad)  # unsigned: no negative-index wraparound on the store
     for i in range(len(timestamps_ps)):
         table_ps[j] = timestamps_ps[i]
-        j += channels[i] == sync_channel
+        j += np.uint64(channels[i] == sync_channel)
     table_count = np.empty(n + 2 * pad, dtype=np.int64)
     gap_rows = np.empty(n, dtype=np.int64)
     gap_uncertain = np.empty(n, dtype=np.bool_)
@@ -301,63 +301,91 @@ def assign_pulses_gated(
 ):
     """Pulse index of every detector tag whose residual lies in [-half_gate, +half_gate), else -1.
 
-    Same interpolation as nearest_pulse, fused with the gate, and written for the full-rate
-    path: every tag is processed and written at slot j, and j only advances on detector tags
-    (so a sync tag's slot is overwritten by the next detection); the outputs need one spare
-    slot. This avoids a branch on the channel, which is unpredictable (syncs are interleaved
-    at random among detections). Returns (n_outside_per_channel, n_outside_table, n_written),
-    n_written being the number of detector tags (so the caller may pass buffers of
-    len(timestamps_ps) + 1 without counting them first).
+    Same interval choice and line as nearest_pulse, written for the full-rate path, with one
+    difference: the nearest pulse is step = floor(dt * (1 / period) + 0.5), a multiplication
+    by the interval's reciprocal period instead of a division per tag (the two can differ
+    only when dt / period lies within a rounding error of a half-integer, i.e. a tag exactly
+    between two pulses); the residual dt - step * period and the gate stay in ps, so tags
+    exactly on a gate edge are decided exactly when the arithmetic is. Every tag is processed and
+    written at slot j, and j only advances on detector tags (so a sync tag's slot is
+    overwritten by the next detection); the outputs need one spare slot. This avoids a branch
+    on the channel, which is unpredictable (syncs are interleaved at random among
+    detections). Returns (n_outside_per_channel, n_outside_table, n_written), n_written being
+    the number of detector tags (so the caller may pass buffers of len(timestamps_ps) + 1
+    without counting them first).
 
-    Per-tag work is kept small: the current interval's start, period and pulse, and the raw
-    time at which the next interval begins, stay in registers and are reloaded only when a
-    tag passes that time (about once per sync); delays and the detector flag come from
-    256-entry tables indexed by the raw channel (0 delay and not a detector beyond n_ch),
-    without clamping the channel.
+    Per-tag work is kept small (measured 4.4 against 6.0 ns per tag for the first version):
+    the current interval's start, period, reciprocal period and pulse, and the raw time at
+    which the next interval begins, stay in registers and are reloaded only when a tag
+    passes that time (about once per sync); delays, the detector flag and the outside counts
+    share one table indexed by the raw channel (one base register; 0 delay and not a
+    detector beyond n_ch), and the output slot is unsigned, which spares the negative-index
+    wraparound on each store. Detections whose pulse time lies outside the span of the real
+    sync tags can only be within the delay spread of either end of the sorted stream; they
+    are counted there, after the main loop.
     """
     n_ch = len(delays_ps)
-    delay = np.zeros(256, dtype=np.int64)
-    is_det = np.zeros(256, dtype=np.int64)
+    # [0:256] delay by raw channel, [256:512] 1 for a detector channel, [512:768] detections
+    # outside every gate by channel
+    tab = np.zeros(768, dtype=np.int64)
     for c in range(n_ch):
-        delay[c] = delays_ps[c]
-        is_det[c] = c != sync_channel
-    outside = np.zeros(256, dtype=np.int64)  # by raw channel: no test of the channel needed
-    n_outside_table = 0
-    last_interval = len(table_ps) - 2
+        tab[c] = delays_ps[c]
+        tab[256 + c] = c != sync_channel
+    m = len(table_ps)
+    inv_period = np.empty(m - 1)
+    for q in range(m - 1):
+        inv_period[q] = 1.0 / table_period_ps[q]
+    last_interval = m - 2
     no_next = np.iinfo(np.int64).max
     k = 0
     base = table_ps[0]
+    ip = inv_period[0]
     p = table_period_ps[0]
     base_pulse = table_pulse[0]
     # interval k holds the tags with raw - search_delay_ps < table_ps[k + 1]
     next_raw = table_ps[1] + search_delay_ps if last_interval > 0 else no_next
-    j = 0
+    j = np.uint64(0)
     for i in range(len(timestamps_ps)):
-        c = channels[i]
+        c = np.uint64(channels[i])
         raw = timestamps_ps[i]
         if raw >= next_raw:
             while k < last_interval and table_ps[k + 1] <= raw - search_delay_ps:
                 k += 1
             base = table_ps[k]
+            ip = inv_period[k]
             p = table_period_ps[k]
             base_pulse = table_pulse[k]
             next_raw = table_ps[k + 1] + search_delay_ps if k < last_interval else no_next
-        t = raw - delay[c]
-        dt = t - base
-        step = np.floor(dt / p + 0.5)
+        dt = np.float64(raw - tab[c] - base)
+        step = np.floor(dt * ip + 0.5)
         r = dt - step * p
         inside = (r >= -half_gate_ps) & (r < half_gate_ps)
         pulse[j] = base_pulse + np.int64(step) if inside else -1
-        det_ch[j] = c
+        det_ch[j] = channels[i]
         if not inside:
-            outside[c] += 1
-        d = is_det[c]
-        n_outside_table += d & ((t < t_first) | (t > t_last))
-        j += d
-    n_outside = outside[:n_ch].copy()
+            tab[_U512 + c] += 1
+        j += np.uint64(tab[_U256 + c])
+    n_outside_table = 0
+    d_min = delays_ps.min()
+    d_max = delays_ps.max()
+    i = 0
+    while i < len(timestamps_ps) and timestamps_ps[i] < t_first + d_max:
+        c = np.uint64(channels[i])
+        n_outside_table += tab[_U256 + c] & (timestamps_ps[i] - tab[c] < t_first)
+        i += 1
+    i = len(timestamps_ps) - 1
+    while i >= 0 and timestamps_ps[i] > t_last + d_min:
+        c = np.uint64(channels[i])
+        n_outside_table += tab[_U256 + c] & (timestamps_ps[i] - tab[c] > t_last)
+        i -= 1
+    n_outside = tab[512 : 512 + n_ch].copy()
     if sync_channel < n_ch:
         n_outside[sync_channel] = 0
-    return n_outside, n_outside_table, j
+    return n_outside, n_outside_table, np.int64(j)
+
+
+_U256 = np.uint64(256)
+_U512 = np.uint64(512)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +393,7 @@ def assign_pulses_gated(
 # ---------------------------------------------------------------------------------------------
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_U8 = np.uint64(8)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
@@ -385,14 +414,90 @@ def splitmix_bit(seed, pulse, salt):
 
 
 @njit(cache=True, nogil=True)
-def _sift_result(hist, stats, code):
-    """(n, d, m, stats, code) from the outcome histogram of sift_counts."""
-    h = hist.reshape(6, 2, 2, 2)  # [basis * 3 + class, match, disclosed, error]
+def _sift_result(hist4, stats, code):
+    """(n, d, m, stats, code) from the four outcome histograms of sift_counts."""
+    # [basis * 3 + class, match, disclosed, error]
+    h = hist4.reshape(4, 48).sum(axis=0).reshape(6, 2, 2, 2)
     n = (h[:, 1, 0, 0] + h[:, 1, 0, 1] + h[:, 1, 1, 0] + h[:, 1, 1, 1]).reshape(2, 3)
     d = (h[:, 1, 1, 0] + h[:, 1, 1, 1]).reshape(2, 3)
     m = h[:, 1, 1, 1].copy().reshape(2, 3)
     stats[4] = h[:, 0].sum()
     return n, d, m, stats, code
+
+
+@njit(cache=True, nogil=True)
+def _outcome_tables():
+    """Lookup tables of sift_counts' single-click path: the outcome bin of a detection is
+    out[a[(basis << 8) | class] | b[bit] | c[channel]], the three uint8 tables filling
+    disjoint bit fields (cell = basis * 3 + class in bits 4-6, answer bit 0 / 1 / 255 as
+    0 / 1 / 2 in bits 2-3, channel 1..4 as 0..3 = 2 * Bob's basis + Bob's bit in bits 0-1);
+    an invalid basis, class, bit or channel sets bit 7, where ``out`` holds the sentinel 255.
+
+    Bins: [basis * 3 + class, match, disclosed, error] flattened (48), as _sift_result reads
+    them. Three byte loads and two ORs replace about 15 instructions of arithmetic (and
+    measured faster than adding int64 table entries)."""
+    invalid = np.uint8(0x80)
+    a = np.full(1 << 16, invalid, dtype=np.uint8)
+    for basis in range(2):
+        for cls in range(3):
+            a[(basis << 8) | cls] = (basis * 3 + cls) << 4
+    b = np.full(256, invalid, dtype=np.uint8)
+    b[0] = 0
+    b[1] = 1 << 2
+    b[255] = 2 << 2
+    c = np.full(256, invalid, dtype=np.uint8)
+    for ch in range(1, 5):
+        c[ch] = ch - 1
+    out = np.full(256, 255, dtype=np.uint8)
+    for basis in range(2):
+        for cls in range(3):
+            for code, a_bit in enumerate((0, 1, 255)):
+                for cc in range(4):
+                    out[((basis * 3 + cls) << 4) | (code << 2) | cc] = (
+                        (basis * 3 + cls) * 8
+                        + np.int64((cc >> 1) == basis) * 4
+                        + np.int64(a_bit != 255) * 2
+                        + np.int64(a_bit != (cc & 1))
+                    )
+    return a, b, c, out
+
+
+@njit(cache=True, nogil=True)
+def _sift_singles(pulse, channel, basis, intensity, bit, start, prev, hist4, tables):
+    """sift_counts' fast path from row ``start``: count single clicks into hist4 while each
+    row's pulse lies strictly between the last counted pulse and the next row's; returns the
+    first row not counted (the general path takes it), or -row - 1 for an invalid row.
+
+    The counts go to a histogram allocated here and are added to hist4 at the end: the
+    compiler cannot tell that a histogram passed in does not overlap the input arrays."""
+    lut_a, lut_b, lut_c, lut_out = tables
+    local = np.zeros(4 * 48, dtype=np.int64)
+    # views from start, indexed from 0: a loop index the compiler knows is >= 0 needs no
+    # negative-index wraparound on each of the six loads (measured 3.0 against 2.0 ns)
+    pulse = pulse[start:]
+    channel = channel[start:]
+    basis = basis[start:]
+    intensity = intensity[start:]
+    bit = bit[start:]
+    stop = max(len(pulse) - 1, 0)
+    for r in range(len(pulse) - 1):
+        p = pulse[r]
+        if not ((p > prev) & (pulse[r + 1] > p)):
+            stop = r
+            break
+        key = (
+            lut_a[(np.uint64(basis[r]) << _U8) | np.uint64(intensity[r])]
+            | lut_b[bit[r]]
+            | lut_c[channel[r]]
+        )
+        outcome = lut_out[key]
+        if outcome >= 48:
+            stop = -r - 1
+            break
+        local[(r & 3) * 48 + outcome] += 1
+        prev = p
+    hist4 += local
+    return stop + start if stop >= 0 else stop - start
 
 
 @njit(cache=True, nogil=True)
@@ -404,30 +509,45 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
     int64 [5] = (unassigned rows, multi-click pulses, cross-basis multi-clicks, same-basis
     conflicting multi-clicks, basis-mismatched pulses); error_row is the first row with an
     invalid channel or answer, -2 if the pulses are not sorted (the caller sorts and calls
-    again), or -1. Single clicks take a branch-free path (basis matches and disclosures are
-    coin flips a branch predictor cannot learn) that increments one bin of an outcome
-    histogram per pulse; multi-clicks are rare and take the slow path.
+    again), or -1.
+
+    Speed: the common row (a single click whose pulse lies strictly between its neighbours'
+    pulses) takes a fast path with one well-predicted test, four table loads and one
+    histogram increment; the histogram has four copies used in turn, so that runs of one
+    outcome do not chain each increment on the store of the previous one. Everything else
+    (unassigned rows, multi-clicks, unsorted input, the last row) takes the general path.
     """
-    hist = np.zeros(48, dtype=np.int64)  # [basis * 3 + class, match, disclosed, error]
+    tables = _outcome_tables()
+    hist4 = np.zeros(4 * 48, dtype=np.int64)  # 4 copies of [basis*3+class, match, disc., err]
     stats = np.zeros(5, dtype=np.int64)
     rows = len(pulse)
-    prev = np.int64(-1)
+    prev = np.int64(-1)  # last assigned pulse counted
     i = 0
     while i < rows:
+        # fast path; stops at the first row that is not a plain single click
+        stop = _sift_singles(pulse, channel, basis, intensity, bit, i, prev, hist4, tables)
+        if stop < 0:  # invalid row -stop - 1
+            return _sift_result(hist4, stats, -stop - 1)
+        if stop > i:
+            prev = pulse[stop - 1]
+        i = stop
+        if i >= rows:
+            break
+        # general path for the group starting at row i
         p = pulse[i]
         if p < 0:
             stats[0] += 1
             i += 1
             continue
         if p <= prev:
-            return _sift_result(hist, stats, -2)
+            return _sift_result(hist4, stats, -2)
         prev = p
         c = np.int64(channel[i]) - 1
         a_basis = np.int64(basis[i])
         a_class = np.int64(intensity[i])
         a_bit = np.int64(bit[i])
         if (c < 0) | (c > 3) | (a_basis > 1) | (a_class > 2) | ((a_bit > 1) & (a_bit != 255)):
-            return _sift_result(hist, stats, i)
+            return _sift_result(hist4, stats, i)
         if i + 1 < rows and pulse[i + 1] == p:
             # clicks seen per (basis, bit), as a 4-bit mask: bit (2 * basis + value)
             seen = 0
@@ -435,7 +555,7 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
             while j < rows and pulse[j] == p:
                 cj = np.int64(channel[j]) - 1
                 if cj < 0 or cj > 3:
-                    return _sift_result(hist, stats, j)
+                    return _sift_result(hist4, stats, j)
                 seen |= 1 << cj
                 j += 1
             stats[1] += 1
@@ -465,5 +585,5 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
             + np.int64(a_bit != 255) * 2
             + np.int64(a_bit != b_bit)
         )
-        hist[outcome] += 1
-    return _sift_result(hist, stats, -1)
+        hist4[outcome] += 1
+    return _sift_result(hist4, stats, -1)

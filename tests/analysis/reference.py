@@ -140,21 +140,21 @@ def assign_pulses_gated(
     t_last,
     half_gate,
 ):
-    pulse, residual, ch, outside_table = nearest_pulse(
-        timestamps_ps,
-        channels,
-        sync_channel,
-        delays_ps,
-        search_delay,
-        table_ps,
-        table_pulse,
-        period,
-        t_first,
-        t_last,
-    )
+    """The gated assignment as the kernel defines it: as nearest_pulse, but the nearest pulse
+    is found with the reciprocal period, floor(dt * (1 / period) + 0.5)."""
+    det = (channels != sync_channel) & (channels < len(delays_ps))
+    ch = channels[det]
+    raw = timestamps_ps[det]
+    t = raw - delays_ps[ch.astype(np.intp)]
+    k = np.searchsorted(table_ps, raw - search_delay, side="right") - 1
+    k = np.clip(k, 0, len(table_ps) - 2)
+    dt = (t - table_ps[k]).astype(np.float64)
+    step = np.floor(dt * (1.0 / period[k]) + 0.5)
+    residual = dt - step * period[k]
     inside = (residual >= -half_gate) & (residual < half_gate)
-    pulse = np.where(inside, pulse, -1)
+    pulse = np.where(inside, table_pulse[k] + step.astype(np.int64), -1)
     n_outside = np.bincount(ch[~inside].astype(np.intp), minlength=len(delays_ps))
+    outside_table = (t < t_first) | (t > t_last)
     return pulse, ch, n_outside, int(np.count_nonzero(outside_table))
 
 
