@@ -194,3 +194,30 @@ def test_answers_outside_uint8_are_refused_not_wrapped():
     ok = np.zeros(2, np.uint8)
     with pytest.raises(ValueError, match="intensity must hold uint8 values"):
         sifting.sift(pulse, ch, ok, np.array([0, 256]), ok)
+
+
+def test_long_single_click_runs_with_interruptions(rng):
+    """The kernel's fast path (single clicks, four histogram copies) and its hand-over to the
+    general path: long runs of single clicks broken by unassigned rows at their stream
+    positions (as assign_pulses leaves them), multi-clicks and the last row, against the
+    reference; an invalid row deep inside a run is reported by its own row number."""
+    n = 20_000
+    pulse = np.cumsum(rng.integers(1, 50, n))
+    pulse = np.sort(np.concatenate([pulse, rng.choice(pulse, 30, replace=False)]))  # 30 doubles
+    # unassigned rows where the stream had them, between ascending pulses
+    pulse = np.insert(pulse, rng.choice(len(pulse), 40, replace=False), -1)
+    ch = rng.integers(1, 5, len(pulse)).astype(np.uint8)
+    basis, cls, bit = answers_for(rng, pulse)
+    got = k.sift_counts(pulse, ch, basis, cls, bit, SEED)
+    exp = ref.sift_counts(pulse, ch, basis, cls, bit, SEED)
+    assert got[4] == -1  # -1 rows between ascending pulses are not an unsorted input
+    for g, e in zip(got[:4], exp, strict=True):
+        np.testing.assert_array_equal(g, e)
+    assert exp[3][0] == 40 and exp[3][1] == 30
+    for column in range(3):
+        bad = [ch, basis, cls][column].copy()
+        row = int(np.flatnonzero((pulse[:-1] >= 0) & (np.diff(pulse) > 0))[12_345])
+        bad[row] = 7
+        args = [ch, basis, cls]
+        args[column] = bad
+        assert k.sift_counts(pulse, *args, bit, SEED)[4] == row
