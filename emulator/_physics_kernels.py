@@ -701,84 +701,106 @@ def sync_tags(i_first, i_last, divider, anchor_i, tau0_int, tau0_frac, p_int, p_
     return out
 
 
+_SORT_BLOCK = 128
+MERGE_SLACK = 32  # merge_sorted writes up to this many entries past the merged length
+
+
 @njit(cache=True, nogil=True)
 def sort_nearly_sorted(a, max_moves):
     """Sort `a` in place by insertion; give up (return False, `a` then partly sorted) after
-    max_moves element moves. Click streams are sorted up to jitter, so this is near O(n)."""
+    max_moves element moves. Click streams are sorted up to jitter, so this is near O(n).
+
+    Blocks of _SORT_BLOCK elements already in order (checked by a branch-free loop over a view,
+    which vectorises) are passed over; only blocks with a descent are insertion-sorted."""
     moves = 0
-    for i in range(1, a.shape[0]):
-        v = a[i]
-        q = i
-        while q > 0 and a[q - 1] > v:
-            a[q] = a[q - 1]
-            q -= 1
-        moves += i - q
-        a[q] = v
-        if moves > max_moves:
-            return False
+    n = a.shape[0]
+    for start in range(1, n, _SORT_BLOCK):
+        end = min(start + _SORT_BLOCK, n)
+        blk = a[start - 1 : end]
+        descents = 0
+        for i in range(1, blk.shape[0]):
+            descents += np.int64(blk[i] < blk[i - 1])
+        if descents == 0:
+            continue  # a[:end] is sorted: a[:start] was, and no step inside the block descends
+        for i in range(start, end):
+            v = a[i]
+            q = i
+            while q > 0 and a[q - 1] > v:
+                a[q] = a[q - 1]
+                q -= 1
+            moves += i - q
+            a[q] = v
+            if moves > max_moves:
+                return False
     return True
 
 
 @njit(cache=True, nogil=True)
-def merge_sorted(a, b):
-    """Merge two sorted int64 arrays."""
-    out = np.empty(a.shape[0] + b.shape[0], np.int64)
+def merge_sorted(a, b, out):
+    """Merge two sorted int64 arrays into out[: len(a) + len(b)] (returned); `out` needs
+    MERGE_SLACK entries more, and must not overlap a or b.
+
+    When one array is much shorter (dark counts, sync tags or held-over keys against a chunk's
+    clicks), the run of the longer one before each element of the shorter is copied in windows
+    of MERGE_SLACK entries: each window is copied whole and its entries <= the element counted
+    without a branch (the copy past the run is overwritten later). Otherwise a plain merge."""
+    if a.shape[0] < b.shape[0]:
+        a, b = b, a
+    na = a.shape[0]
+    nb = b.shape[0]
+    w = MERGE_SLACK
     i = 0
-    j = 0
-    for m in range(out.shape[0]):
-        if j >= b.shape[0] or (i < a.shape[0] and a[i] <= b[j]):
-            out[m] = a[i]
-            i += 1
-        else:
-            out[m] = b[j]
-            j += 1
-    return out
+    o = 0
+    if 4 * nb > na:
+        for j in range(nb):
+            v = b[j]
+            while i < na and a[i] <= v:
+                out[o] = a[i]
+                o += 1
+                i += 1
+            out[o] = v
+            o += 1
+    else:
+        for j in range(nb):
+            v = b[j]
+            while i + w <= na:
+                c = 0
+                for t in range(w):  # unsigned indices: no negative-index fix-up, vectorises
+                    x = a[np.uint64(i + t)]
+                    out[np.uint64(o + t)] = x
+                    c += np.int64(x <= v)
+                i += c
+                o += c
+                if c < w:
+                    break
+            while i < na and a[i] <= v:  # the last entries of a (fewer than w)
+                out[o] = a[i]
+                o += 1
+                i += 1
+            out[o] = v
+            o += 1
+    for t in range(na - i):
+        out[np.uint64(o + t)] = a[np.uint64(i + t)]
+    return out[: na + nb]
 
 
 @njit(cache=True, nogil=True)
-def finalize_tags(pending, main, sync, t0_ps, t1_ps):
+def finalize_tags(pending, main, sync, t0_ps, t1_ps, work):
     """Merge three sorted arrays of tag keys (ts * 8 + channel) and split them at the span.
 
-    Returns (timestamps, channels) of the tags in [t0_ps, t1_ps), the sorted keys at or after
-    t1_ps (to emit later), and the number of keys before t0_ps (dropped)."""
-    n = pending.shape[0] + main.shape[0] + sync.shape[0]
-    ts = np.empty(n, np.int64)
-    ch = np.empty(n, np.uint8)
-    later = np.empty(n, np.int64)
-    lo_key = t0_ps * 8
-    hi_key = t1_ps * 8
-    a = 0
-    b = 0
-    c = 0
-    n_out = 0
-    n_later = 0
-    n_early = 0
-    for _ in range(n):
-        # pick the smallest head of the three arrays
-        key = 0
-        src = -1
-        if a < pending.shape[0]:
-            key = pending[a]
-            src = 0
-        if b < main.shape[0] and (src < 0 or main[b] < key):
-            key = main[b]
-            src = 1
-        if c < sync.shape[0] and (src < 0 or sync[c] < key):
-            key = sync[c]
-            src = 2
-        if src == 0:
-            a += 1
-        elif src == 1:
-            b += 1
-        else:
-            c += 1
-        if key < lo_key:
-            n_early += 1
-        elif key < hi_key:
-            ts[n_out] = key >> 3
-            ch[n_out] = key & 7
-            n_out += 1
-        else:
-            later[n_later] = key
-            n_later += 1
-    return ts[:n_out], ch[:n_out], later[:n_later].copy(), n_early
+    `work`: room for all the keys plus MERGE_SLACK (overwritten). Returns (timestamps, channels)
+    of the tags in [t0_ps, t1_ps), the sorted keys at or after t1_ps (to emit later), and the
+    number of keys before t0_ps (dropped)."""
+    small = merge_sorted(
+        pending, sync, np.empty(pending.shape[0] + sync.shape[0] + MERGE_SLACK, np.int64)
+    )
+    merged = merge_sorted(main, small, work)
+    lo = np.searchsorted(merged, t0_ps * 8)
+    hi = np.searchsorted(merged, t1_ps * 8)
+    ts = np.empty(hi - lo, np.int64)
+    ch = np.empty(hi - lo, np.uint8)
+    for m in range(hi - lo):
+        key = merged[lo + m]
+        ts[m] = key >> 3
+        ch[m] = key & 7
+    return ts, ch, merged[hi:].copy(), lo

@@ -339,10 +339,21 @@ def pulse_choices(seed: int, p_mu, p_z: float, disclose_fraction: float, indices
 # the generator
 
 
-def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
+def _scratch(st: _State, name: str, n: int) -> np.ndarray:
+    """A reusable int64 work array of at least n entries, kept in the state between calls:
+    fresh arrays this large come from mmap, and their page faults (zeroed pages) cost as much
+    as a kernel pass over them."""
+    buf = st.scratch.get(name)
+    if buf is None or buf.shape[0] < n:
+        buf = st.scratch[name] = np.empty(max(n, 5 * n // 4), np.int64)
+    return buf
+
+
+def _sorted_union(parts: list[np.ndarray], out: np.ndarray) -> np.ndarray:
     """Sorted union of key arrays that are each sorted up to small local disorder (jitter,
     unequal channel delays), with a full sort as the fallback for large disorder. The parts are
-    sorted in place: they must be arrays this module owns."""
+    sorted in place: they must be arrays this module owns. The union is written to `out` (room
+    for all keys plus _k.MERGE_SLACK, and none of the parts) unless it is a single part."""
     parts = sorted((a for a in parts if a.shape[0]), key=len)
     if not parts:
         return np.empty(0, np.int64)
@@ -350,8 +361,10 @@ def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
         if not _k.sort_nearly_sorted(a, 8 * a.shape[0] + 1024):
             a.sort()
     merged = parts[0]
-    for a in parts[1:]:
-        merged = _k.merge_sorted(merged, a)
+    for m, a in enumerate(parts[1:], start=2):
+        n = merged.shape[0] + a.shape[0]
+        work = out if m == len(parts) else np.empty(n + _k.MERGE_SLACK, np.int64)
+        merged = _k.merge_sorted(merged, a, work)
     return merged
 
 
@@ -421,18 +434,18 @@ def _derive(p: LinkParams) -> _Derived:
     )
 
 
-def _signal_clicks(dv: _Derived, i_lo: int, i_hi: int, timing) -> np.ndarray:
-    """Clicks (keys t * 4 + detector) caused by the light of pulses [i_lo, i_hi)."""
+def _signal_clicks(dv: _Derived, st: _State, i_lo: int, i_hi: int, timing) -> np.ndarray:
+    """Clicks (keys t * 4 + detector) caused by the light of pulses [i_lo, i_hi), in a scratch
+    array of the state (valid until the next call)."""
     if dv.p_c <= 0 or i_hi <= i_lo:
         return np.empty(0, np.int64)
     expected = (i_hi - i_lo) * dv.p_c * 1.1
-    cap = int(expected + 6 * math.sqrt(expected)) + 4096
-    out = []
+    buf = _scratch(st, "signal", int(expected + 6 * math.sqrt(expected)) + 4096)
+    n = 0
     i = i_lo
-    while i < i_hi:
-        buf = np.empty(cap, np.int64)
-        n, i = _k.signal_detections(
-            buf,
+    while True:
+        m, i = _k.signal_detections(
+            buf[n:],
             dv.seed,
             i,
             i_hi,
@@ -445,8 +458,12 @@ def _signal_clicks(dv: _Derived, i_lo: int, i_hi: int, timing) -> np.ndarray:
             dv.jitter_ps,
             *timing,
         )
-        out.append(buf[:n])
-    return np.concatenate(out) if len(out) > 1 else out[0]
+        n += m
+        if i >= i_hi:
+            return buf[:n]
+        grown = np.empty(2 * buf.shape[0], np.int64)  # more clicks than expected: grow
+        grown[:n] = buf[:n]
+        buf = st.scratch["signal"] = grown
 
 
 def _dark_clicks(dv: _Derived, t_lo: int, t_hi: int) -> np.ndarray:
@@ -463,18 +480,18 @@ def _dark_clicks(dv: _Derived, t_lo: int, t_hi: int) -> np.ndarray:
 
 def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.ndarray:
     """Dead time and afterpulsing over sorted primary clicks, then the tagger's view of the
-    registered clicks (tag keys ts * 8 + channel, sorted within each channel); updates the
-    detector state."""
-    cap = int(keys.shape[0] * (1 + 2 * dv.afterpulse_prob)) + st.n_heap + 1024
-    out = []
+    registered clicks (tag keys ts * 8 + channel, sorted within each channel), in a scratch
+    array of the state (valid until the next call); updates the detector state."""
+    buf = _scratch(st, "tags", int(keys.shape[0] * (1 + 2 * dv.afterpulse_prob)) + st.n_heap + 1024)
+    n = 0
     while True:
-        if st.heap.shape[0] < st.n_heap + cap:
-            heap = np.empty(2 * (st.n_heap + cap), np.int64)
+        room = buf.shape[0] - n
+        if st.heap.shape[0] < st.n_heap + room:  # one afterpulse at most per registered click
+            heap = np.empty(2 * (st.n_heap + room), np.int64)
             heap[: st.n_heap] = st.heap[: st.n_heap]
             st.heap = heap
-        buf = np.empty(cap, np.int64)
-        n, used, st.n_heap = _k.register_clicks(
-            buf,
+        m, used, st.n_heap = _k.register_clicks(
+            buf[n:],
             keys,
             horizon,
             dv.dead_ps,
@@ -489,11 +506,13 @@ def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.nd
             dv.resolution,
             dv.enabled,
         )
-        out.append(buf[:n])
+        n += m
         keys = keys[used:]
-        if n < cap:
-            break
-    return np.concatenate(out) if len(out) > 1 else out[0]
+        if m < room:
+            return buf[:n]
+        grown = np.empty(2 * buf.shape[0], np.int64)  # output full: grow and go on
+        grown[:n] = buf[:n]
+        buf = st.scratch["tags"] = grown
 
 
 @dataclass
@@ -568,6 +587,7 @@ class _State:
     last_click: np.ndarray = field(default_factory=lambda: np.full(4, _LAST_NEVER, np.int64))
     heap: np.ndarray = field(default_factory=lambda: np.empty(64, np.int64))
     n_heap: int = 0
+    scratch: dict = field(default_factory=dict)  # reused work arrays, see _scratch
     fresh: bool = True  # tags before t0 are the lead-in's, not losses
 
 
@@ -641,12 +661,13 @@ class LinkGenerator:
         i_hi = st.clock.first_at_or_after(horizon + dv.jitter_reach, offset)
         parts = [st.pending_clicks]
         if i_hi > st.next_pulse:
-            parts.append(_signal_clicks(dv, st.next_pulse, i_hi, timing))
+            parts.append(_signal_clicks(dv, st, st.next_pulse, i_hi, timing))
         st.next_pulse = max(st.next_pulse, i_hi)
         if horizon > st.dark_from:
             parts.append(_dark_clicks(dv, st.dark_from, horizon))
             st.dark_from = horizon
-        clicks = _sorted_union(parts)
+        n_clicks = sum(len(a) for a in parts) + _k.MERGE_SLACK
+        clicks = _sorted_union(parts, _scratch(st, "clicks", n_clicks))
         split = int(np.searchsorted(clicks, horizon * 4))
         st.pending_clicks = clicks[split:].copy()
         tags = _register(dv, st, clicks[:split], horizon)
@@ -669,7 +690,11 @@ class LinkGenerator:
             n_in = int(np.searchsorted(sync, t1 * 8))
             st.next_sync = first + n_in * div if n_in < sync.shape[0] else i_sync_end
             sync = sync[:n_in] if p.sync_enabled and p.channel_enabled[0] else sync[:0]
-        ts, ch, st.pending_tags, n_early = _k.finalize_tags(st.pending_tags, tags, sync, t0, t1)
+        n_keys = len(st.pending_tags) + len(tags) + len(sync) + _k.MERGE_SLACK
+        merged = _scratch(st, "merged", n_keys)
+        ts, ch, st.pending_tags, n_early = _k.finalize_tags(
+            st.pending_tags, tags, sync, t0, t1, merged
+        )
         if not st.fresh:
             self.dropped_early_tags += n_early
         st.fresh = False

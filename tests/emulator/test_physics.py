@@ -246,12 +246,38 @@ def test_sorting_kernels_match_numpy():
     assert (b == np.sort(a)).all()
     c = rng.integers(0, 10**9, 5000)
     assert not k.sort_nearly_sorted(c.copy(), 100)  # gives up on a shuffled array
+    # sorted blocks are passed over: single descents at, just before and after block edges,
+    # including one that must move an element back across several blocks
+    for n in (0, 1, 2, 127, 128, 129, 1000):
+        for pos in {1, 127, 128, 129, 256, n - 1}:
+            if not 0 < pos < n:
+                continue
+            d = np.arange(n, dtype=np.int64) * 10
+            d[pos] = d[pos] - 15 if pos != n - 1 else -1
+            e = d.copy()
+            assert k.sort_nearly_sorted(e, 10**9)
+            assert (e == np.sort(d)).all(), (n, pos)
     x, y = np.sort(rng.integers(0, 100, 300)), np.sort(rng.integers(0, 100, 7))
-    assert (k.merge_sorted(x, y) == np.sort(np.concatenate([x, y]))).all()
-    assert len(k.merge_sorted(x[:0], y[:0])) == 0
+    out = np.full(400, -1, np.int64)
+    assert (k.merge_sorted(x, y, out) == np.sort(np.concatenate([x, y]))).all()
+    assert (out[307 + k.MERGE_SLACK :] == -1).all()  # nothing written past the stated slack
+    assert len(k.merge_sorted(x[:0], y[:0], out)) == 0
+    # galloping merge: sizes from empty to equal, duplicates, one side wholly before the other
+    # (both merge paths: sizes within 4x of each other, and far apart; windows of the short path
+    # ending exactly at, before and after the end of the long array)
+    cases = [(0, 5, 10), (5, 0, 10), (1000, 1000, 50), (2000, 3, 10**6), (3, 2000, 10)]
+    cases += [(n, 1, 10**6) for n in (31, 32, 33, 64, 65)] + [(5000, 40, 10**4), (5000, 40, 9)]
+    for na, nb, hi in cases:
+        for shift in (0, 10**7, -(10**7)):
+            p = np.sort(rng.integers(0, hi, na))
+            q = np.sort(rng.integers(0, hi, nb)) + shift
+            got = k.merge_sorted(p, q, np.empty(na + nb + k.MERGE_SLACK, np.int64))
+            assert (got == np.sort(np.concatenate([p, q]))).all(), (na, nb, shift)
     parts = [np.sort(rng.integers(0, 8 * 10**6, m)) for m in (40, 3000, 0)]
     for t0, t1 in ((0, 10**6), (2 * 10**5, 7 * 10**5), (5, 5)):
-        ts, ch, later, early = k.finalize_tags(*parts, t0, t1)
+        ts, ch, later, early = k.finalize_tags(
+            *parts, t0, t1, np.empty(3040 + k.MERGE_SLACK, np.int64)
+        )
         allk = np.sort(np.concatenate(parts))
         inside = allk[(allk >= t0 * 8) & (allk < t1 * 8)]
         assert (ts == inside >> 3).all() and (ch == inside & 7).all() and ch.dtype == np.uint8
