@@ -201,6 +201,8 @@ _GAUSS_TABLE = np.zeros(_GAUSS_CELLS + 1)
 for _k in range(1, _GAUSS_CELLS):
     _GAUSS_TABLE[_k] = norm_ppf.py_func(_k / _GAUSS_CELLS)
 _S52 = np.uint64(64 - _GAUSS_BITS)
+_GAUSS_EDGE_U = np.uint64(_GAUSS_EDGE)
+_GAUSS_HI_U = np.uint64(_GAUSS_CELLS - _GAUSS_EDGE)
 _FRAC_MASK = np.uint64((1 << 40) - 1)
 _S12 = np.uint64(12)
 _INV40 = 1.0 / float(1 << 40)
@@ -214,12 +216,12 @@ def gauss_from_hash(h):
     The top 12 bits pick a cell of the probability axis, 40 further bits the position in it:
     the quantile is interpolated from _GAUSS_TABLE, or computed by norm_ppf in the outer cells
     (where it curves strongly and diverges)."""
-    cell = np.int64(h >> _S52)
-    if cell < _GAUSS_EDGE or cell >= _GAUSS_CELLS - _GAUSS_EDGE:
+    cell = h >> _S52  # unsigned: indexes the table without a negative-index fix-up
+    if cell < _GAUSS_EDGE_U or cell >= _GAUSS_HI_U:
         g = norm_ppf((np.float64(np.int64(h >> _S12)) + 0.5) * _INV52)  # inside (0, 1)
     else:
         f = np.float64(np.int64((h >> _S12) & _FRAC_MASK)) * _INV40
-        g = _GAUSS_TABLE[cell] + f * (_GAUSS_TABLE[cell + 1] - _GAUSS_TABLE[cell])
+        g = _GAUSS_TABLE[cell] + f * (_GAUSS_TABLE[cell + _ONE] - _GAUSS_TABLE[cell])
     return min(max(g, -JITTER_CLIP_SIGMA), JITTER_CLIP_SIGMA)
 
 
@@ -306,6 +308,10 @@ _PAT_DET = np.zeros((16, 4), np.int64)
 for _p in range(16):
     _dets = [j for j in range(4) if (_p >> j) & 1]
     _PAT_DET[_p, : len(_dets)] = _dets
+_PAT_DET_F = _PAT_DET.ravel().copy()
+_U3 = np.uint64(3)
+_U4 = np.uint64(4)
+_U15 = np.uint64(15)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -332,7 +338,7 @@ def _draw_skips(skips, nb, s0, k, inv_neg_log_q):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, w_d, keys, tabs, prm, tim):
+def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, prm, tim):
     """Decide a batch of candidate pulses and write the clicks of the kept ones to `out`.
 
     Loops of independent iterations (hashes and decisions; compaction; click patterns; click
@@ -358,34 +364,40 @@ def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, w_d, keys, ta
                 eb = np.int64(he & _ONE)
                 ebit = (c & 1) if eb == basis else np.int64((he >> _ONE) & _ONE)
                 w_cs[q] = (c & ~3) | (2 * eb + ebit)
+    # (table lookups with unsigned indices: numba adds no negative-index fix-up to those)
     m = 0
     for q in range(n):
         w_acc[m] = q
-        m += np.int64(w_x[q] < cum_any[w_cs[q]])
+        m += np.int64(w_x[q] < cum_any[np.uint64(w_cs[q])])
     # Click patterns: the first running sum above x. The guide table gives a lower bound of
     # that index from the cell of x (indexed search: Chen and Asau, AIIE Trans. 6, 163 (1974);
     # Devroye 1986, Sec. III.2.4), the loop steps up from it: usually no step, since few cells
-    # hold a running sum.
+    # hold a running sum. All four detector slots are written, the count advanced by the
+    # pattern's clicks (no data-dependent branch); a slot holds 4 * candidate + detector.
+    guide_f = guide.ravel()
+    cum_f = cum.ravel()
+    order_f = order.ravel()
+    n_cells = np.uint64(guide.shape[1])
     n_exp = 0
     for r in range(m):
         q = w_acc[r]
-        c = w_cs[q]
+        c = np.uint64(w_cs[q])
         x = w_x[q]
-        j = guide[c, np.int64(x * cell_scale)]
-        while cum[c, j] <= x:
-            j += 1
-        pattern = order[c, j]
+        j = c * _U15 + np.uint64(guide_f[c * n_cells + np.uint64(x * cell_scale)])
+        while cum_f[j] <= x:
+            j += _ONE
+        pattern = np.uint64(order_f[j])
         for d in range(4):
-            w_q[n_exp + d] = q
-            w_d[n_exp + d] = _PAT_DET[pattern, d]
+            w_q[n_exp + d] = 4 * q + _PAT_DET_F[pattern * _U4 + np.uint64(d)]
         n_exp += _PAT_N[pattern]
     anchor_i, tau0_int, p_int = tim
     for e in range(n_exp):
-        q = w_q[e]
-        d = w_d[e]
+        qd = w_q[e]
+        q = np.uint64(qd >> 2)
+        d = np.uint64(qd & 3)
         t_int, t_frac = nominal_time(cand[q], anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-        g = gauss_from_hash(keyed(keys[3 + d], w_cm[q]))
-        out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + d
+        g = gauss_from_hash(keyed(keys[_U3 + d], w_cm[q]))
+        out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + (qd & 3)
     return n_out + n_exp
 
 
@@ -448,7 +460,6 @@ def signal_detections(
     w_x = np.empty(_BATCH)
     w_acc = np.empty(_BATCH, np.int64)
     w_q = np.empty(4 * _BATCH + 4, np.int64)
-    w_d = np.empty(4 * _BATCH + 4, np.int64)
     n_out = 0
     b = i_lo // BLOCK_PULSES - 1
     end = b * BLOCK_PULSES  # no block open yet
@@ -482,17 +493,17 @@ def signal_detections(
                 _draw_skips(skips, nb, s0, k, inv_neg_log_q)
                 k += nb
                 j = 0
-            nxt = pos + 1 + skips[j]
+            nxt = pos + 1 + skips[np.uint64(j)]
             j += 1
             if nxt >= end:
                 block_done = True
                 j = nb
                 continue
             pos = nxt
-            cand[n_cand] = pos
+            cand[np.uint64(n_cand)] = pos
             n_cand += np.int64(pos >= i_lo)
         n_out = _judge_batch(
-            out, n_out, cand, n_cand, w_cm, w_cs, w_x, w_acc, w_q, w_d, keys, tabs, prm, tim
+            out, n_out, cand, n_cand, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, prm, tim
         )
         if finished:
             return n_out, i_hi
@@ -501,17 +512,33 @@ def signal_detections(
 
 
 @njit(cache=True, nogil=True)
-def _poisson(h, lam):
-    """Poisson(lam) by sequential inversion (Devroye 1986), lam split into pieces of mean <= 30
-    (a sum of independent Poisson variables is Poisson; no exp underflow)."""
-    n = 0
+def _poisson_pieces(lam):
+    """lam split into pieces of mean <= 30 (a sum of independent Poisson variables is Poisson;
+    no exp underflow), and exp(-piece) of each: computed once per rate, not per draw."""
+    n_pieces = 0
     remaining = lam
-    piece = 0
     while remaining > 0.0:
+        remaining -= min(remaining, _POISSON_PIECE)
+        n_pieces += 1
+    pieces = np.empty(n_pieces)
+    exps = np.empty(n_pieces)
+    remaining = lam
+    for k in range(n_pieces):
         lp = min(remaining, _POISSON_PIECE)
         remaining -= lp
+        pieces[k] = lp
+        exps[k] = math.exp(-lp)
+    return pieces, exps
+
+
+@njit(cache=True, nogil=True)
+def _poisson(h, pieces, exps):
+    """Poisson(sum of pieces) by sequential inversion (Devroye 1986), piece by piece."""
+    n = 0
+    for piece in range(pieces.shape[0]):
+        lp = pieces[piece]
         u = u01(mix64(h + np.uint64(piece) * GAMMA))
-        p = math.exp(-lp)
+        p = exps[piece]
         cdf = p
         k = 0
         while u > cdf and k < 1000:
@@ -519,7 +546,6 @@ def _poisson(h, lam):
             p *= lp / k
             cdf += p
         n += k
-        piece += 1
     return n
 
 
@@ -535,14 +561,14 @@ def dark_detections(out, seed, det, rate_hz, t_lo, t_hi):
     n_out = 0
     if rate_hz <= 0.0 or t_hi <= t_lo:
         return 0, t_hi
-    lam = rate_hz * DARK_SLOT_PS * 1e-12
+    pieces, exps = _poisson_pieces(rate_hz * DARK_SLOT_PS * 1e-12)
     k_n = stream_key(seed, STREAM_DARK_COUNT + det)
     k_t = stream_key(seed, STREAM_DARK_TIME + det)
     s_first = t_lo // DARK_SLOT_PS
     s_last = (t_hi - 1) // DARK_SLOT_PS
     for s in range(s_first, s_last + 1):
         cm = counter_mix(s)
-        n = _poisson(keyed(k_n, cm), lam)
+        n = _poisson(keyed(k_n, cm), pieces, exps)
         if n == 0:
             continue
         if n_out + n > out.shape[0]:
@@ -593,6 +619,14 @@ def _heap_push(heap, n, key):
 
 
 @njit(cache=True, nogil=True)
+def heap_push_all(heap, n, keys):
+    """Push keys onto the binary min-heap heap[:n] (room needed for all); returns the new n."""
+    for m in range(keys.shape[0]):
+        n = _heap_push(heap, n, keys[m])
+    return n
+
+
+@njit(cache=True, nogil=True)
 def _heap_pop(heap, n):
     top = heap[0]
     n -= 1
@@ -631,8 +665,9 @@ def register_clicks(
 ):
     """Apply non-paralysable dead time and afterpulsing to time-sorted primary clicks.
 
-    keys: sorted t_ps * 4 + detector, all < horizon_ps * 4. Afterpulses pending in the binary
-    heap `heap[:n_heap]` are merged in time order; those at or after the horizon stay pending.
+    keys: sorted t_ps * 4 + detector, all < horizon_ps * 4. Clicks pending in the binary heap
+    `heap[:n_heap]` (afterpulses, and clicks the caller put there: dark counts, clicks past an
+    earlier horizon) are merged in time order; those at or after the horizon stay pending.
     A registered click at t makes the detector blind until t + dead (non-paralysable: clicks in
     the blind time are lost and do not extend it; Müller, NIM 112, 47 (1973)). With probability
     p_ap it is followed by an afterpulse at t + dead + Exp(tau) (trap release after re-arming,

@@ -349,23 +349,17 @@ def _scratch(st: _State, name: str, n: int) -> np.ndarray:
     return buf
 
 
-def _sorted_union(parts: list[np.ndarray], out: np.ndarray) -> np.ndarray:
-    """Sorted union of key arrays that are each sorted up to small local disorder (jitter,
-    unequal channel delays), with a full sort as the fallback for large disorder. The parts are
-    sorted in place: they must be arrays this module owns. The union is written to `out` (room
-    for all keys plus _k.MERGE_SLACK, and none of the parts) unless it is a single part."""
-    parts = sorted((a for a in parts if a.shape[0]), key=len)
-    if not parts:
-        return np.empty(0, np.int64)
-    for a in parts:
-        if not _k.sort_nearly_sorted(a, 8 * a.shape[0] + 1024):
-            a.sort()
-    merged = parts[0]
-    for m, a in enumerate(parts[1:], start=2):
-        n = merged.shape[0] + a.shape[0]
-        work = out if m == len(parts) else np.empty(n + _k.MERGE_SLACK, np.int64)
-        merged = _k.merge_sorted(merged, a, work)
-    return merged
+def _hold(st: _State, keys: np.ndarray) -> None:
+    """Put clicks (keys t * 4 + detector, any order) into the state's heap of clicks waiting
+    for the dead-time stage: it merges them in time order with the chunk's signal clicks, and
+    keeps those at or after its horizon for the next call."""
+    if keys.shape[0] == 0:
+        return
+    if st.heap.shape[0] < st.n_heap + keys.shape[0]:
+        heap = np.empty(2 * (st.n_heap + keys.shape[0]), np.int64)
+        heap[: st.n_heap] = st.heap[: st.n_heap]
+        st.heap = heap
+    st.n_heap = _k.heap_push_all(st.heap, st.n_heap, keys)
 
 
 @dataclass
@@ -582,7 +576,6 @@ class _State:
     next_pulse: int  # first pulse whose light is not yet simulated
     next_sync: int  # first pulse index whose sync tag is not yet emitted
     dark_from: int
-    pending_clicks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pending_tags: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     last_click: np.ndarray = field(default_factory=lambda: np.full(4, _LAST_NEVER, np.int64))
     heap: np.ndarray = field(default_factory=lambda: np.empty(64, np.int64))
@@ -659,17 +652,20 @@ class LinkGenerator:
 
         # light: pulses whose clicks can fall before the horizon
         i_hi = st.clock.first_at_or_after(horizon + dv.jitter_reach, offset)
-        parts = [st.pending_clicks]
+        # The signal clicks are the bulk: sorted in place (they are in pulse order up to jitter)
+        # and fed to the dead-time stage as they are. Dark counts and the few signal clicks past
+        # the horizon join the heap that stage merges in (it holds them until their time).
+        clicks = np.empty(0, np.int64)
         if i_hi > st.next_pulse:
-            parts.append(_signal_clicks(dv, st, st.next_pulse, i_hi, timing))
+            clicks = _signal_clicks(dv, st, st.next_pulse, i_hi, timing)
+            if not _k.sort_nearly_sorted(clicks, 8 * clicks.shape[0] + 1024):
+                clicks.sort()
         st.next_pulse = max(st.next_pulse, i_hi)
-        if horizon > st.dark_from:
-            parts.append(_dark_clicks(dv, st.dark_from, horizon))
-            st.dark_from = horizon
-        n_clicks = sum(len(a) for a in parts) + _k.MERGE_SLACK
-        clicks = _sorted_union(parts, _scratch(st, "clicks", n_clicks))
         split = int(np.searchsorted(clicks, horizon * 4))
-        st.pending_clicks = clicks[split:].copy()
+        _hold(st, clicks[split:])
+        if horizon > st.dark_from:
+            _hold(st, _dark_clicks(dv, st.dark_from, horizon))
+            st.dark_from = horizon
         tags = _register(dv, st, clicks[:split], horizon)
         st.horizon = horizon
         # channels differ in delay: the per-channel order must be merged into one
