@@ -78,11 +78,97 @@ N_CHANNEL_IDS = 256  # detectors are uint8
 @njit(cache=True, nogil=True)
 def count_channels(channels):
     """Tags per uint8 channel id (length 256). np.bincount does the same at ~8x the cost
-    (it first widens every uint8 to intp), which the store would pay on every tag."""
-    counts = np.zeros(256, dtype=np.int64)
-    for c in channels:
-        counts[c] += 1
-    return counts
+    (it first widens every uint8 to intp), which the store would pay on every tag.
+
+    Four interleaved tables: runs of one channel (the detectors dominate) would otherwise
+    make each increment wait for the previous one to the same counter (0.65 against
+    1.15 ns per tag, measured on 2e5 tags shaped like the emulated bench)."""
+    counts = np.zeros(4 * 256, dtype=np.int64)
+    n = len(channels)
+    m = n - n % 4
+    for i in range(0, m, 4):
+        counts[channels[i]] += 1
+        counts[256 + channels[i + 1]] += 1
+        counts[512 + channels[i + 2]] += 1
+        counts[768 + channels[i + 3]] += 1
+    for i in range(m, n):
+        counts[channels[i]] += 1
+    return counts[:256] + counts[256:512] + counts[512:768] + counts[768:]
+
+
+class _WriteBehind:
+    """Hand a growing file's older pages to the disk and out of the page cache (Linux).
+
+    Every ``step_bytes`` of growth, writeback of the new bytes is started (asynchronous), and
+    the bytes older than the newest ``keep_bytes`` (whose writeback was started a step or
+    more ago) are waited for and dropped from the page cache. A long capture then reuses the
+    page-cache pages it just freed instead of taking fresh ones, and its cache footprint stays
+    bounded. On the 2-core VM of benchmarks/bench_store.py a write into fresh page-cache pages
+    costs ~20 ns per 9-byte tag against ~2-6 ns into recycled ones (measured with plain
+    pwrite, 400 MB files). The file's content and the SWMR/flush guarantees are unchanged:
+    only when the kernel writes pages back and whether it keeps them cached. Elsewhere (no
+    sync_file_range) it does nothing."""
+
+    def __init__(self, path: Path, step_bytes: int = 32 << 20, keep_bytes: int = 64 << 20):
+        self.step, self.keep = step_bytes, keep_bytes
+        self.started = self.dropped = 0
+        self.fd = -1
+        if _sync_file_range is not None and hasattr(os, "posix_fadvise"):
+            try:
+                self.fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                self.fd = -1
+
+    def __call__(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            size = os.fstat(self.fd).st_size
+            if size - self.started < self.step:
+                return
+            _sync_file_range(self.fd, self.started, size - self.started, _SFR_WRITE)
+            self.started = size
+            end = size - self.keep
+            if end - self.dropped >= self.step:
+                # written back long ago as a rule; waits only when the disk lags behind
+                _sync_file_range(self.fd, self.dropped, end - self.dropped, _SFR_WAIT_ALL)
+                os.posix_fadvise(self.fd, self.dropped, end - self.dropped, os.POSIX_FADV_DONTNEED)
+                self.dropped = end
+        except OSError:
+            self.close()  # a file system without these calls: the page cache as usual
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _load_sync_file_range():
+    """libc's sync_file_range (Linux), or None."""
+    if not hasattr(os, "posix_fadvise"):
+        return None
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> None:
+        if fn(fd, offset, nbytes, flags) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return sync_file_range
+
+
+_SFR_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writeback of dirty pages in the range
+_SFR_WAIT_ALL = 7  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk when it returns
+_sync_file_range = _load_sync_file_range()
 
 
 def _utc(t: float | None = None) -> str:
@@ -230,10 +316,15 @@ def _write_tree(group: h5py.Group, value: Any, name: str) -> None:
 class CaptureWriter:
     """Write one acquisition: tags streamed in chunks, events, snapshot, QKD results.
 
-    Memory stays bounded: each ``append`` goes straight to the file; only per-channel counts and
-    results set before ``close`` are held. ``flush`` (automatic every ``flush_every_s``) makes
-    everything appended so far visible to SWMR readers and durable against a writer crash;
-    ``n_flushed`` says how many tags that covers.
+    Memory stays bounded: each ``append`` goes to the file (uncompressed tags through one HDF5
+    chunk held here); only per-channel counts and results set before ``close`` are held.
+    ``write_behind`` (Linux): the file's pages older than its newest 64 MiB are written to disk
+    and dropped from the page cache as the capture grows (see ``_WriteBehind``; a capture read
+    right after it is written then comes partly from the disk).
+
+    ``flush`` (automatic every ``flush_every_s``) makes everything appended so far visible to
+    SWMR readers and durable against a writer crash; ``n_flushed`` says how many tags that
+    covers.
     """
 
     def __init__(
@@ -247,6 +338,7 @@ class CaptureWriter:
         chunk_tags: int = CHUNK_TAGS,
         layout: Layout | None = None,
         provenance: Provenance | None = None,
+        write_behind: bool = True,
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +376,7 @@ class CaptureWriter:
             self.f.close()
             partial.unlink(missing_ok=True)
             raise
+        self._write_behind = _WriteBehind(self.path) if write_behind else None
         self._last_flush = time.monotonic()
 
     # -- layout --------------------------------------------------------------------------------
@@ -450,6 +543,8 @@ class CaptureWriter:
             if self.nt is not None:
                 self.nt.resize((end,))
                 self.nt[self.n_tags :] = nanotimes
+        if self._write_behind is not None:
+            self._write_behind()
         chunk_counts = count_channels(np.ascontiguousarray(channels, dtype=np.uint8))
         self._counts += chunk_counts
         if self._first_ts is None:
@@ -545,6 +640,8 @@ class CaptureWriter:
                 self.f.flush()
         finally:
             self.f.close()
+            if self._write_behind is not None:
+                self._write_behind.close()
 
     def __enter__(self) -> CaptureWriter:
         return self

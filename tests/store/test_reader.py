@@ -3,10 +3,19 @@ snapshot, events, results; writer input checks."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
-from hil.store import CaptureWriter, count_channels, open_capture, store_result
+from hil.store import (
+    CaptureWriter,
+    _sync_file_range,
+    _WriteBehind,
+    count_channels,
+    open_capture,
+    store_result,
+)
 
 
 @pytest.mark.parametrize(
@@ -15,6 +24,8 @@ from hil.store import CaptureWriter, count_channels, open_capture, store_result
         np.zeros(0, np.uint8),
         np.array([255], np.uint8),
         np.array([0, 0, 0, 255, 255, 7], np.uint8),
+        np.array([3, 3, 3], np.uint8),  # shorter than one round of the four tables
+        np.array([9, 0, 9, 1, 9, 2, 9], np.uint8),  # one round and a tail of three
         np.arange(256, dtype=np.uint8).repeat(3),
         np.random.default_rng(5).integers(0, 256, 100_000).astype(np.uint8),
         np.random.default_rng(6).choice(np.array([0, 1, 2, 3, 4, 8], np.uint8), 50_000),
@@ -209,3 +220,48 @@ def test_pieces_across_chunks_with_flushes_read_back_exactly(tmp_path, compressi
         got_ts, got_ch = cap.tags()
         np.testing.assert_array_equal(got_ts, ts)
         np.testing.assert_array_equal(got_ch, ch)
+
+
+def _resident_pages(path) -> np.ndarray:
+    """Which pages of ``path`` are in the page cache (Linux mincore on a private mapping)."""
+    import ctypes
+    import ctypes.util
+    import mmap
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY)
+    try:
+        anchor = ctypes.c_char.from_buffer(mm)
+        vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+        rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size), vec)
+        assert rc == 0, os.strerror(ctypes.get_errno())
+        del anchor
+        return np.frombuffer(vec, np.uint8) & 1
+    finally:
+        mm.close()
+
+
+@pytest.mark.skipif(_sync_file_range is None, reason="sync_file_range is Linux-only")
+def test_write_behind_drops_all_but_the_newest_bytes_and_keeps_the_content(tmp_path):
+    path = tmp_path / "grow.bin"
+    step, keep = 64 * 1024, 128 * 1024
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 256, 40 * step, dtype=np.uint8).tobytes()
+    wb = _WriteBehind(path.with_name("absent.bin"))  # cannot open: does nothing, no error
+    wb()
+    assert wb.fd < 0
+    with open(path, "wb") as fh:
+        wb = _WriteBehind(path, step_bytes=step, keep_bytes=keep)
+        for i in range(0, len(data), step // 4):
+            fh.write(data[i : i + step // 4])
+            fh.flush()
+            wb()
+        wb.close()
+    assert wb.dropped >= len(data) - keep - step  # it dropped up to the newest keep bytes
+    resident = _resident_pages(path)
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert not resident[: wb.dropped // page].any(), "dropped pages are still cached"
+    assert resident[-1], "the newest page should still be cached (mincore reads residency)"
+    assert path.read_bytes() == data
