@@ -44,7 +44,7 @@ STREAM_AP_DELAY = 28  # 28..31
 
 JITTER_CLIP_SIGMA = 8.0  # Gaussian jitter truncated at 8 sigma (probability 1e-15 per click)
 BLOCK_PULSES = 1 << 16  # geometric-skip blocks: the skip sequence restarts at each block start
-DARK_SLOT_PS = 1 << 24  # dark counts are drawn per fixed 16.8 us slot of link time
+DARK_SLOT_PS = 1 << 26  # dark counts are drawn per fixed 67.1 us slot of link time
 _POISSON_PIECE = 30.0  # Poisson inversion on pieces of mean <= 30 (no exp underflow)
 
 
@@ -330,6 +330,19 @@ def _guide_table(cum, p_c):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def signal_tables(order, cum):
+    """The tables signal_detections works from, computed once per parameter set from
+    click_pattern_tables' (order, cum): rows c = 4 class + state of patterns and running sums,
+    P(any click) per row, the guide table of the pattern search, and p_c = max P(any click)."""
+    order2 = np.ascontiguousarray(order).reshape((12, 15))
+    cum2 = np.ascontiguousarray(cum).reshape((12, 15))
+    cum_any = cum2[:, 14].copy()
+    p_c = cum_any.max()
+    guide = _guide_table(cum2, p_c if p_c > 0.0 else 1.0)
+    return order2, cum2, cum_any, guide, p_c
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _draw_skips(skips, nb, s0, k, inv_neg_log_q):
     """Geometric gaps of draws k + 1 .. k + nb of a block's skip sequence (hash s0)."""
     for j in range(nb):
@@ -407,8 +420,7 @@ def signal_detections(
     seed,
     i_lo,
     i_hi,
-    order,
-    cum,
+    tables,
     c0,
     c1,
     p_z,
@@ -426,13 +438,11 @@ def signal_detections(
     p_c (the gap between Bernoulli(p) successes is geometric, sampled by inversion: Devroye,
     Non-Uniform Random Variate Generation, 1986); a candidate of class c and state s is kept with
     probability P_any(c, s) / p_c (thinning), so kept pulses are exactly Bernoulli(P_any). The
-    same uniform, rescaled, picks the click pattern from the tables of click_pattern_tables.
+    same uniform, rescaled, picks the click pattern from the tables of click_pattern_tables
+    (`tables`: their signal_tables form).
     Fills `out` and returns (n written, next pulse index): if `out` fills up, call again from
     that index (the caller's buffer keeps this loop free of reallocation)."""
-    p_c = 0.0
-    for c in range(3):
-        for s in range(4):
-            p_c = max(p_c, cum[c, s, 14])
+    order2, cum2, cum_any, guide, p_c = tables
     if p_c <= 0.0 or i_hi <= i_lo:
         return 0, i_hi
     # skip = floor(E / -ln(1 - p_c)), E exponential: the number of failures before a success
@@ -444,13 +454,7 @@ def signal_detections(
     for j in range(4):
         keys[3 + j] = stream_key(seed, STREAM_JITTER + j)
     k_blk = stream_key(seed, STREAM_BLOCK)
-    cum2 = np.ascontiguousarray(cum).reshape((12, 15))
-    tabs = (
-        np.ascontiguousarray(order).reshape((12, 15)),
-        cum2,
-        cum2[:, 14].copy(),
-        _guide_table(cum2, p_c),
-    )
+    tabs = (order2, cum2, cum_any, guide)
     prm = (c0, c1, p_z, p_c, eve_fraction, sigma_ps, tau0_frac, p_rest)
     tim = (anchor_i, tau0_int, p_int)
     cand = np.empty(_BATCH, np.int64)
@@ -581,13 +585,10 @@ def dark_detections(out, seed, det, rate_hz, t_lo, t_hi):
             )
             if t < t_lo or t >= t_hi:
                 continue
-            # insertion into the sorted tail of this slot
-            q = n_out
-            while q > first and out[q - 1] > t * 4 + det:
-                out[q] = out[q - 1]
-                q -= 1
-            out[q] = t * 4 + det
+            out[n_out] = t * 4 + det
             n_out += 1
+        if n_out - first > 1:
+            out[first:n_out].sort()
     return n_out, t_hi
 
 

@@ -372,8 +372,7 @@ class _Derived:
     c1: float
     p_z: float
     eve_fraction: float
-    order: np.ndarray
-    cum: np.ndarray
+    tables: tuple  # _k.signal_tables
     p_c: float
     jitter_ps: float
     jitter_reach: int
@@ -392,7 +391,7 @@ class _Derived:
 def _derive(p: LinkParams) -> _Derived:
     validate(p)
     mu = np.array(p.mu if p.output_on else (0.0, 0.0, 0.0), dtype=np.float64)
-    order, cum = _k.click_pattern_tables(mu, photon_click_table(p))
+    tables = _k.signal_tables(*_k.click_pattern_tables(mu, photon_click_table(p)))
     jitter_reach = int(math.ceil(_k.JITTER_CLIP_SIGMA * p.jitter_ps)) + 1
     # whole picoseconds, rounded up, ignoring float noise such as 1e-9 * 1e12 = 1000.0000000000001
     dead_ps = np.array([math.ceil(d * 1e12 - 1e-6) for d in p.dead_time_s], dtype=np.int64)
@@ -410,9 +409,8 @@ def _derive(p: LinkParams) -> _Derived:
         c1=float(p.p_mu[0] + p.p_mu[1]),
         p_z=float(p.p_z),
         eve_fraction=float(p.eve_fraction),
-        order=order,
-        cum=cum,
-        p_c=float(cum[:, :, 14].max()),
+        tables=tables,
+        p_c=float(tables[4]),
         jitter_ps=float(p.jitter_ps),
         jitter_reach=jitter_reach,
         lead_in=lead_in,
@@ -443,8 +441,7 @@ def _signal_clicks(dv: _Derived, st: _State, i_lo: int, i_hi: int, timing) -> np
             dv.seed,
             i,
             i_hi,
-            dv.order,
-            dv.cum,
+            dv.tables,
             dv.c0,
             dv.c1,
             dv.p_z,

@@ -10,7 +10,7 @@ import numpy as np
 MASK = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15
 BLOCK_PULSES = 1 << 16
-DARK_SLOT_PS = 1 << 24
+DARK_SLOT_PS = 1 << 26
 CLIP = 8.0
 
 # stream numbers as documented in the kernels module

@@ -155,7 +155,7 @@ def test_signal_kernel_matches_reference(eve):
     mu = np.array([0.6, 0.2, 0.0])
     order, cum = k.click_pattern_tables(mu, tj)
     timing = (3, 1234, 0.25, 1000, 1e-3)  # anchor 3, nonzero fraction and drift
-    args = (order, cum, 0.5, 0.8, 0.7, eve, 30.0, *timing)
+    args = (k.signal_tables(order, cum), 0.5, 0.8, 0.7, eve, 30.0, *timing)
     for i_lo, i_hi in ((0, 20_000), (65_000, 66_000), (131_071, 131_073), (10, 10)):
         buf = np.empty(4 * (i_hi - i_lo) + 8, np.int64)
         n, nxt = k.signal_detections(buf, 9, i_lo, i_hi, *args)
@@ -181,7 +181,10 @@ def test_pattern_tables_match_reference():
 
 
 def test_dark_kernel_matches_reference():
-    for rate, t_lo, t_hi in ((3e5, 0, 10**8), (1e9, 5 * 2**24 + 17, 7 * 2**24 + 3), (10.0, 3, 3)):
+    # (a span of a few slots; a high rate, many Poisson pieces, across a slot boundary; empty)
+    slot = k.DARK_SLOT_PS
+    cases = ((3e5, 0, 4 * slot + 5), (1e8, 3 * slot // 4 + 17, 5 * slot // 4 + 3), (10.0, 3, 3))
+    for rate, t_lo, t_hi in cases:
         buf = np.empty(100_000, np.int64)
         n, nxt = k.dark_detections(buf, 4, 2, rate, t_lo, t_hi)
         assert nxt == t_hi
