@@ -385,8 +385,8 @@ def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, p
     # Click patterns: the first running sum above x. The guide table gives a lower bound of
     # that index from the cell of x (indexed search: Chen and Asau, AIIE Trans. 6, 163 (1974);
     # Devroye 1986, Sec. III.2.4), the loop steps up from it: usually no step, since few cells
-    # hold a running sum. All four detector slots are written, the count advanced by the
-    # pattern's clicks (no data-dependent branch); a slot holds 4 * candidate + detector.
+    # hold a running sum. A click slot holds 4 * candidate + detector; the first detector's
+    # slot is written unconditionally, the others only for multi-click patterns (rare).
     guide_f = guide.ravel()
     cum_f = cum.ravel()
     order_f = order.ravel()
@@ -400,16 +400,28 @@ def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, p
         while cum_f[j] <= x:
             j += _ONE
         pattern = np.uint64(order_f[j])
-        for d in range(4):
-            w_q[n_exp + d] = 4 * q + _PAT_DET_F[pattern * _U4 + np.uint64(d)]
-        n_exp += _PAT_N[pattern]
+        w_q[n_exp] = 4 * q + _PAT_DET_F[pattern * _U4]
+        n_exp += 1
+        if pattern & (pattern - _ONE):  # a multi-click (rare): its further detectors
+            for e in range(1, _PAT_N[pattern]):
+                w_q[n_exp] = 4 * q + _PAT_DET_F[pattern * _U4 + np.uint64(e)]
+                n_exp += 1
     anchor_i, tau0_int, p_int = tim
+    if p_rest == 0.0:
+        # whole-ps period without drift: the emission-time fraction is the same for all pulses
+        t_base, t_frac = nominal_time(anchor_i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
+        for e in range(n_exp):
+            qd = w_q[e]
+            q = np.uint64(qd >> 2)
+            g = gauss_from_hash(keyed(keys[_U3 + np.uint64(qd & 3)], w_cm[q]))
+            t_int = t_base + (cand[q] - anchor_i) * p_int
+            out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + (qd & 3)
+        return n_out + n_exp
     for e in range(n_exp):
         qd = w_q[e]
         q = np.uint64(qd >> 2)
-        d = np.uint64(qd & 3)
         t_int, t_frac = nominal_time(cand[q], anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-        g = gauss_from_hash(keyed(keys[_U3 + d], w_cm[q]))
+        g = gauss_from_hash(keyed(keys[_U3 + np.uint64(qd & 3)], w_cm[q]))
         out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + (qd & 3)
     return n_out + n_exp
 

@@ -148,13 +148,17 @@ def test_guide_table_never_overshoots():
         assert (first <= 14).all()
 
 
-@pytest.mark.parametrize("eve", [0.0, 0.5])
-def test_signal_kernel_matches_reference(eve):
+# p_rest 0: whole-ps period without drift (a separate path of the click times); mu 20: most
+# clicking pulses click several detectors (the multi-click path of the pattern expansion)
+@pytest.mark.parametrize(
+    ("eve", "p_rest", "mu_signal"), [(0.0, 1e-3, 0.6), (0.5, 1e-3, 0.6), (0.0, 0.0, 20.0)]
+)
+def test_signal_kernel_matches_reference(eve, p_rest, mu_signal):
     p = BASE.replace(attenuation_db=0.0, efficiency=(0.3, 0.2, 0.25, 0.1), e_mis=0.03)
     tj = physics.photon_click_table(p)
-    mu = np.array([0.6, 0.2, 0.0])
+    mu = np.array([mu_signal, 0.2, 0.0])
     order, cum = k.click_pattern_tables(mu, tj)
-    timing = (3, 1234, 0.25, 1000, 1e-3)  # anchor 3, nonzero fraction and drift
+    timing = (3, 1234, 0.25, 1000, p_rest)  # anchor 3, nonzero fraction, drift
     args = (k.signal_tables(order, cum), 0.5, 0.8, 0.7, eve, 30.0, *timing)
     for i_lo, i_hi in ((0, 20_000), (65_000, 66_000), (131_071, 131_073), (10, 10)):
         buf = np.empty(4 * (i_hi - i_lo) + 8, np.int64)
