@@ -833,22 +833,29 @@ def merge_sorted(a, b, out):
 
 
 @njit(cache=True, nogil=True)
-def finalize_tags(pending, main, sync, t0_ps, t1_ps, work):
+def finalize_tags(pending, main, sync, t0_ps, t1_ps):
     """Merge three sorted arrays of tag keys (ts * 8 + channel) and split them at the span.
 
-    `work`: room for all the keys plus MERGE_SLACK (overwritten). Returns (timestamps, channels)
-    of the tags in [t0_ps, t1_ps), the sorted keys at or after t1_ps (to emit later), and the
-    number of keys before t0_ps (dropped)."""
+    Returns (timestamps, channels) of the tags in [t0_ps, t1_ps), the sorted keys at or after
+    t1_ps (to emit later), and the number of keys before t0_ps (dropped). The keys inside the
+    span are merged straight into the timestamp array and split there in place."""
     small = merge_sorted(
         pending, sync, np.empty(pending.shape[0] + sync.shape[0] + MERGE_SLACK, np.int64)
     )
-    merged = merge_sorted(main, small, work)
-    lo = np.searchsorted(merged, t0_ps * 8)
-    hi = np.searchsorted(merged, t1_ps * 8)
-    ts = np.empty(hi - lo, np.int64)
-    ch = np.empty(hi - lo, np.uint8)
-    for m in range(hi - lo):
-        key = merged[lo + m]
+    lo_key = t0_ps * 8
+    hi_key = t1_ps * 8
+    a0 = np.searchsorted(main, lo_key)
+    a1 = np.searchsorted(main, hi_key)
+    b0 = np.searchsorted(small, lo_key)
+    b1 = np.searchsorted(small, hi_key)
+    n = (a1 - a0) + (b1 - b0)
+    ts = np.empty(n + MERGE_SLACK, np.int64)
+    merge_sorted(main[a0:a1], small[b0:b1], ts)
+    ch = np.empty(n, np.uint8)
+    for m in range(n):
+        key = ts[m]
         ts[m] = key >> 3
         ch[m] = key & 7
-    return ts, ch, merged[hi:].copy(), lo
+    n_later = (main.shape[0] - a1) + (small.shape[0] - b1)
+    later = merge_sorted(main[a1:], small[b1:], np.empty(n_later + MERGE_SLACK, np.int64))
+    return ts[:n], ch, later, a0 + b0

@@ -683,11 +683,7 @@ class LinkGenerator:
             n_in = int(np.searchsorted(sync, t1 * 8))
             st.next_sync = first + n_in * div if n_in < sync.shape[0] else i_sync_end
             sync = sync[:n_in] if p.sync_enabled and p.channel_enabled[0] else sync[:0]
-        n_keys = len(st.pending_tags) + len(tags) + len(sync) + _k.MERGE_SLACK
-        merged = _scratch(st, "merged", n_keys)
-        ts, ch, st.pending_tags, n_early = _k.finalize_tags(
-            st.pending_tags, tags, sync, t0, t1, merged
-        )
+        ts, ch, st.pending_tags, n_early = _k.finalize_tags(st.pending_tags, tags, sync, t0, t1)
         if not st.fresh:
             self.dropped_early_tags += n_early
         st.fresh = False

@@ -280,11 +280,14 @@ def test_sorting_kernels_match_numpy():
             q = np.sort(rng.integers(0, hi, nb)) + shift
             got = k.merge_sorted(p, q, np.empty(na + nb + k.MERGE_SLACK, np.int64))
             assert (got == np.sort(np.concatenate([p, q]))).all(), (na, nb, shift)
-    parts = [np.sort(rng.integers(0, 8 * 10**6, m)) for m in (40, 3000, 0)]
+    for sizes in ((40, 3000, 0), (40, 3000, 200), (0, 5, 3000)):
+        parts = [np.sort(rng.integers(0, 8 * 10**6, m)) for m in sizes]
+        _check_finalize(parts)
+
+
+def _check_finalize(parts):
     for t0, t1 in ((0, 10**6), (2 * 10**5, 7 * 10**5), (5, 5)):
-        ts, ch, later, early = k.finalize_tags(
-            *parts, t0, t1, np.empty(3040 + k.MERGE_SLACK, np.int64)
-        )
+        ts, ch, later, early = k.finalize_tags(*parts, t0, t1)
         allk = np.sort(np.concatenate(parts))
         inside = allk[(allk >= t0 * 8) & (allk < t1 * 8)]
         assert (ts == inside >> 3).all() and (ch == inside & 7).all() and ch.dtype == np.uint8
