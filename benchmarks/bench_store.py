@@ -7,6 +7,11 @@
    the emulator generates): acquire() into a file, and the same acquisition with the tags
    fetched and dropped (no store), which separates the store's cost from generation+transfer;
    then the reference measured in the same run: the emulator's link physics alone, in process.
+   Each capture row gives the CPU time per tag of this process and of the emulator process,
+   the latter split into its acquisition thread (generation and buffering) and the threads
+   that serve the connections (command parsing, the tag blocks' packing and socket sends).
+   On 2 cores generation must overlap everything else, so these CPU figures, not the
+   wall-clock rates (noisy on a shared machine), say what a faster generator could reach.
 
 Run: /work/venv/bin/python benchmarks/bench_store.py [--tags 2**25] [--no-bench] [--seconds 2]
 Targets (issue 5): store alone >= 100 Mtags/s; whole capture >= 20 Mtags/s.
@@ -49,11 +54,11 @@ def realistic_tags(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return ts[order][:n], np.concatenate(ch_parts)[order][:n]
 
 
-def write_store(path: Path, ts, ch, compression: str | None) -> float:
+def write_store(path: Path, ts, ch, compression: str | None, piece: int = CHUNK_TAGS) -> float:
     t0 = time.perf_counter()
     w = CaptureWriter(path, compression=compression)
-    for i in range(0, len(ts), CHUNK_TAGS):
-        w.append(ts[i : i + CHUNK_TAGS], ch[i : i + CHUNK_TAGS])
+    for i in range(0, len(ts), piece):
+        w.append(ts[i : i + piece], ch[i : i + piece])
     w.close()
     return time.perf_counter() - t0
 
@@ -96,6 +101,15 @@ def bench_store_alone(n: int, tmp: Path) -> None:
             f"{size / m:5.2f} bytes/tag  ({m / best / base:.2f} x baseline)"
         )
         p.unlink()
+    # appends of the size a capture makes (a fetch: one 10 ms chunk of the emulated bench at
+    # 0 dB), not aligned with the HDF5 chunks
+    p = tmp / "s-pieces.h5"
+    best = min(write_store(p, ts, ch, None, piece=150_000) for _ in range(2))
+    print(
+        f"  {'CaptureWriter none, 150k/app':28s} {n / best / 1e6:8.1f} Mtags/s  "
+        f"{p.stat().st_size / n:5.2f} bytes/tag  ({n / best / base:.2f} x baseline)"
+    )
+    p.unlink()
     m = min(n, 1 << 23)
     lzf = {"compression": "lzf"}
     for label, kw in (("lzf", lzf), ("shuffle+lzf", {**lzf, "shuffle": True})):

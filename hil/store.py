@@ -100,18 +100,18 @@ class _WriteBehind:
     """Hand a growing file's older pages to the disk and out of the page cache (Linux).
 
     Every ``step_bytes`` of growth, writeback of the new bytes is started (asynchronous), and
-    the bytes older than the newest ``keep_bytes`` (whose writeback was started a step or
-    more ago) are waited for and dropped from the page cache. A long capture then reuses the
-    page-cache pages it just freed instead of taking fresh ones, and its cache footprint stays
-    bounded. On the 2-core VM of benchmarks/bench_store.py a write into fresh page-cache pages
-    costs ~20 ns per 9-byte tag against ~2-6 ns into recycled ones (measured with plain
-    pwrite, 400 MB files). The file's content and the SWMR/flush guarantees are unchanged:
-    only when the kernel writes pages back and whether it keeps them cached. Elsewhere (no
-    sync_file_range) it does nothing."""
+    the pages older than the newest ``keep_bytes`` whose writeback is done are dropped from
+    the page cache (never waited for: a disk slower than the capture only leaves them cached,
+    as without this). A long capture then reuses the page-cache pages it freed instead of
+    taking fresh ones, and its cache footprint stays bounded. On the 2-core VM of
+    benchmarks/bench_store.py a write into fresh page-cache pages costs ~20 ns per 9-byte tag
+    against ~2-6 ns into recycled ones (plain pwrite, 400 MB files). The file's content and
+    the SWMR/flush guarantees are unchanged: only when the kernel writes pages back and
+    whether it keeps them cached. Elsewhere (no sync_file_range) it does nothing."""
 
     def __init__(self, path: Path, step_bytes: int = 32 << 20, keep_bytes: int = 64 << 20):
         self.step, self.keep = step_bytes, keep_bytes
-        self.started = self.dropped = 0
+        self.started = 0  # writeback started for bytes [0, started)
         self.fd = -1
         if _sync_file_range is not None and hasattr(os, "posix_fadvise"):
             try:
@@ -128,12 +128,12 @@ class _WriteBehind:
                 return
             _sync_file_range(self.fd, self.started, size - self.started, _SFR_WRITE)
             self.started = size
+            # the window before the kept bytes, a few steps deep: pages whose writeback ended
+            # since the last call go (DONTNEED skips dirty pages and those under writeback)
             end = size - self.keep
-            if end - self.dropped >= self.step:
-                # written back long ago as a rule; waits only when the disk lags behind
-                _sync_file_range(self.fd, self.dropped, end - self.dropped, _SFR_WAIT_ALL)
-                os.posix_fadvise(self.fd, self.dropped, end - self.dropped, os.POSIX_FADV_DONTNEED)
-                self.dropped = end
+            lo = max(0, end - 4 * self.keep)
+            if end > lo:
+                os.posix_fadvise(self.fd, lo, end - lo, os.POSIX_FADV_DONTNEED)
         except OSError:
             self.close()  # a file system without these calls: the page cache as usual
 
@@ -167,7 +167,6 @@ def _load_sync_file_range():
 
 
 _SFR_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writeback of dirty pages in the range
-_SFR_WAIT_ALL = 7  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk when it returns
 _sync_file_range = _load_sync_file_range()
 
 
@@ -319,8 +318,8 @@ class CaptureWriter:
     Memory stays bounded: each ``append`` goes to the file (uncompressed tags through one HDF5
     chunk held here); only per-channel counts and results set before ``close`` are held.
     ``write_behind`` (Linux): the file's pages older than its newest 64 MiB are written to disk
-    and dropped from the page cache as the capture grows (see ``_WriteBehind``; a capture read
-    right after it is written then comes partly from the disk).
+    and, once written, dropped from the page cache as the capture grows (see ``_WriteBehind``;
+    a capture read right after it is written then comes partly from the disk).
 
     ``flush`` (automatic every ``flush_every_s``) makes everything appended so far visible to
     SWMR readers and durable against a writer crash; ``n_flushed`` says how many tags that
