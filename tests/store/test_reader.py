@@ -195,6 +195,7 @@ def test_pieces_across_chunks_with_flushes_read_back_exactly(tmp_path, compressi
     takes h5py's own path: both must agree with the input."""
     rng = np.random.default_rng(11)
     chunk = 50
+    # 50 at a boundary and 250 from one (whole chunks written from the input itself)
     sizes = [0, 1, 49, 50, 3, 120, 0, 77, 50, 250, 2]
     n = sum(sizes)
     ts = np.cumsum(rng.integers(0, 5, n)).astype(np.int64)
