@@ -833,12 +833,13 @@ def merge_sorted(a, b, out):
 
 
 @njit(cache=True, nogil=True)
-def finalize_tags(pending, main, sync, t0_ps, t1_ps):
+def finalize_tags(pending, main, sync, t0_ps, t1_ps, ts_buf, ch_buf):
     """Merge three sorted arrays of tag keys (ts * 8 + channel) and split them at the span.
 
-    Returns (timestamps, channels) of the tags in [t0_ps, t1_ps), the sorted keys at or after
-    t1_ps (to emit later), and the number of keys before t0_ps (dropped). The keys inside the
-    span are merged straight into the timestamp array and split there in place."""
+    Returns (timestamps, channels) of the tags in [t0_ps, t1_ps) as the first entries of
+    ts_buf and ch_buf (room needed: all keys, plus MERGE_SLACK in ts_buf), the sorted keys at or
+    after t1_ps (to emit later), and the number of keys before t0_ps (dropped). The keys inside
+    the span are merged straight into ts_buf and split there in place."""
     small = merge_sorted(
         pending, sync, np.empty(pending.shape[0] + sync.shape[0] + MERGE_SLACK, np.int64)
     )
@@ -849,13 +850,11 @@ def finalize_tags(pending, main, sync, t0_ps, t1_ps):
     b0 = np.searchsorted(small, lo_key)
     b1 = np.searchsorted(small, hi_key)
     n = (a1 - a0) + (b1 - b0)
-    ts = np.empty(n + MERGE_SLACK, np.int64)
-    merge_sorted(main[a0:a1], small[b0:b1], ts)
-    ch = np.empty(n, np.uint8)
+    merge_sorted(main[a0:a1], small[b0:b1], ts_buf)
     for m in range(n):
-        key = ts[m]
-        ts[m] = key >> 3
-        ch[m] = key & 7
+        key = ts_buf[m]
+        ts_buf[m] = key >> 3
+        ch_buf[m] = key & 7
     n_later = (main.shape[0] - a1) + (small.shape[0] - b1)
     later = merge_sorted(main[a1:], small[b1:], np.empty(n_later + MERGE_SLACK, np.int64))
-    return ts[:n], ch, later, a0 + b0
+    return ts_buf[:n], ch_buf[:n], later, a0 + b0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -349,6 +350,25 @@ def _scratch(st: _State, name: str, n: int) -> np.ndarray:
     return buf
 
 
+def _result_buffer(st: _State, name: str, n: int, dtype) -> np.ndarray:
+    """An array of at least n entries to return tags in, taken from a small pool: one that no
+    earlier result still refers to (the caller has dropped or copied what it got; CPython
+    reference count), else a new one. Fresh arrays this large come from mmap and their page
+    faults cost as much as the whole final merge; a streaming caller holds one result while
+    asking for the next, so two arrays alternate."""
+    pool = st.results.setdefault(name, [])
+    for k in range(len(pool)):
+        # references while free: the pool's and getrefcount's argument (a result view adds one)
+        if sys.getrefcount(pool[k]) == 2:
+            if pool[k].shape[0] < n:
+                pool[k] = np.empty(max(n, 5 * n // 4), dtype)
+            return pool[k]
+    buf = np.empty(max(n, 5 * n // 4), dtype)
+    if len(pool) < 3:
+        pool.append(buf)
+    return buf
+
+
 def _hold(st: _State, keys: np.ndarray) -> None:
     """Put clicks (keys t * 4 + detector, any order) into the state's heap of clicks waiting
     for the dead-time stage: it merges them in time order with the chunk's signal clicks, and
@@ -578,6 +598,7 @@ class _State:
     heap: np.ndarray = field(default_factory=lambda: np.empty(64, np.int64))
     n_heap: int = 0
     scratch: dict = field(default_factory=dict)  # reused work arrays, see _scratch
+    results: dict = field(default_factory=dict)  # pools of arrays results are returned in
     fresh: bool = True  # tags before t0 are the lead-in's, not losses
 
 
@@ -683,7 +704,12 @@ class LinkGenerator:
             n_in = int(np.searchsorted(sync, t1 * 8))
             st.next_sync = first + n_in * div if n_in < sync.shape[0] else i_sync_end
             sync = sync[:n_in] if p.sync_enabled and p.channel_enabled[0] else sync[:0]
-        ts, ch, st.pending_tags, n_early = _k.finalize_tags(st.pending_tags, tags, sync, t0, t1)
+        n_keys = len(st.pending_tags) + len(tags) + len(sync)
+        ts_buf = _result_buffer(st, "ts", n_keys + _k.MERGE_SLACK, np.int64)
+        ch_buf = _result_buffer(st, "ch", n_keys, np.uint8)
+        ts, ch, st.pending_tags, n_early = _k.finalize_tags(
+            st.pending_tags, tags, sync, t0, t1, ts_buf, ch_buf
+        )
         if not st.fresh:
             self.dropped_early_tags += n_early
         st.fresh = False

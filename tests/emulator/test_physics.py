@@ -287,7 +287,9 @@ def test_sorting_kernels_match_numpy():
 
 def _check_finalize(parts):
     for t0, t1 in ((0, 10**6), (2 * 10**5, 7 * 10**5), (5, 5)):
-        ts, ch, later, early = k.finalize_tags(*parts, t0, t1)
+        n = sum(len(a) for a in parts)
+        ts_buf = np.empty(n + k.MERGE_SLACK, np.int64)
+        ts, ch, later, early = k.finalize_tags(*parts, t0, t1, ts_buf, np.empty(n, np.uint8))
         allk = np.sort(np.concatenate(parts))
         inside = allk[(allk >= t0 * 8) & (allk < t1 * 8)]
         assert (ts == inside >> 3).all() and (ch == inside & 7).all() and ch.dtype == np.uint8
@@ -557,6 +559,32 @@ def test_same_seed_same_tags_and_chunking_is_exact():
     assert gen.dropped_early_tags == 0
     other = run(p.replace(seed=p.seed + 1), total)[0]
     assert len(other) != len(ts_a) or (other != ts_a).any()
+
+
+def test_results_held_by_the_caller_are_never_overwritten():
+    """generate() returns tags in arrays it reuses once no result refers to them: results (and
+    views of them) that the caller keeps must stay as they were returned."""
+    p = BASE.replace(attenuation_db=0.0)
+    span = SECOND_PS // 1000
+    fresh = LinkGenerator(p)
+    expected = [
+        tuple(a.copy() for a in fresh.generate(p, m * span, (m + 1) * span)) for m in range(8)
+    ]
+    gen = LinkGenerator(p)
+    kept = []
+    for m in range(8):
+        ts, ch = gen.generate(p, m * span, (m + 1) * span)
+        if m % 3 == 0:
+            kept.append((m, ts, ch))  # whole results
+        elif m % 3 == 1:
+            kept.append((m, ts[5:50], None))  # a view of the timestamps only
+        del ts, ch  # the rest is dropped: its arrays may be reused
+    for m, ts, ch in kept:
+        assert len(expected[m][0]) > 50
+        if ch is None:
+            assert (ts == expected[m][0][5:50]).all()
+        else:
+            assert (ts == expected[m][0]).all() and (ch == expected[m][1]).all()
 
 
 def test_loss_of_sync_and_parameter_changes_are_deterministic():
