@@ -178,6 +178,27 @@ def bench_capture(seconds: float, tmp: Path) -> None:
                     f"{emu / n * 1e9:.1f} = acquisition thread {(emu - serve) / n * 1e9:.1f} "
                     f"+ serving threads {serve / n * 1e9:.1f}"
                 )
+        # the same acquisition without overlap: generated into the emulator's buffer first
+        # (nothing fetched), then fetched: the emulator's generation and its send path, and
+        # the client's receive path, each measured alone
+        # (at most 2 s of link time: ~3e7 tags, within the emulated tagger's 5e7-tag buffer;
+        # a full buffer holds generation back until fetched)
+        e0 = _cpu_s(emu_pid)
+        tagger.start(min(seconds, 2.0), pace=0)
+        deadline = time.monotonic() + 120
+        while tagger.status() == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        e1, c0, t0, n = _cpu_s(emu_pid), time.process_time(), time.perf_counter(), 0
+        for ts, _ in tagger.stream():
+            n += len(ts)
+        dt, cpu, e2 = time.perf_counter() - t0, time.process_time() - c0, _cpu_s(emu_pid)
+        label = "buffered, then fetched"
+        print(f"  {label:28s} {n / dt / 1e6:8.2f} Mtags/s  {n} tags in {dt:.2f} s (fetch)")
+        if n:
+            print(
+                f"  {'':28s} CPU ns/tag: emulator generating {(e1 - e0) / n * 1e9:.1f}; "
+                f"then fetch: this process {cpu / n * 1e9:.1f}, emulator {(e2 - e1) / n * 1e9:.1f}"
+            )
     # reference in the same run: the link physics alone, in this process, on the same settings
     # and in the chunks of an unpaced acquisition (no SCPI, no transfer, no store). A capture
     # cannot outrun the emulator's generation; it can come near it, since the emulator fetches
