@@ -308,10 +308,11 @@ class Instrument:
         """Read exactly ``count`` bytes with the VISA library's own read (viRead) into one
         new buffer, ``READ_PIECE_BYTES`` per call.
 
-        pyvisa's ``read_bytes`` and a single large viRead on a pyvisa-py socket session copy
-        the whole answer several times through growing buffers (about 17 ns per tag of a
-        9 MB tag block, measured); reading cache-sized pieces and copying each once into the
-        result costs about 5 ns per tag (benchmarks/bench_store.py shows the whole capture).
+        A pyvisa-py socket session copies what it receives several times through growing
+        buffers (pyvisa's ``read_bytes`` adds two more copies): one viRead of a whole 9 MB tag
+        block cost ~17 ns per tag of client CPU against ~5 ns in cache-sized pieces copied
+        once each into the result (measured on loopback; benchmarks/bench_store.py shows
+        the whole capture).
         """
         s = self.session
         lib, sid = s.visalib, s.session
