@@ -350,7 +350,7 @@ def _draw_skips(skips, nb, s0, k, inv_neg_log_q):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, prm, tim):
+def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, w_multi, keys, tabs, prm, tim):
     """Decide a batch of candidate pulses and write the clicks of the kept ones to `out`.
 
     Loops of independent iterations (hashes and decisions; compaction; click patterns; click
@@ -391,6 +391,7 @@ def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, p
     order_f = order.ravel()
     n_cells = np.uint64(guide.shape[1])
     n_exp = 0
+    n_multi = 0
     for r in range(m):
         q = w_acc[r]
         c = np.uint64(w_cs[q])
@@ -402,6 +403,9 @@ def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, p
         w_q[n_exp] = 4 * q + _PAT_DET_F[pattern * _U4]
         n_exp += 1
         if pattern & (pattern - _ONE):  # a multi-click (rare): its further detectors
+            # its first slot and click count, to put its clicks in time order below
+            w_multi[n_multi] = 8 * (n_exp - 1) + _PAT_N[pattern]
+            n_multi += 1
             for e in range(1, _PAT_N[pattern]):
                 w_q[n_exp] = 4 * q + _PAT_DET_F[pattern * _U4 + np.uint64(e)]
                 n_exp += 1
@@ -415,13 +419,24 @@ def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, p
             g = gauss_from_hash(keyed(keys[_U3 + np.uint64(qd & 3)], w_cm[q]))
             t_int = t_base + (cand[q] - anchor_i) * p_int
             out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + (qd & 3)
-        return n_out + n_exp
-    for e in range(n_exp):
-        qd = w_q[e]
-        q = np.uint64(qd >> 2)
-        t_int, t_frac = nominal_time(cand[q], anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-        g = gauss_from_hash(keyed(keys[_U3 + np.uint64(qd & 3)], w_cm[q]))
-        out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + (qd & 3)
+    else:
+        for e in range(n_exp):
+            qd = w_q[e]
+            q = np.uint64(qd >> 2)
+            t_int, t_frac = nominal_time(cand[q], anchor_i, tau0_int, tau0_frac, p_int, p_rest)
+            g = gauss_from_hash(keyed(keys[_U3 + np.uint64(qd & 3)], w_cm[q]))
+            out[n_out + e] = (t_int + np.int64(math.floor(t_frac + sigma_ps * g))) * 4 + (qd & 3)
+    # The clicks of one pulse in time order: jitter reorders them, and across pulses only when
+    # it exceeds half a pulse period; so the caller's sort of the stream usually finds it sorted.
+    for r in range(n_multi):
+        first = n_out + (w_multi[r] >> 3)
+        for e in range(first + 1, first + (w_multi[r] & 7)):
+            v = out[e]
+            h = e
+            while h > first and out[h - 1] > v:
+                out[h] = out[h - 1]
+                h -= 1
+            out[h] = v
     return n_out + n_exp
 
 
@@ -475,6 +490,7 @@ def signal_detections(
     w_x = np.empty(_BATCH)
     w_acc = np.empty(_BATCH, np.int64)
     w_q = np.empty(4 * _BATCH + 4, np.int64)
+    w_multi = np.empty(_BATCH, np.int64)
     n_out = 0
     b = i_lo // BLOCK_PULSES - 1
     end = b * BLOCK_PULSES  # no block open yet
@@ -518,7 +534,7 @@ def signal_detections(
             cand[np.uint64(n_cand)] = pos
             n_cand += np.int64(pos >= i_lo)
         n_out = _judge_batch(
-            out, n_out, cand, n_cand, w_cm, w_cs, w_x, w_acc, w_q, keys, tabs, prm, tim
+            out, n_out, cand, n_cand, w_cm, w_cs, w_x, w_acc, w_q, w_multi, keys, tabs, prm, tim
         )
         if finished:
             return n_out, i_hi

@@ -164,8 +164,8 @@ def nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
 
 
 def signal_detections(seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma_ps, timing):
-    """Same algorithm as the kernel, one pulse candidate at a time; returns sorted-by-generation
-    list of keys t * 4 + detector."""
+    """Same algorithm as the kernel, one pulse candidate at a time; returns the keys
+    t * 4 + detector in pulse order, each pulse's clicks in time order."""
     order, cum = click_pattern_tables(mu, tj)
     p_c = max(cum[c, s, 14] for c in range(3) for s in range(4))
     out = []
@@ -201,10 +201,12 @@ def signal_detections(seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma
                 m += 1
             pattern = order[cls, s, m]
             t_int, t_frac = nominal_time(i, *timing)
+            clicks = []
             for j in range(4):
                 if (pattern >> j) & 1:
                     g = gauss_from_hash(hash_at(seed, S_JITTER + j, i))
-                    out.append((t_int + math.floor(t_frac + sigma_ps * g)) * 4 + j)
+                    clicks.append((t_int + math.floor(t_frac + sigma_ps * g)) * 4 + j)
+            out.extend(sorted(clicks))  # a pulse's clicks in time order
         b += 1
     return out
 
