@@ -8,8 +8,9 @@
    fetched and dropped (no store), which separates the store's cost from generation+transfer;
    then the reference measured in the same run: the emulator's link physics alone, in process.
    Each capture row gives the CPU time per tag of this process and of the emulator process,
-   the latter split into its acquisition thread (generation and buffering) and the threads
-   that serve the connections (command parsing, the tag blocks' packing and socket sends).
+   the latter split into its acquisition thread (generation and buffering) and its other
+   threads: those that serve the connections (command parsing, the tag blocks' packing and
+   socket sends) and the worker that samples half of each span's signal clicks.
    On 2 cores generation must overlap everything else, so these CPU figures, not the
    wall-clock rates (noisy on a shared machine), say what a faster generator could reach.
 
@@ -146,6 +147,9 @@ def bench_capture(seconds: float, tmp: Path) -> None:
         bench.source.output_enabled = True
         tagger = bench.tagger
         emu_pid = bench.emulator.pid if bench.emulator else None
+        # untimed warm-up: starts the emulator's sampling worker thread (so that it counts
+        # among the threads that live through each timed acquisition) and the store's code
+        acquire(bench, tmp / "warm.h5", 0.05, pace=0, progress=False)
         for label in ("acquire() into the store", "fetch only, tags dropped"):
             threads0 = _thread_cpu_s(emu_pid)
             t0, c0, e0 = time.perf_counter(), time.process_time(), _cpu_s(emu_pid)
@@ -163,8 +167,10 @@ def bench_capture(seconds: float, tmp: Path) -> None:
             cpu, emu = time.process_time() - c0, _cpu_s(emu_pid) - e0
             threads1 = _thread_cpu_s(emu_pid)
             # the emulator's threads that lived through the acquisition (its connection
-            # handlers: fetch, pack, send) against the acquisition thread, which ended with it
-            # and whose time the process total keeps: the generation, plus buffering
+            # handlers: fetch, pack, send; and the worker sampling half of each span's signal
+            # clicks, see hil.emulator.physics) against the acquisition thread, which ended
+            # with it and whose time the process total keeps: the rest of the generation,
+            # plus buffering
             serve = sum(threads1[t] - threads0[t] for t in threads1.keys() & threads0.keys())
             per_tag = f"{size / n:5.2f} bytes/tag" if size and n else ""
             print(f"  {label:28s} {n / dt / 1e6:8.2f} Mtags/s  {n} tags in {dt:.2f} s  {per_tag}")
@@ -176,7 +182,7 @@ def bench_capture(seconds: float, tmp: Path) -> None:
                 print(
                     f"  {'':28s} CPU ns/tag: this process {cpu / n * 1e9:.1f}; emulator "
                     f"{emu / n * 1e9:.1f} = acquisition thread {(emu - serve) / n * 1e9:.1f} "
-                    f"+ serving threads {serve / n * 1e9:.1f}"
+                    f"+ other threads {serve / n * 1e9:.1f} (serving; sampling worker)"
                 )
         # the same acquisition without overlap: generated into the emulator's buffer first
         # (nothing fetched), then fetched: the emulator's generation and its send path, and

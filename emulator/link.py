@@ -54,12 +54,17 @@ class Ramp:
 class Link:
     """Link clock, parameters, ramps and scheduled actions of one emulated bench."""
 
-    def __init__(self, params: LinkParams | None = None, chunk_ps: int = DEFAULT_CHUNK_PS):
+    def __init__(
+        self,
+        params: LinkParams | None = None,
+        chunk_ps: int = DEFAULT_CHUNK_PS,
+        sampling_threads: int = 1,
+    ):
         self.params = params or LinkParams()
         self.lock = threading.RLock()
         self.now_ps = 0
         self.chunk_ps = chunk_ps
-        self.generator = LinkGenerator(self.params)
+        self.generator = LinkGenerator(self.params, sampling_threads=sampling_threads)
         self._ramps: dict[tuple[str, int | None], Ramp] = {}
         self._schedule: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = itertools.count()

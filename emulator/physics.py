@@ -8,9 +8,11 @@ Independent of hil.analysis and hil.instruments by design (it is what they are v
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -354,8 +356,10 @@ def _result_buffer(st: _State, name: str, n: int, dtype) -> np.ndarray:
     """An array of at least n entries to return tags in, taken from a small pool: one that no
     earlier result still refers to (the caller has dropped or copied what it got; CPython
     reference count), else a new one. Fresh arrays this large come from mmap and their page
-    faults cost as much as the whole final merge; a streaming caller holds one result while
-    asking for the next, so two arrays alternate."""
+    faults cost as much as the whole final merge. A streaming caller holds one result while
+    asking for the next; the emulated tagger holds the results of several spans in its
+    buffer until a fetch has sent them (about ten at the 1e6-tag fetch of a 0 dB link), so
+    the pool keeps up to RESULT_POOL arrays of each kind (each about 1.4 MB at 0 dB)."""
     pool = st.results.setdefault(name, [])
     for k in range(len(pool)):
         # references while free: the pool's and getrefcount's argument (a result view adds one)
@@ -364,9 +368,12 @@ def _result_buffer(st: _State, name: str, n: int, dtype) -> np.ndarray:
                 pool[k] = np.empty(max(n, 5 * n // 4), dtype)
             return pool[k]
     buf = np.empty(max(n, 5 * n // 4), dtype)
-    if len(pool) < 3:
+    if len(pool) < RESULT_POOL:
         pool.append(buf)
     return buf
+
+
+RESULT_POOL = 16
 
 
 def _hold(st: _State, keys: np.ndarray) -> None:
@@ -446,13 +453,52 @@ def _derive(p: LinkParams) -> _Derived:
     )
 
 
-def _signal_clicks(dv: _Derived, st: _State, i_lo: int, i_hi: int, timing) -> np.ndarray:
+def _signal_clicks(
+    dv: _Derived, st: _State, i_lo: int, i_hi: int, timing, threads: int = 1
+) -> np.ndarray:
     """Clicks (keys t * 4 + detector) caused by the light of pulses [i_lo, i_hi), in a scratch
-    array of the state (valid until the next call)."""
+    array of the state (valid until the next call), in pulse order.
+
+    With ``threads`` = 2 and enough expected clicks, the second half of the pulse range is
+    sampled on a worker thread while this thread samples the first (the kernel releases the
+    GIL). Every random decision is keyed on the pulse index, so the two halves joined are the
+    clicks of the whole range, bit for bit."""
     if dv.p_c <= 0 or i_hi <= i_lo:
         return np.empty(0, np.int64)
+    if threads < 2 or (i_hi - i_lo) * dv.p_c < PARALLEL_MIN_CLICKS:
+        return _sample_range(dv, st, "signal", i_lo, i_hi, timing)
+    mid = i_lo + (i_hi - i_lo) // 2
+    mid -= mid % _k.BLOCK_PULSES  # a skip block is sampled by one side only (no wasted skips)
+    if mid <= i_lo:
+        return _sample_range(dv, st, "signal", i_lo, i_hi, timing)
+    second = _sampling_pool().submit(_sample_range, dv, st, "signal2", mid, i_hi, timing)
+    a = _sample_range(dv, st, "signal", i_lo, mid, timing)
+    b = second.result()
+    out = _scratch(st, "signal_joined", a.shape[0] + b.shape[0])[: a.shape[0] + b.shape[0]]
+    out[: a.shape[0]] = a
+    out[a.shape[0] :] = b
+    return out
+
+
+# Below this many expected clicks a range is sampled on one thread: handing half of it to the
+# worker costs some tens of us.
+PARALLEL_MIN_CLICKS = 20_000
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _sampling_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="link-sampling")
+        return _POOL
+
+
+def _sample_range(dv: _Derived, st: _State, key: str, i_lo: int, i_hi: int, timing) -> np.ndarray:
+    """Signal clicks of pulses [i_lo, i_hi) in scratch array ``key`` (grown when needed)."""
     expected = (i_hi - i_lo) * dv.p_c * 1.1
-    buf = _scratch(st, "signal", int(expected + 6 * math.sqrt(expected)) + 4096)
+    buf = _scratch(st, key, int(expected + 6 * math.sqrt(expected)) + 4096)
     n = 0
     i = i_lo
     while True:
@@ -474,7 +520,7 @@ def _signal_clicks(dv: _Derived, st: _State, i_lo: int, i_hi: int, timing) -> np
             return buf[:n]
         grown = np.empty(2 * buf.shape[0], np.int64)  # more clicks than expected: grow
         grown[:n] = buf[:n]
-        buf = st.scratch["signal"] = grown
+        buf = st.scratch[key] = grown
 
 
 def _dark_clicks(dv: _Derived, t_lo: int, t_hi: int) -> np.ndarray:
@@ -610,7 +656,12 @@ class LinkGenerator:
     constant parameters, generate(a, b) followed by generate(b, c) returns exactly the tags of
     generate(a, c) (all randomness is keyed on pulse index, dark-count slot or click time)."""
 
-    def __init__(self, params: LinkParams | None = None):
+    def __init__(self, params: LinkParams | None = None, sampling_threads: int = 1):
+        """``sampling_threads`` = 2 samples the signal clicks of long spans on two threads
+        (same tags; see _signal_clicks); 1 keeps all the work on the calling thread."""
+        if sampling_threads not in (1, 2):
+            raise ValueError(f"sampling_threads must be 1 or 2, got {sampling_threads}")
+        self.sampling_threads = sampling_threads
         self.params = params if params is not None else LinkParams()
         validate(self.params)
         self._state: _State | None = None
@@ -675,7 +726,7 @@ class LinkGenerator:
         # the horizon join the heap that stage merges in (it holds them until their time).
         clicks = np.empty(0, np.int64)
         if i_hi > st.next_pulse:
-            clicks = _signal_clicks(dv, st, st.next_pulse, i_hi, timing)
+            clicks = _signal_clicks(dv, st, st.next_pulse, i_hi, timing, self.sampling_threads)
             if not _k.sort_nearly_sorted(clicks, 8 * clicks.shape[0] + 1024):
                 clicks.sort()
         st.next_pulse = max(st.next_pulse, i_hi)

@@ -23,7 +23,13 @@ def _cmd_emulator_serve(args: argparse.Namespace) -> int:
             print(f"hil emulator serve: --port expects ROLE=PORT, got {item!r}", file=sys.stderr)
             return 2
         ports[role] = int(port)
-    serve(ready_file=args.ready_file, parent_pid=args.parent_pid, seed=args.seed, ports=ports)
+    serve(
+        ready_file=args.ready_file,
+        parent_pid=args.parent_pid,
+        seed=args.seed,
+        ports=ports,
+        sampling_threads=args.sampling_threads,
+    )
     return 0
 
 
@@ -235,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", help="write the resource strings here (JSON) when ready")
     serve.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     serve.add_argument("--seed", type=int, default=None, help="seed of the emulated link")
+    serve.add_argument(
+        "--sampling-threads",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="threads sampling the link's clicks (default: 2 with two cores or more; same tags)",
+    )
     serve.add_argument(
         "--port",
         action="append",

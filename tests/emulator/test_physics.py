@@ -561,6 +561,34 @@ def test_same_seed_same_tags_and_chunking_is_exact():
     assert len(other) != len(ts_a) or (other != ts_a).any()
 
 
+def test_two_sampling_threads_give_the_same_tags():
+    """sampling_threads=2 splits a span's pulses between two threads; every random decision is
+    keyed on the pulse index, so the tags are those of one thread, bit for bit. The spans are
+    long enough to be split (more than physics.PARALLEL_MIN_CLICKS expected clicks)."""
+    p = BASE.replace(attenuation_db=0.0)
+    span = SECOND_PS // 10
+    one, two = LinkGenerator(p), LinkGenerator(p, sampling_threads=2)
+    calls = []
+    real = physics._sample_range
+
+    def spy(dv, st, key, i_lo, i_hi, timing):
+        calls.append(key)
+        return real(dv, st, key, i_lo, i_hi, timing)
+
+    physics._sample_range = spy
+    try:
+        for m in range(2):
+            a = one.generate(p, m * span, (m + 1) * span)
+            b = two.generate(p, m * span, (m + 1) * span)
+            assert len(a[0]) > 3 * physics.PARALLEL_MIN_CLICKS
+            assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    finally:
+        physics._sample_range = real
+    assert "signal2" in calls  # the second thread's half was sampled
+    with pytest.raises(ValueError, match="sampling_threads must be 1 or 2"):
+        LinkGenerator(p, sampling_threads=3)
+
+
 def test_results_held_by_the_caller_are_never_overwritten():
     """generate() returns tags in arrays it reuses once no result refers to them: results (and
     views of them) that the caller keeps must stay as they were returned."""
