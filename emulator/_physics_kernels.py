@@ -40,6 +40,7 @@ STREAM_DARK_COUNT = 16  # 16..19
 STREAM_DARK_TIME = 20  # 20..23
 STREAM_AP_PROB = 24  # 24..27
 STREAM_AP_DELAY = 28  # 28..31
+STREAM_SYNC_JITTER = 32
 
 JITTER_CLIP_SIGMA = 8.0  # Gaussian jitter truncated at 8 sigma (probability 1e-15 per click)
 BLOCK_PULSES = 1 << 16  # geometric-skip blocks: the skip sequence restarts at each block start
@@ -750,17 +751,24 @@ def register_clicks(
 
 
 @njit(cache=True, nogil=True)
-def sync_tags(i_first, i_last, divider, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
-    """Nominal tagger times (int ps, floor) of pulses i_first <= i <= i_last that are multiples of
-    the sync divider."""
+def sync_tags(
+    i_first, i_last, divider, seed, sigma_ps, anchor_i, tau0_int, tau0_frac, p_int, p_rest
+):
+    """Tagger times (int ps, floor) of the sync pulses i_first <= i <= i_last (the multiples of
+    the sync divider): nominal time plus a Gaussian jitter of standard deviation sigma_ps
+    (truncated at JITTER_CLIP_SIGMA) keyed on the pulse index; sigma_ps = 0 gives the floor of
+    the nominal time."""
     first = ((i_first + divider - 1) // divider) * divider
     if first > i_last:
         return np.empty(0, np.int64)
     n = (i_last - first) // divider + 1
     out = np.empty(n, np.int64)
+    key = stream_key(seed, STREAM_SYNC_JITTER)
     for m in range(n):
-        t_int, _ = nominal_time(first + m * divider, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
-        out[m] = t_int
+        i = first + m * divider
+        t_int, t_frac = nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest)
+        g = gauss_from_hash(keyed(key, counter_mix(i))) if sigma_ps > 0.0 else 0.0
+        out[m] = t_int + np.int64(math.floor(t_frac + sigma_ps * g))
     return out
 
 

@@ -693,6 +693,7 @@ class Control(LinkDevice):
         "afterpulse_prob",
         "afterpulse_tau_s",
         "jitter_ps",
+        "sync_jitter_ps",
         "e_mis",
         "p_z_bob",
         "fiber_length_m",

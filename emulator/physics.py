@@ -63,6 +63,8 @@ class LinkParams:
     afterpulse_prob: float = 0.04
     afterpulse_tau_s: float = 100e-9
     jitter_ps: float = 23.0  # Gaussian standard deviation (55 ps FWHM)
+    # the sync tags' own jitter (transmitter clock output + tagger channel), standard deviation
+    sync_jitter_ps: float = 10.0
     # dark-count model: rate_ref at temperature_ref_c, Arrhenius with the activation energy
     dark_count_rate_ref_hz: tuple[float, float, float, float] = (600.0, 600.0, 600.0, 600.0)
     temperature_ref_c: float = -30.0
@@ -124,10 +126,19 @@ def validate(params: LinkParams) -> None:
         "insertion_loss_db",
         "attenuation_db",
         "jitter_ps",
+        "sync_jitter_ps",
     ):
         v = getattr(p, name)
         if not (math.isfinite(v) and v >= 0):
             _fail(name, v, "must be finite and >= 0")
+    sync_period_ps = p.sync_divider * 1e12 / p.clock_hz
+    if p.sync_jitter_ps * 4 * _k.JITTER_CLIP_SIGMA > sync_period_ps:
+        # sync tags stay in pulse order: each lies within 8 sigma of its nominal time
+        _fail(
+            "sync_jitter_ps",
+            p.sync_jitter_ps,
+            f"must be below 1/32 of the sync period ({sync_period_ps:g} ps)",
+        )
     if any(not 0 <= e <= 1 for e in p.efficiency):
         _fail("efficiency", p.efficiency, "efficiencies must lie in [0, 1]")
     if any(not (math.isfinite(d) and 0 <= d < 1) for d in p.dead_time_s):
@@ -403,6 +414,8 @@ class _Derived:
     p_c: float
     jitter_ps: float
     jitter_reach: int
+    sync_jitter_ps: float
+    sync_reach: int  # a sync tag lies within this many ps of its pulse's nominal time
     lead_in: int
     dark_rates: np.ndarray
     dead_ps: np.ndarray
@@ -440,6 +453,8 @@ def _derive(p: LinkParams) -> _Derived:
         p_c=float(tables[4]),
         jitter_ps=float(p.jitter_ps),
         jitter_reach=jitter_reach,
+        sync_jitter_ps=float(p.sync_jitter_ps),
+        sync_reach=int(math.ceil(_k.JITTER_CLIP_SIGMA * p.sync_jitter_ps)) + 1,
         lead_in=lead_in,
         dark_rates=np.array([dark_count_rate_hz(p, j) for j in range(N_DETECTORS)]),
         dead_ps=dead_ps,
@@ -747,10 +762,13 @@ class LinkGenerator:
         sync = np.empty(0, np.int64)
         d0 = int(dv.delays[0])
         div = int(p.sync_divider)
-        i_sync_end = st.clock.first_at_or_after(t1 - d0 + res, offset)
+        # pulses whose sync tag can fall before t1 (nominal time within the jitter's reach)
+        i_sync_end = st.clock.first_at_or_after(t1 - d0 + res + dv.sync_reach, offset)
         if i_sync_end > st.next_sync:
             first = -(-st.next_sync // div) * div
-            sync = _k.sync_tags(st.next_sync, i_sync_end - 1, div, *timing)
+            sync = _k.sync_tags(
+                st.next_sync, i_sync_end - 1, div, dv.seed, dv.sync_jitter_ps, *timing
+            )
             sync = (sync + d0) * 8 if res == 1 else ((sync + d0) // res) * res * 8
             n_in = int(np.searchsorted(sync, t1 * 8))
             st.next_sync = first + n_in * div if n_in < sync.shape[0] else i_sync_end

@@ -649,7 +649,11 @@ def test_sync_tags_follow_offset_and_drift_phase_continuously():
     from fractions import Fraction
 
     p = BASE.replace(
-        offset_ps=3210, drift_ppm=7.0, sync_divider=100, channel_delay_ps=(55, 0, 0, 0, 0)
+        offset_ps=3210,
+        drift_ppm=7.0,
+        sync_divider=100,
+        channel_delay_ps=(55, 0, 0, 0, 0),
+        sync_jitter_ps=0.0,  # the exact phase (the jitter has its own test)
     )
     gen = LinkGenerator(p)
     ts, ch = gen.generate(p, 0, 10**8)
@@ -670,6 +674,34 @@ def test_sync_tags_follow_offset_and_drift_phase_continuously():
     new_period = 100 * 10_000 * (1 - 20e-6)
     assert np.abs(gaps[len(sync) :] - new_period).max() <= 1.0
     assert abs(gaps[len(sync) - 1] - 100 * 10_000 * (1 + 7e-6)) <= 1.0  # no jump at the change
+
+
+def test_sync_jitter_has_configured_standard_deviation_and_keeps_chunking():
+    """Sync tags around their nominal times (zero drift, integer period, 1 ps resolution):
+    floor(sigma g) has variance sigma^2 + 1/12; the sample variance of n values has standard
+    deviation sigma_v^2 sqrt(2/(n-1)), tolerance 5 of those. Jittered syncs near a span's end
+    land in the right span: cutting the link time anywhere gives the same tags."""
+    sigma = 25.0
+    p = BASE.replace(sync_divider=100, sync_jitter_ps=sigma, offset_ps=400)
+    sync_period = 100 * PERIOD_PS
+    ts, ch = run(p, SECOND_PS // 100)
+    sync = ts[ch == 0]
+    r = sync - 400 - np.arange(len(sync)) * sync_period
+    var = sigma**2 + 1 / 12
+    n = len(r)
+    assert n == SECOND_PS // 100 // sync_period
+    assert abs(r.var(ddof=1) - var) < 5 * var * math.sqrt(2 / (n - 1))
+    assert abs(r.mean() + 0.5) < 5 * math.sqrt(var / n)  # floor shifts the mean by -1/2 ps
+    assert np.abs(r).max() <= 8 * sigma + 1  # truncated at 8 sigma
+    # cut points right at sync tags (before, at and after a jittered tag's time)
+    t = [int(x) for x in sync[[10, 500, 501, 2000]]]
+    cuts = [0, t[0] - 1, t[0], t[1] + 1, t[2], t[3] - 50, t[3] + 50, SECOND_PS // 100]
+    gen = LinkGenerator(p)
+    parts = [gen.generate(p, a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    assert (np.concatenate([x for x, _ in parts]) == ts).all()
+    assert (np.concatenate([c for _, c in parts]) == ch).all()
+    with pytest.raises(ValueError, match="sync_jitter_ps"):
+        physics.validate(p.replace(sync_divider=1, sync_jitter_ps=400.0))  # 32 sigma > 10 ns
 
 
 def test_pulse_choices_frequencies():
