@@ -102,6 +102,17 @@ def interval_periods(table_ps, table_pulse):
     return np.diff(table_ps) / np.diff(table_pulse).astype(np.float64)
 
 
+def _detector_intervals(timestamps_ps, channels, sync_channel, delays_ps, search_delay, table_ps):
+    """(channel, pulse time t = raw - delay, table interval) of each detector tag: the interval
+    is the one containing raw - search_delay, clamped to the first and last."""
+    det = (channels != sync_channel) & (channels < len(delays_ps))
+    ch = channels[det]
+    raw = timestamps_ps[det]
+    t = raw - delays_ps[ch.astype(np.intp)]
+    k = np.searchsorted(table_ps, raw - search_delay, side="right") - 1
+    return ch, t, np.clip(k, 0, len(table_ps) - 2)
+
+
 def nearest_pulse(
     timestamps_ps,
     channels,
@@ -114,12 +125,9 @@ def nearest_pulse(
     t_first,
     t_last,
 ):
-    det = (channels != sync_channel) & (channels < len(delays_ps))
-    ch = channels[det]
-    raw = timestamps_ps[det]
-    t = raw - delays_ps[ch.astype(np.intp)]
-    k = np.searchsorted(table_ps, raw - search_delay, side="right") - 1
-    k = np.clip(k, 0, len(table_ps) - 2)
+    ch, t, k = _detector_intervals(
+        timestamps_ps, channels, sync_channel, delays_ps, search_delay, table_ps
+    )
     dt = (t - table_ps[k]).astype(np.float64)
     step = np.floor(dt / period[k] + 0.5)
     pulse = table_pulse[k] + step.astype(np.int64)
@@ -142,12 +150,9 @@ def assign_pulses_gated(
 ):
     """The gated assignment as the kernel defines it: as nearest_pulse, but the nearest pulse
     is found with the reciprocal period, floor(dt * (1 / period) + 0.5)."""
-    det = (channels != sync_channel) & (channels < len(delays_ps))
-    ch = channels[det]
-    raw = timestamps_ps[det]
-    t = raw - delays_ps[ch.astype(np.intp)]
-    k = np.searchsorted(table_ps, raw - search_delay, side="right") - 1
-    k = np.clip(k, 0, len(table_ps) - 2)
+    ch, t, k = _detector_intervals(
+        timestamps_ps, channels, sync_channel, delays_ps, search_delay, table_ps
+    )
     dt = (t - table_ps[k]).astype(np.float64)
     step = np.floor(dt * (1.0 / period[k]) + 0.5)
     residual = dt - step * period[k]
