@@ -82,28 +82,25 @@ def u01(h):
     return np.float64(np.int64(h >> _S11)) * _INV53
 
 
-@intrinsic
-def _f64_bits(typingctx, x):
-    """Bit pattern of a float64 as an int64 (a register move)."""
-    if x != types.float64:
-        return None
+def _bitcast(source, target, doc):
+    """A numba intrinsic reinterpreting a ``source`` value's bits as ``target`` (a register
+    move, no conversion)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    def typer(typingctx, x):
+        if x != source:
+            return None
 
-    return types.int64(types.float64), codegen
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+
+        return target(source), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def _bits_f64(typingctx, x):
-    """The float64 with the given int64 bit pattern."""
-    if x != types.int64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return types.float64(types.int64), codegen
+_f64_bits = _bitcast(types.float64, types.int64, "Bit pattern of a float64 as an int64.")
+_bits_f64 = _bitcast(types.int64, types.float64, "The float64 with the given int64 bit pattern.")
 
 
 _S32 = np.uint64(32)
