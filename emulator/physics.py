@@ -363,6 +363,22 @@ def _scratch(st: _State, name: str, n: int) -> np.ndarray:
     return buf
 
 
+def _grown(st: _State, name: str, n: int) -> np.ndarray:
+    """Scratch array ``name`` doubled in size, its first n entries kept."""
+    old = st.scratch[name]
+    buf = st.scratch[name] = np.empty(2 * old.shape[0], np.int64)
+    buf[:n] = old[:n]
+    return buf
+
+
+def _heap_room(st: _State, more: int) -> None:
+    """Make the state's heap hold ``more`` entries besides its n_heap ones."""
+    if st.heap.shape[0] < st.n_heap + more:
+        heap = np.empty(2 * (st.n_heap + more), np.int64)
+        heap[: st.n_heap] = st.heap[: st.n_heap]
+        st.heap = heap
+
+
 def _result_buffer(st: _State, name: str, n: int, dtype) -> np.ndarray:
     """An array of at least n entries to return tags in, taken from a small pool: one that no
     earlier result still refers to (the caller has dropped or copied what it got; CPython
@@ -393,10 +409,7 @@ def _hold(st: _State, keys: np.ndarray) -> None:
     keeps those at or after its horizon for the next call."""
     if keys.shape[0] == 0:
         return
-    if st.heap.shape[0] < st.n_heap + keys.shape[0]:
-        heap = np.empty(2 * (st.n_heap + keys.shape[0]), np.int64)
-        heap[: st.n_heap] = st.heap[: st.n_heap]
-        st.heap = heap
+    _heap_room(st, keys.shape[0])
     st.n_heap = _k.heap_push_all(st.heap, st.n_heap, keys)
 
 
@@ -428,11 +441,16 @@ class _Derived:
     resolution: int
 
 
+def _reach_ps(sigma_ps: float) -> int:
+    """Whole ps beyond which a Gaussian jitter of this sigma (truncated) never moves a tag."""
+    return int(math.ceil(_k.JITTER_CLIP_SIGMA * sigma_ps)) + 1
+
+
 def _derive(p: LinkParams) -> _Derived:
     validate(p)
     mu = np.array(p.mu if p.output_on else (0.0, 0.0, 0.0), dtype=np.float64)
     tables = _k.signal_tables(*_k.click_pattern_tables(mu, photon_click_table(p)))
-    jitter_reach = int(math.ceil(_k.JITTER_CLIP_SIGMA * p.jitter_ps)) + 1
+    jitter_reach = _reach_ps(p.jitter_ps)
     # whole picoseconds, rounded up, ignoring float noise such as 1e-9 * 1e12 = 1000.0000000000001
     dead_ps = np.array([math.ceil(d * 1e12 - 1e-6) for d in p.dead_time_s], dtype=np.int64)
     delays = np.array([int(d) for d in p.channel_delay_ps], dtype=np.int64)
@@ -454,7 +472,7 @@ def _derive(p: LinkParams) -> _Derived:
         jitter_ps=float(p.jitter_ps),
         jitter_reach=jitter_reach,
         sync_jitter_ps=float(p.sync_jitter_ps),
-        sync_reach=int(math.ceil(_k.JITTER_CLIP_SIGMA * p.sync_jitter_ps)) + 1,
+        sync_reach=_reach_ps(p.sync_jitter_ps),
         lead_in=lead_in,
         dark_rates=np.array([dark_count_rate_hz(p, j) for j in range(N_DETECTORS)]),
         dead_ps=dead_ps,
@@ -480,11 +498,9 @@ def _signal_clicks(
     clicks of the whole range, bit for bit."""
     if dv.p_c <= 0 or i_hi <= i_lo:
         return np.empty(0, np.int64)
-    if threads < 2 or (i_hi - i_lo) * dv.p_c < PARALLEL_MIN_CLICKS:
-        return _sample_range(dv, st, "signal", i_lo, i_hi, timing)
     mid = i_lo + (i_hi - i_lo) // 2
     mid -= mid % _k.BLOCK_PULSES  # a skip block is sampled by one side only (no wasted skips)
-    if mid <= i_lo:
+    if threads < 2 or (i_hi - i_lo) * dv.p_c < PARALLEL_MIN_CLICKS or mid <= i_lo:
         return _sample_range(dv, st, "signal", i_lo, i_hi, timing)
     second = _sampling_pool().submit(_sample_range, dv, st, "signal2", mid, i_hi, timing)
     a = _sample_range(dv, st, "signal", i_lo, mid, timing)
@@ -533,9 +549,7 @@ def _sample_range(dv: _Derived, st: _State, key: str, i_lo: int, i_hi: int, timi
         n += m
         if i >= i_hi:
             return buf[:n]
-        grown = np.empty(2 * buf.shape[0], np.int64)  # more clicks than expected: grow
-        grown[:n] = buf[:n]
-        buf = st.scratch[key] = grown
+        buf = _grown(st, key, n)  # more clicks than expected: grow
 
 
 def _dark_clicks(dv: _Derived, t_lo: int, t_hi: int) -> np.ndarray:
@@ -558,10 +572,7 @@ def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.nd
     n = 0
     while True:
         room = buf.shape[0] - n
-        if st.heap.shape[0] < st.n_heap + room:  # one afterpulse at most per registered click
-            heap = np.empty(2 * (st.n_heap + room), np.int64)
-            heap[: st.n_heap] = st.heap[: st.n_heap]
-            st.heap = heap
+        _heap_room(st, room)  # one afterpulse at most per registered click
         m, used, st.n_heap = _k.register_clicks(
             buf[n:],
             keys,
@@ -582,9 +593,7 @@ def _register(dv: _Derived, st: _State, keys: np.ndarray, horizon: int) -> np.nd
         keys = keys[used:]
         if m < room:
             return buf[:n]
-        grown = np.empty(2 * buf.shape[0], np.int64)  # output full: grow and go on
-        grown[:n] = buf[:n]
-        buf = st.scratch["tags"] = grown
+        buf = _grown(st, "tags", n)  # output full: grow and go on
 
 
 @dataclass
