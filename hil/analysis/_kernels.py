@@ -427,7 +427,7 @@ def _sift_result(hist4, stats, code):
 
 @njit(cache=True, nogil=True)
 def _outcome_tables():
-    """Lookup tables of sift_counts' single-click path: the outcome bin of a detection is
+    """Lookup tables of sift_counts' outcome bins (both paths): the bin of a detection is
     out[a[(basis << 8) | class] | b[bit] | c[channel]], the three uint8 tables filling
     disjoint bit fields (cell = basis * 3 + class in bits 4-6, answer bit 0 / 1 / 255 as
     0 / 1 / 2 in bits 2-3, channel 1..4 as 0..3 = 2 * Bob's basis + Bob's bit in bits 0-1);
@@ -579,11 +579,8 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
             b_basis = c >> 1
             b_bit = c & 1
             i += 1
-        outcome = (
-            (a_basis * 3 + a_class) * 8
-            + np.int64(b_basis == a_basis) * 4
-            + np.int64(a_bit != 255) * 2
-            + np.int64(a_bit != b_bit)
-        )
-        hist4[outcome] += 1
+        # the same outcome tables as the fast path, Bob's (basis, bit) as the channel code
+        lut_a, lut_b, _, lut_out = tables
+        key = lut_a[(a_basis << 8) | a_class] | lut_b[a_bit] | (2 * b_basis + b_bit)
+        hist4[lut_out[key]] += 1
     return _sift_result(hist4, stats, -1)
