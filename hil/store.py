@@ -566,19 +566,18 @@ class CaptureWriter:
                     np.ascontiguousarray(ts[i : i + c], "<i8"),
                     np.ascontiguousarray(ch[i : i + c], "u1"),
                 )
-                self._chunk_start += c
-                self._chunk_fill = 0
                 i += c
-                continue
-            m = min(c - fill, n - i)
-            self._chunk_ts[fill : fill + m] = ts[i : i + m]
-            self._chunk_det[fill : fill + m] = ch[i : i + m]
-            self._chunk_fill = fill + m
-            i += m
-            if self._chunk_fill == c:
+            else:
+                m = min(c - fill, n - i)
+                self._chunk_ts[fill : fill + m] = ts[i : i + m]
+                self._chunk_det[fill : fill + m] = ch[i : i + m]
+                self._chunk_fill = fill + m
+                i += m
+                if self._chunk_fill < c:
+                    continue  # the input ended inside this chunk
                 self._write_chunk()
-                self._chunk_start += c
-                self._chunk_fill = 0
+            self._chunk_start += c
+            self._chunk_fill = 0
 
     def _write_chunk(self, ts: np.ndarray | None = None, det: np.ndarray | None = None) -> None:
         """Write the chunk at ``_chunk_start`` (the chunk buffers, whole, padded beyond
