@@ -118,17 +118,17 @@ class TimeTagger(Instrument):
         ``max_poll_s``: each costs both processes a round trip, and a consumer faster than
         the acquisition otherwise spends more on them than on the tags."""
         wait = poll_s
+        stopped = False  # the last status said the acquisition is over
         while True:
             ts, ch = self.fetch()
             if len(ts):
-                wait = poll_s
+                wait, stopped = poll_s, False
                 yield ts, ch
                 continue
-            if self.status() != "RUNNING":  # no tag is buffered after this answer
-                ts, ch = self.fetch()
-                if not len(ts):
-                    return
-                yield ts, ch
+            if stopped:
+                return  # empty after the acquisition was over: drained
+            if self.status() != "RUNNING":  # no tag is generated after this answer
+                stopped = True  # one more fetch drains what arrived before it
                 continue
             time.sleep(wait)
             wait = min(2 * wait, max_poll_s)
