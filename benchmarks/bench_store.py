@@ -227,27 +227,26 @@ def bench_capture(seconds: float, tmp: Path) -> None:
 
 def _cpu_s(pid: int | None) -> float:
     """User + system CPU seconds of a process (Linux /proc), 0 when unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError, TypeError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (_stat_cpu_s(f"/proc/{pid}/stat") if pid is not None else None) or 0.0
 
 
 def _thread_cpu_s(pid: int | None) -> dict[int, float]:
     """User + system CPU seconds of each live thread of a process (Linux /proc), by thread id."""
-    out: dict[int, float] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except (OSError, TypeError):
-        return out
-    for tid in tids:
-        try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+        return {}
+    out = {int(tid): _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat") for tid in tids}
+    return {tid: s for tid, s in out.items() if s is not None}  # None: ended meanwhile
+
+
+def _stat_cpu_s(stat_path: str) -> float | None:
+    """User + system CPU seconds from a /proc stat file, None when it cannot be read."""
+    try:
+        fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
