@@ -13,6 +13,7 @@ timeout raises :class:`InstrumentTimeout` naming the instrument and its resource
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -64,6 +65,42 @@ def _raise_recv_size(session, n_bytes: int) -> None:
             impl.max_recv_size = max(impl.max_recv_size, int(n_bytes))
     except (AttributeError, KeyError, TypeError):
         pass
+
+
+def _socket_session(session) -> tuple[bytearray, socket.socket] | None:
+    """(pending buffer, socket) of a pyvisa-py raw-socket session, else None. Reaches into
+    the session object like `_raise_recv_size`: pyvisa-py keeps bytes received ahead of a
+    read in ``_pending_buffer`` and reads ``interface``, a blocking socket."""
+    try:
+        impl = session.visalib.sessions[session.session]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    pending = getattr(impl, "_pending_buffer", None)
+    sock = getattr(impl, "interface", None)
+    if isinstance(pending, bytearray) and isinstance(sock, socket.socket):
+        return pending, sock
+    return None
+
+
+def _recv_exact(
+    pending: bytearray, sock: socket.socket, out: memoryview, timeout_ms: float | None
+) -> None:
+    """Fill ``out``: first from the session's pending bytes, then from the socket. Waits at
+    most ``timeout_ms`` (the resource's timeout, None or inf: no limit) for each piece, and
+    fails as pyvisa-py's read does: VisaIOError with a timeout or connection-lost code."""
+    count = len(out)
+    pos = min(len(pending), count)
+    out[:pos] = pending[:pos]
+    del pending[:pos]
+    wait_s = None if timeout_ms is None or timeout_ms == float("inf") else timeout_ms / 1000
+    while pos < count:
+        ready, _, _ = select.select([sock], [], [], wait_s)
+        if not ready:
+            raise pyvisa.errors.VisaIOError(vc.StatusCode.error_timeout)
+        n = sock.recv_into(out[pos:])
+        if n == 0:
+            raise pyvisa.errors.VisaIOError(vc.StatusCode.error_connection_lost)
+        pos += n
 
 
 class InstrumentError(RuntimeError):
@@ -305,18 +342,23 @@ class Instrument:
             s.read_termination = term
 
     def _read_exact(self, count: int) -> memoryview:
-        """Read exactly ``count`` bytes with the VISA library's own read (viRead) into one
-        new buffer, ``READ_PIECE_BYTES`` per call.
+        """Read exactly ``count`` bytes into one new buffer.
 
-        A pyvisa-py socket session copies what it receives several times through growing
-        buffers (pyvisa's ``read_bytes`` adds two more copies): one viRead of a whole 9 MB tag
-        block cost ~17 ns per tag of client CPU against ~5 ns in cache-sized pieces copied
-        once each into the result (measured on loopback; benchmarks/bench_store.py shows
-        the whole capture).
+        On a pyvisa-py raw-socket session (TCPIP::...::SOCKET) the bytes are received
+        straight into the buffer from the session's own socket, after what the session has
+        already buffered: one copy, from the kernel. pyvisa-py's read copies what it receives
+        about four times over (recv's bytes, its pending buffer, slices of it, the bytes it
+        returns), which cost the capture's client ~8 ns of CPU per tag on top of the kernel's
+        ~2 (benchmarks/bench_store.py, "fetch only"). Other sessions (another VISA library,
+        other interfaces) read with the library's viRead, ``READ_PIECE_BYTES`` per call.
         """
+        out = memoryview(np.empty(count, np.uint8))
+        direct = _socket_session(self.session)
+        if direct is not None:
+            _recv_exact(*direct, out, self.session.timeout)
+            return out
         s = self.session
         lib, sid = s.visalib, s.session
-        out = memoryview(np.empty(count, np.uint8))
         pos = 0
         # "count bytes read, more may follow" is the expected outcome here, not a warning
         with s.ignore_warning(vc.StatusCode.success_max_count_read):

@@ -423,6 +423,37 @@ def test_tagger_short_block_times_out_naming_the_command(tcp):
         tg.fetch(3)
 
 
+def test_tagger_block_cut_by_a_closed_connection_is_reported_unreachable():
+    """The peer closes the connection halfway through a block: the fetch fails at once as
+    unreachable (connection lost), naming the command, instead of waiting for the timeout."""
+    from hil.instruments.base import InstrumentUnreachable
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    block = tag_block(np.arange(1000, dtype="<i8"), np.zeros(1000, np.uint8))
+
+    def peer():
+        conn, _ = listener.accept()
+        with conn:
+            got = b""
+            while not got.endswith(b"\n"):
+                got += conn.recv(100)
+            assert got == b"FETC:TAGS? 1000\n"
+            conn.sendall(block[: len(block) // 2])
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    tg = TimeTagger(f"TCPIP::127.0.0.1::{listener.getsockname()[1]}::SOCKET", "dut", timeout_s=30)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(InstrumentUnreachable, match="FETC:TAGS"):
+            tg.fetch(1000)
+        assert time.monotonic() - t0 < 10  # reported when the connection closed
+    finally:
+        tg.close()
+        thread.join(5)
+        listener.close()
+
+
 # ----------------------------------------------------------------------------- power meter
 
 
