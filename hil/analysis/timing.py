@@ -21,6 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from hil.analysis import _kernels as k
+from hil.analysis import _simd
 
 SYNC_CHANNEL = 0
 EDGE_INTERVALS = 1024  # sync intervals averaged for extrapolation beyond the table's ends
@@ -490,8 +491,9 @@ def assign_pulses(
     if out is None:
         # outputs sized by a counting pass and allocated here: the kernel allocates nothing
         n_det = k.count_detector_tags(channels, sync_channel, len(delays))
-        pulse = np.empty(n_det + 1, dtype=np.int64)  # + 1: the kernel's spare slot
-        det_ch = np.empty(n_det + 1, dtype=np.uint8)
+        # spare slots: 1 for the scalar kernel, 8 for the vector one's whole-vector stores
+        pulse = np.empty(n_det + 8, dtype=np.int64)
+        det_ch = np.empty(n_det + 8, dtype=np.uint8)
     else:
         pulse, det_ch = out
         if (
@@ -507,7 +509,8 @@ def assign_pulses(
                 "out must be (int64 array, uint8 array), one-dimensional, each of at least "
                 f"len(timestamps_ps) + 1 = {len(timestamps_ps) + 1} elements"
             )
-    n_outside, n_outside_table, n_det = k.assign_pulses_gated(
+    kernel = k.assign_pulses_gated_simd if _simd.AVAILABLE else k.assign_pulses_gated
+    n_outside, n_outside_table, n_det = kernel(
         timestamps_ps,
         channels,
         sync_channel,

@@ -8,7 +8,7 @@ import pytest
 import reference as ref
 
 from hil.analysis import _kernels as k
-from hil.analysis import timing
+from hil.analysis import _simd, timing
 
 CLOCK_HZ = 1e9  # 1000 ps pulse period
 PERIOD_PS = 1000.0
@@ -297,14 +297,49 @@ def test_pulse_kernels_match_reference(rng, channels_used):
     for g, e in zip(got, exp, strict=True):
         np.testing.assert_array_equal(g, e)
     for half_gate in (100.0, 250.0, 500.0):
-        got = run_gated(ts, ch, delays, table, half_gate)
         exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
-        for g, e in zip(got, exp, strict=True):
-            np.testing.assert_array_equal(g, e)
+        for kernel in GATED:
+            got = run_gated(ts, ch, delays, table, half_gate, kernel)
+            for g, e in zip(got, exp, strict=True):
+                np.testing.assert_array_equal(g, e)
     # no detections at all
     sync_only = ch == 0
-    got = run_gated(ts[sync_only], ch[sync_only], delays, table, 250.0)
-    assert len(got[0]) == 0 and got[2].sum() == 0
+    for kernel in GATED:
+        got = run_gated(ts[sync_only], ch[sync_only], delays, table, 250.0, kernel)
+        assert len(got[0]) == 0 and got[2].sum() == 0
+
+
+@pytest.mark.skipif(not _simd.AVAILABLE, reason="this CPU lacks the AVX-512 instructions")
+@pytest.mark.parametrize("detect_prob", [0.001, 0.05, 0.6])
+def test_vector_assignment_matches_reference_on_every_path(rng, detect_prob):
+    """The AVX-512 kernel's paths: 16-tag blocks within 8 sync intervals (vector), blocks
+    spanning more (scalar; a sparse capture: mostly syncs), dense blocks, the table's last
+    intervals and the stream's last tags (scalar), an output buffer with no room for a
+    vector's garbage (scalar from there), more than 8 delay entries (scalar throughout);
+    tags outside their gate on every path (a gate narrower than the jitter)."""
+    ts, ch, _, delays = make_capture(
+        rng,
+        n_pulses=60_000,
+        drift_ppm=(25.0, -35.0),
+        drift_change_pulse=31_000,
+        gap_pulses=(10_000, 12_500),
+        detect_prob=detect_prob,
+        noise_per_channel=30,
+    )
+    ch[rng.random(len(ch)) < 0.02] = 9  # marker channel: ignored, counted if outside
+    _, table = table_for(ts, ch)
+    long_delays = np.append(delays, [0, 0, 0, 0])  # 9 entries
+    for half_gate in (30.0, 250.0):
+        exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
+        assert exp[2].sum() > 0  # some tags outside their gate
+        for spare in (8, 1):
+            got = run_gated(ts, ch, delays, table, half_gate, k.assign_pulses_gated_simd, spare)
+            for g, e in zip(got, exp, strict=True):
+                np.testing.assert_array_equal(g, e)
+        exp = ref.assign_pulses_gated(ts, ch, 0, long_delays, SEARCH_DELAY, *table, half_gate)
+        got = run_gated(ts, ch, long_delays, table, half_gate, k.assign_pulses_gated_simd)
+        for g, e in zip(got, exp, strict=True):
+            np.testing.assert_array_equal(g, e)
 
 
 def run_nearest(ts, ch, delays, table):
@@ -314,10 +349,16 @@ def run_nearest(ts, ch, delays, table):
     return out
 
 
-def run_gated(ts, ch, delays, table, half_gate):
+# the gated kernels: the scalar one, and the AVX-512 one on a CPU that has it
+GATED = [k.assign_pulses_gated] + ([k.assign_pulses_gated_simd] if _simd.AVAILABLE else [])
+
+
+def run_gated(ts, ch, delays, table, half_gate, kernel=k.assign_pulses_gated, spare=None):
     n = k.count_detector_tags(ch, 0, len(delays))
-    pulse, det_ch = np.empty(n + 1, np.int64), np.empty(n + 1, np.uint8)  # one spare slot
-    n_outside, n_outside_table, written = k.assign_pulses_gated(
+    if spare is None:  # one spare slot for the scalar kernel, 8 for the vector one
+        spare = 1 if kernel is k.assign_pulses_gated else 8
+    pulse, det_ch = np.empty(n + spare, np.int64), np.empty(n + spare, np.uint8)
+    n_outside, n_outside_table, written = kernel(
         ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate, pulse, det_ch
     )
     assert written == n
@@ -346,9 +387,12 @@ def test_gate_edges_exact():
 def kernel_matches_reference(ts, ch, clock, half_gate):
     table = clock.kernel_table
     delays = np.zeros(5, dtype=np.int64)
-    got = run_gated(ts, ch, delays, table, half_gate)
     exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
-    return all(np.array_equal(g, e) for g, e in zip(got, exp, strict=True))
+    return all(
+        np.array_equal(g, e)
+        for kernel in GATED
+        for g, e in zip(run_gated(ts, ch, delays, table, half_gate, kernel), exp, strict=True)
+    )
 
 
 # --------------------------------------------------------------------------- synthetic truth
