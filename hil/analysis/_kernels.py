@@ -637,6 +637,105 @@ def _sift_singles(pulse, channel, basis, intensity, bit, start, prev, hist4, tab
 
 
 @njit(cache=True, nogil=True)
+def _sift_singles_simd(pulse, channel, basis, intensity, bit, start, prev, hist4, tables):
+    """_sift_singles with AVX-512 (call only when _simd.AVAILABLE): the same contract and
+    counts; blocks of 16 plain single clicks take _simd.sift_block, which gives their outcome
+    bins at once, and the rest goes through the scalar test row by row (up to 16 rows before
+    the next block is tried)."""
+    lut_a, lut_b, lut_c, lut_out = tables
+    local = np.zeros(4 * 48, dtype=np.int64)
+    bins = np.empty(_simd.BLOCK, dtype=np.uint8)
+    n = len(pulse) - 1  # rows that may be counted here: each needs the next row's pulse
+    r = start
+    stop = max(n, start)
+    while r < n:
+        while r + _simd.BLOCK <= n and _simd.sift_block(
+            pulse, channel, basis, intensity, bit, r, prev, bins
+        ):
+            for q in range(_simd.BLOCK):
+                local[np.uint64((q & 3) * 48) + np.uint64(bins[q])] += 1
+            prev = pulse[r + _simd.BLOCK - 1]
+            r += _simd.BLOCK
+        end = min(r + _simd.BLOCK, n)
+        while r < end:
+            p = pulse[r]
+            if not ((p > prev) & (pulse[r + 1] > p)):
+                hist4 += local
+                return r
+            key = (
+                lut_a[(np.uint64(basis[r]) << _U8) | np.uint64(intensity[r])]
+                | lut_b[bit[r]]
+                | lut_c[channel[r]]
+            )
+            outcome = lut_out[key]
+            if outcome >= 48:
+                hist4 += local
+                return -r - 1
+            local[np.uint64((r & 3) * 48) + np.uint64(outcome)] += 1
+            prev = p
+            r += 1
+    hist4 += local
+    return stop
+
+
+@njit(cache=True, nogil=True)
+def _sift_group(pulse, channel, basis, intensity, bit, i, prev, seed, hist4, stats, tables):
+    """sift_counts' general path for the group of rows starting at row i (an unassigned row,
+    a multi-click, or a single click the fast path left): returns (next row, last counted
+    pulse, code), code -1 to go on, else sift_counts' error_row."""
+    rows = len(pulse)
+    p = pulse[i]
+    if p < 0:
+        stats[0] += 1
+        return i + 1, prev, -1
+    if p <= prev:
+        return i, prev, -2
+    prev = p
+    c = np.int64(channel[i]) - 1
+    a_basis = np.int64(basis[i])
+    a_class = np.int64(intensity[i])
+    a_bit = np.int64(bit[i])
+    if (c < 0) | (c > 3) | (a_basis > 1) | (a_class > 2) | ((a_bit > 1) & (a_bit != 255)):
+        return i, prev, i
+    if i + 1 < rows and pulse[i + 1] == p:
+        # clicks seen per (basis, bit), as a 4-bit mask: bit (2 * basis + value)
+        seen = 0
+        j = i
+        while j < rows and pulse[j] == p:
+            cj = np.int64(channel[j]) - 1
+            if cj < 0 or cj > 3:
+                return j, prev, j
+            seen |= 1 << cj
+            j += 1
+        stats[1] += 1
+        z_seen = seen & 3
+        x_seen = (seen >> 2) & 3
+        if z_seen != 0 and x_seen != 0:
+            stats[2] += 1
+            b_basis = splitmix_bit(seed, p, 0)
+        elif z_seen != 0:
+            b_basis = 0
+        else:
+            b_basis = 1
+        in_basis = z_seen if b_basis == 0 else x_seen
+        if in_basis == 3:
+            stats[3] += 1
+            b_bit = splitmix_bit(seed, p, 1)
+        else:
+            b_bit = in_basis >> 1  # mask 1 -> bit 0, mask 2 -> bit 1
+        i = j
+    else:
+        b_basis = c >> 1
+        b_bit = c & 1
+        i += 1
+    # the same outcome tables as the fast path, Bob's (basis, bit) as the channel code
+    lut_a, lut_b, _, lut_out = tables
+    key = lut_a[(a_basis << 8) | a_class] | lut_b[a_bit] | (2 * b_basis + b_bit)
+    hist4[lut_out[key]] += 1
+    return i, prev, -1
+
+
+@njit(cache=True, nogil=True)
 def sift_counts(pulse, channel, basis, intensity, bit, seed):
     """Per-(basis, class) counts from detections sorted by pulse index, with squashing.
 
@@ -656,67 +755,45 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
     tables = _outcome_tables()
     hist4 = np.zeros(4 * 48, dtype=np.int64)  # 4 copies of [basis*3+class, match, disc., err]
     stats = np.zeros(5, dtype=np.int64)
-    rows = len(pulse)
     prev = np.int64(-1)  # last assigned pulse counted
     i = 0
-    while i < rows:
+    while i < len(pulse):
         # fast path; stops at the first row that is not a plain single click
         stop = _sift_singles(pulse, channel, basis, intensity, bit, i, prev, hist4, tables)
         if stop < 0:  # invalid row -stop - 1
             return _sift_result(hist4, stats, -stop - 1)
         if stop > i:
             prev = pulse[stop - 1]
-        i = stop
-        if i >= rows:
+        if stop >= len(pulse):
             break
-        # general path for the group starting at row i
-        p = pulse[i]
-        if p < 0:
-            stats[0] += 1
-            i += 1
-            continue
-        if p <= prev:
-            return _sift_result(hist4, stats, -2)
-        prev = p
-        c = np.int64(channel[i]) - 1
-        a_basis = np.int64(basis[i])
-        a_class = np.int64(intensity[i])
-        a_bit = np.int64(bit[i])
-        if (c < 0) | (c > 3) | (a_basis > 1) | (a_class > 2) | ((a_bit > 1) & (a_bit != 255)):
-            return _sift_result(hist4, stats, i)
-        if i + 1 < rows and pulse[i + 1] == p:
-            # clicks seen per (basis, bit), as a 4-bit mask: bit (2 * basis + value)
-            seen = 0
-            j = i
-            while j < rows and pulse[j] == p:
-                cj = np.int64(channel[j]) - 1
-                if cj < 0 or cj > 3:
-                    return _sift_result(hist4, stats, j)
-                seen |= 1 << cj
-                j += 1
-            stats[1] += 1
-            z_seen = seen & 3
-            x_seen = (seen >> 2) & 3
-            if z_seen != 0 and x_seen != 0:
-                stats[2] += 1
-                b_basis = splitmix_bit(seed, p, 0)
-            elif z_seen != 0:
-                b_basis = 0
-            else:
-                b_basis = 1
-            in_basis = z_seen if b_basis == 0 else x_seen
-            if in_basis == 3:
-                stats[3] += 1
-                b_bit = splitmix_bit(seed, p, 1)
-            else:
-                b_bit = in_basis >> 1  # mask 1 -> bit 0, mask 2 -> bit 1
-            i = j
-        else:
-            b_basis = c >> 1
-            b_bit = c & 1
-            i += 1
-        # the same outcome tables as the fast path, Bob's (basis, bit) as the channel code
-        lut_a, lut_b, _, lut_out = tables
-        key = lut_a[(a_basis << 8) | a_class] | lut_b[a_bit] | (2 * b_basis + b_bit)
-        hist4[lut_out[key]] += 1
+        i, prev, code = _sift_group(
+            pulse, channel, basis, intensity, bit, stop, prev, seed, hist4, stats, tables
+        )
+        if code != -1:
+            return _sift_result(hist4, stats, code)
+    return _sift_result(hist4, stats, -1)
+
+
+@njit(cache=True, nogil=True)
+def sift_counts_simd(pulse, channel, basis, intensity, bit, seed):
+    """sift_counts with the AVX-512 fast path (call only when _simd.AVAILABLE): the same
+    results, about twice as fast on long runs of single clicks."""
+    tables = _outcome_tables()
+    hist4 = np.zeros(4 * 48, dtype=np.int64)
+    stats = np.zeros(5, dtype=np.int64)
+    prev = np.int64(-1)
+    i = 0
+    while i < len(pulse):
+        stop = _sift_singles_simd(pulse, channel, basis, intensity, bit, i, prev, hist4, tables)
+        if stop < 0:
+            return _sift_result(hist4, stats, -stop - 1)
+        if stop > i:
+            prev = pulse[stop - 1]
+        if stop >= len(pulse):
+            break
+        i, prev, code = _sift_group(
+            pulse, channel, basis, intensity, bit, stop, prev, seed, hist4, stats, tables
+        )
+        if code != -1:
+            return _sift_result(hist4, stats, code)
     return _sift_result(hist4, stats, -1)

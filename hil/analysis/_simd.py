@@ -223,3 +223,69 @@ def assign_block(
         return out
 
     return sig, codegen
+
+
+_V16I = ir.VectorType(_I64, 16)
+_V16M = ir.VectorType(_I1, 16)
+
+
+@intrinsic
+def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outcome):
+    """The outcome bins of rows r0 .. r0 + 15 for _kernels._sift_singles, when all 16 are
+    plain single clicks with valid answers: pulse[r0] > prev and pulse strictly increasing
+    up to row r0 + 16 (so each row's pulse lies strictly between its neighbours'), basis 0/1,
+    class 0..2, bit 0/1/255 and channel 1..4. Then writes the 16 bins (0..47, as
+    _kernels._outcome_tables numbers them: [basis * 3 + class, match, disclosed, error]) to
+    outcome[0:16] and returns 1; otherwise writes nothing and returns 0 (the scalar path
+    takes these rows). Needs rows up to r0 + 16."""
+    sig = types.int64(pulse, channel, basis, intensity, bit, r0, prev, outcome)
+
+    def codegen(context, builder, signature, args):
+        def data(q):
+            return context.make_array(signature.args[q])(context, builder, args[q]).data
+
+        p_pulse, p_chan, p_basis, p_int, p_bit, p_out = (data(q) for q in (0, 1, 2, 3, 4, 7))
+        r0, prev = args[5], args[6]
+        here = _load(builder, builder.gep(p_pulse, [r0]), _V16I)
+        after = _load(builder, builder.gep(p_pulse, [builder.add(r0, ir.Constant(_I64, 1))]), _V16I)
+        rising = builder.icmp_signed(">", after, here)
+        first = builder.icmp_signed(">", builder.extract_element(here, ir.Constant(_I32, 0)), prev)
+
+        def bytes16(ptr):
+            return _load(builder, builder.gep(ptr, [r0]), _V16B)
+
+        def c16(v):
+            return _const(_V16B, v)
+
+        a_basis, a_class, a_bit = bytes16(p_basis), bytes16(p_int), bytes16(p_bit)
+        cc = builder.sub(bytes16(p_chan), c16(1))  # detector 0..3 = 2 * Bob's basis + bit
+        valid = builder.and_(
+            builder.icmp_unsigned("<=", a_basis, c16(1)),
+            builder.icmp_unsigned("<=", a_class, c16(2)),
+        )
+        bit_ok = builder.or_(
+            builder.icmp_unsigned("<=", a_bit, c16(1)), builder.icmp_unsigned("==", a_bit, c16(255))
+        )
+        valid = builder.and_(builder.and_(valid, bit_ok), builder.icmp_unsigned("<=", cc, c16(3)))
+        ok = builder.and_(rising, valid)
+        all_ok = builder.and_(
+            first,
+            builder.icmp_unsigned(
+                "==", builder.bitcast(ok, ir.IntType(16)), ir.Constant(ir.IntType(16), 0xFFFF)
+            ),
+        )
+
+        def flag(cond):  # i1 lanes -> 0/1 bytes
+            return builder.zext(cond, _V16B)
+
+        cell = builder.add(builder.mul(a_basis, c16(3)), a_class)
+        match = flag(builder.icmp_unsigned("==", builder.lshr(cc, c16(1)), a_basis))
+        disclosed = flag(builder.icmp_unsigned("!=", a_bit, c16(255)))
+        error = flag(builder.icmp_unsigned("!=", a_bit, builder.and_(cc, c16(1))))
+        bins = builder.add(builder.mul(cell, c16(8)), builder.mul(match, c16(4)))
+        bins = builder.add(builder.add(bins, builder.mul(disclosed, c16(2))), error)
+        with builder.if_then(all_ok):
+            _store(builder, bins, p_out)
+        return builder.zext(all_ok, _I64)
+
+    return sig, codegen

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hil.analysis import _kernels as k
+from hil.analysis import _simd
 
 N_BASES = 2
 N_CLASSES = 3
@@ -100,11 +101,12 @@ def sift(
             raise ValueError(f"{name} must hold uint8 values (0..255)")
     pulse = arrays[0].astype(np.int64, copy=False)
     ch, b, cls, bt = (a.astype(np.uint8, copy=False) for a in arrays[1:])
-    n, d, m, stats, bad = k.sift_counts(pulse, ch, b, cls, bt, seed)
+    kernel = k.sift_counts_simd if _simd.AVAILABLE else k.sift_counts
+    n, d, m, stats, bad = kernel(pulse, ch, b, cls, bt, seed)
     if bad == -2:  # not sorted by pulse: the kernel said so on the way, sort and count again
         order = np.argsort(pulse, kind="stable")
         pulse, ch, b, cls, bt = pulse[order], ch[order], b[order], cls[order], bt[order]
-        n, d, m, stats, bad = k.sift_counts(pulse, ch, b, cls, bt, seed)
+        n, d, m, stats, bad = kernel(pulse, ch, b, cls, bt, seed)
     if bad >= 0:
         raise ValueError(
             f"detection for pulse {pulse[bad]}: channel {ch[bad]} must be 1..4, basis "

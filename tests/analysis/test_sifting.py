@@ -10,9 +10,11 @@ import pytest
 import reference as ref
 
 from hil.analysis import _kernels as k
-from hil.analysis import sifting
+from hil.analysis import _simd, sifting
 
 SEED = 12345
+# the counting kernels: the scalar one, and the one with the AVX-512 fast path if the CPU has it
+KERNELS = [k.sift_counts] + ([k.sift_counts_simd] if _simd.AVAILABLE else [])
 
 
 @pytest.fixture
@@ -45,13 +47,14 @@ def test_kernel_matches_reference(rng, n_rows, n_pulses):
         pulse = np.sort(rng.integers(-1, n_pulses, n_rows))  # dense range: many multi-clicks
         ch = rng.integers(1, 5, n_rows).astype(np.uint8)
         basis, cls, bit = answers_for(rng, pulse)
-        got = k.sift_counts(pulse, ch, basis, cls, bit, SEED)
         exp = ref.sift_counts(pulse, ch, basis, cls, bit, SEED)
-        for g, e in zip(got[:4], exp, strict=True):
-            np.testing.assert_array_equal(g, e)
-        assert got[4] == -1
-        if len(np.unique(pulse[pulse >= 0])) > 1:  # reversed order is unsorted: kernel says so
-            assert k.sift_counts(pulse[::-1], ch, basis, cls, bit, SEED)[4] == -2
+        for kernel in KERNELS:
+            got = kernel(pulse, ch, basis, cls, bit, SEED)
+            for g, e in zip(got[:4], exp, strict=True):
+                np.testing.assert_array_equal(g, e)
+            assert got[4] == -1
+            if len(np.unique(pulse[pulse >= 0])) > 1:  # reversed order is unsorted
+                assert kernel(pulse[::-1], ch, basis, cls, bit, SEED)[4] == -2
 
 
 def test_unsorted_input_and_one_channel_only(rng):
@@ -208,16 +211,22 @@ def test_long_single_click_runs_with_interruptions(rng):
     pulse = np.insert(pulse, rng.choice(len(pulse), 40, replace=False), -1)
     ch = rng.integers(1, 5, len(pulse)).astype(np.uint8)
     basis, cls, bit = answers_for(rng, pulse)
-    got = k.sift_counts(pulse, ch, basis, cls, bit, SEED)
     exp = ref.sift_counts(pulse, ch, basis, cls, bit, SEED)
-    assert got[4] == -1  # -1 rows between ascending pulses are not an unsorted input
-    for g, e in zip(got[:4], exp, strict=True):
-        np.testing.assert_array_equal(g, e)
     assert exp[3][0] == 40 and exp[3][1] == 30
-    for column in range(3):
-        bad = [ch, basis, cls][column].copy()
-        row = int(np.flatnonzero((pulse[:-1] >= 0) & (np.diff(pulse) > 0))[12_345])
-        bad[row] = 7
-        args = [ch, basis, cls]
-        args[column] = bad
-        assert k.sift_counts(pulse, *args, bit, SEED)[4] == row
+    for kernel in KERNELS:
+        got = kernel(pulse, ch, basis, cls, bit, SEED)
+        assert got[4] == -1  # -1 rows between ascending pulses are not an unsorted input
+        for g, e in zip(got[:4], exp, strict=True):
+            np.testing.assert_array_equal(g, e)
+        # an invalid channel, basis, class or bit on a single click deep inside a run, at
+        # several offsets (the vector kernel's 16-row blocks fall anywhere among them)
+        single = np.flatnonzero(
+            (pulse[1:-1] >= 0) & (pulse[2:] > pulse[1:-1]) & (pulse[:-2] < pulse[1:-1])
+        )
+        for column in range(4):
+            for row in single[12_345:12_362:4] + 1:
+                bad = [ch, basis, cls, bit][column].copy()
+                bad[row] = 7
+                args = [ch, basis, cls, bit]
+                args[column] = bad
+                assert kernel(pulse, *args, SEED)[4] == row
