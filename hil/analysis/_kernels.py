@@ -130,23 +130,59 @@ def build_sync_table(
     the caller's virtual extrapolation rows without a copy of the table; gap_rows still
     number the accepted tags from 0.
 
-    Speed: when an interval is one sync period (steps == 1, the usual case) the frequency
-    update is freq * keep + smoothing * inv_dt, where smoothing * inv_dt is off the
-    loop-carried chain; it is bit-identical to the general (smoothing * steps) * inv_dt
-    because smoothing * 1.0 == smoothing exactly. The general update sits in the (rare, hence
-    well predicted) gap branch, so the chain from one frequency to the next is one multiply
-    and one add instead of waiting for the rounding of x.
-    """
+    The two steps are separate kernels (sync_tags_into, number_sync_tags), so that a caller
+    may extract the sync tags with the AVX-512 variant (sync_tags_into_simd)."""
+    buf, n = sync_tags_into(timestamps_ps, channels, sync_channel, pad)
+    return number_sync_tags(buf, n, pad, period0_ps, smoothing, max_fraction)
+
+
+@njit(cache=True, nogil=True)
+def sync_tags_into(timestamps_ps, channels, sync_channel, pad):
+    """(buffer, n): the n timestamps on sync_channel at buffer[pad:pad + n], in a buffer with
+    room for number_sync_tags' padding (n + 1 + 2 pad entries)."""
     n = 0
     for c in channels:
         n += c == sync_channel
-    # branch-free extraction first (sync tags sit at random among detections, so a branch on
-    # the channel would be mispredicted twice per sync); slot j is overwritten until a sync
+    # branch-free extraction (sync tags sit at random among detections, so a branch on the
+    # channel would be mispredicted twice per sync); slot j is overwritten until a sync
     table_ps = np.empty(n + 1 + 2 * pad, dtype=np.int64)
     j = np.uint64(pad)  # unsigned: no negative-index wraparound on the store
     for i in range(len(timestamps_ps)):
         table_ps[j] = timestamps_ps[i]
         j += np.uint64(channels[i] == sync_channel)
+    return table_ps, n
+
+
+@njit(cache=True, nogil=True)
+def sync_tags_into_simd(timestamps_ps, channels, sync_channel, pad):
+    """sync_tags_into with AVX-512 (call only when _simd.AVAILABLE): 16 tags per step, the
+    sync tags among them packed by a compress (_simd.extract_block); the same result."""
+    n = 0
+    for c in channels:
+        n += c == sync_channel
+    table_ps = np.empty(n + 1 + 2 * pad + _simd.BLOCK, dtype=np.int64)  # + whole-vector stores
+    j = np.int64(pad)
+    i = 0
+    while i + _simd.BLOCK <= len(timestamps_ps):
+        j += _simd.extract_block(timestamps_ps, channels, i, table_ps, j, np.int64(sync_channel))
+        i += _simd.BLOCK
+    for r in range(i, len(timestamps_ps)):
+        table_ps[j] = timestamps_ps[r]
+        j += channels[r] == sync_channel
+    return table_ps[: n + 1 + 2 * pad], n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction):
+    """build_sync_table's numbering of the n sync tags at table_ps[pad:pad + n] (compacted in
+    place to the accepted ones); returns build_sync_table's result.
+
+    Speed: when an interval is one sync period (steps == 1, the usual case) the frequency
+    update is freq * keep + smoothing * inv_dt, where smoothing * inv_dt is off the
+    loop-carried chain; it is bit-identical to the general (smoothing * steps) * inv_dt
+    because smoothing * 1.0 == smoothing exactly. The general update sits in the (rare, hence
+    well predicted) gap branch, so the chain from one frequency to the next is one multiply
+    and one add instead of waiting for the rounding of x."""
     table_count = np.empty(n + 2 * pad, dtype=np.int64)
     gap_rows = np.empty(n, dtype=np.int64)
     gap_uncertain = np.empty(n, dtype=np.bool_)

@@ -289,3 +289,33 @@ def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outco
         return builder.zext(all_ok, _I64)
 
     return sig, codegen
+
+
+@intrinsic
+def extract_block(typingctx, ts, ch, i0, out, j, channel):
+    """The timestamps of the tags among ts[i0:i0 + 16] on ``channel``, packed at out[j:] (and
+    garbage up to 8 entries beyond: the caller leaves room); returns how many."""
+    sig = types.int64(ts, ch, i0, out, j, channel)
+
+    def codegen(context, builder, signature, args):
+        def data(q):
+            return context.make_array(signature.args[q])(context, builder, args[q]).data
+
+        p_ts, p_ch, p_out = data(0), data(1), data(3)
+        i0v, jv, chan = args[2], args[4], args[5]
+        want = _splat(builder, builder.trunc(chan, _I8))
+        jj = jv
+        for h in range(2):
+            off = builder.add(i0v, ir.Constant(_I64, 8 * h))
+            hit = builder.icmp_unsigned("==", _load(builder, builder.gep(p_ch, [off]), _V8B), want)
+            _compress_store(
+                builder,
+                _load(builder, builder.gep(p_ts, [off]), _V8I),
+                hit,
+                builder.gep(p_out, [jj]),
+            )
+            count = _call(builder, "llvm.ctpop.i8", _I8, [builder.bitcast(hit, _I8)])
+            jj = builder.add(jj, builder.zext(count, _I64))
+        return builder.sub(jj, jv)
+
+    return sig, codegen

@@ -346,8 +346,13 @@ def recover_clock(
         )
     period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
     # pad = 1: the table comes with room for kernel_table's virtual rows (no copy of it later)
-    rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.build_sync_table(
-        timestamps_ps, channels, sync_channel, period0, smoothing, max_residual_fraction, 1
+    extract = k.sync_tags_into_simd if _simd.AVAILABLE else k.sync_tags_into
+    rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.number_sync_tags(
+        *extract(timestamps_ps, channels, sync_channel, 1),
+        1,
+        period0,
+        smoothing,
+        max_residual_fraction,
     )
     table_ps = rows_ps[1:-1]
     if len(table_ps) < 2:

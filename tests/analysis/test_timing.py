@@ -259,6 +259,25 @@ def test_duplicate_sync_timestamp_is_a_rejected_glitch(rng):
     assert clock.status.n_rejected == 1
 
 
+@pytest.mark.skipif(not _simd.AVAILABLE, reason="this CPU lacks the AVX-512 instructions")
+def test_vector_sync_extraction_matches_scalar(rng):
+    """sync_tags_into_simd against sync_tags_into: lengths below, at and off a multiple of the
+    16-tag block, no sync at all, syncs only, dense and sparse syncs, other channels up to
+    255, with and without padding."""
+    for n in (0, 5, 16, 17, 1000, 4099):
+        for p_sync in (0.0, 0.02, 0.3, 1.0):
+            ts = np.cumsum(rng.integers(0, 1000, n)).astype(np.int64)
+            ch = rng.integers(1, 256, n).astype(np.uint8)
+            ch[rng.random(n) < p_sync] = 0
+            for pad in (0, 1):
+                got, n_got = k.sync_tags_into_simd(ts, ch, 0, pad)
+                exp, n_exp = k.sync_tags_into(ts, ch, 0, pad)
+                assert n_got == n_exp == np.count_nonzero(ch == 0)
+                assert len(got) == len(exp)
+                np.testing.assert_array_equal(got[pad : pad + n_got], exp[pad : pad + n_exp])
+                np.testing.assert_array_equal(got[pad : pad + n_got], ts[ch == 0])
+
+
 @pytest.mark.parametrize("kw", [{}, {"gap_pulses": (30_000, 90_000)}])
 def test_recover_clock_table_is_kernel_table_of_its_fields(rng, kw):
     # recover_clock builds the padded kernel table in place around table_ps; it must be
