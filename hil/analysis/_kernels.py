@@ -133,7 +133,7 @@ def build_sync_table(
     The two steps are separate kernels (sync_tags_into, number_sync_tags), so that a caller
     may extract the sync tags with the AVX-512 variant (sync_tags_into_simd)."""
     buf, n = sync_tags_into(timestamps_ps, channels, sync_channel, pad)
-    return number_sync_tags(buf, n, pad, period0_ps, smoothing, max_fraction)
+    return number_sync_tags(buf, n, pad, period0_ps, smoothing, max_fraction, 0.0, 1)
 
 
 @njit(cache=True, nogil=True)
@@ -173,9 +173,12 @@ def sync_tags_into_simd(timestamps_ps, channels, sync_channel, pad):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction):
+def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction, origin_ps, divider):
     """build_sync_table's numbering of the n sync tags at table_ps[pad:pad + n] (compacted in
-    place to the accepted ones); returns build_sync_table's result.
+    place to the accepted ones); returns build_sync_table's result, with table_count holding
+    (first + count) * divider instead of the counts, where first = floor(t / origin_ps + 0.5)
+    for the first accepted tag t (first = 0 when origin_ps is 0): recover_clock's absolute
+    pulse indices, written here rather than by two more passes over the table.
 
     Speed: when an interval is one sync period (steps == 1, the usual case) the frequency
     update is freq * keep + smoothing * inv_dt, where smoothing * inv_dt is off the
@@ -193,10 +196,13 @@ def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction):
     keep = 1.0 - smoothing
     last_t = 0
     last_count = 0
+    first = np.int64(0)
     for i in range(n):
         t = table_ps[i + pad]  # m <= i: the accepted tags are compacted in place
         if m == 0:
-            table_count[pad] = 0
+            if origin_ps > 0.0:
+                first = np.int64(np.floor(t / origin_ps + 0.5))
+            table_count[pad] = first * divider
             last_t = t
             m = 1
             continue
@@ -216,7 +222,7 @@ def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction):
             n_gaps += 1
             next_freq = freq * keep + (smoothing * steps) * inv_dt
         table_ps[m + pad] = t
-        table_count[m + pad] = last_count
+        table_count[m + pad] = (first + last_count) * divider
         m += 1
         last_t = t
         freq = next_freq

@@ -347,22 +347,21 @@ def recover_clock(
     period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
     # pad = 1: the table comes with room for kernel_table's virtual rows (no copy of it later)
     extract = k.sync_tags_into_simd if _simd.AVAILABLE else k.sync_tags_into
+    # the table's pulses: (round(first sync tag / sync period) + sync count) * divider
     rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.number_sync_tags(
         *extract(timestamps_ps, channels, sync_channel, 1),
         1,
         period0,
         smoothing,
         max_residual_fraction,
+        period0,
+        sync_divider,
     )
     table_ps = rows_ps[1:-1]
     if len(table_ps) < 2:
         raise ValueError("fewer than 2 sync tags lie on a common period grid: sync is unusable")
-    count = rows_pulse[1:-1]
-    steps = count[gap_rows] - count[gap_rows - 1]
-    first_sync = int(np.floor(table_ps[0] / period0 + 0.5))
-    table_pulse = count  # becomes (first_sync + count) * sync_divider, in place
-    table_pulse += first_sync
-    table_pulse *= np.int64(sync_divider)
+    table_pulse = rows_pulse[1:-1]
+    steps = (table_pulse[gap_rows] - table_pulse[gap_rows - 1]) // sync_divider
     edge = min(EDGE_INTERVALS, len(table_ps) - 1)
     edge_period = np.array(
         [

@@ -242,6 +242,16 @@ def test_sync_table_matches_reference(rng, kw):
         np.testing.assert_array_equal(g, e)
     empty = k.build_sync_table(ts[:0], ch[:0], *args, 1)
     assert empty[2] == 0 and len(empty[0]) == len(empty[1]) == 2
+    # absolute pulses (recover_clock's numbering): (round(t_first / origin) + count) * divider
+    # (a capture starting 5000.4 sync periods of `origin` after the tagger's time 0)
+    origin = args[1] * 1.0003
+    later = ts - exp[0][0] + int(5000.4 * origin)
+    absolute = k.number_sync_tags(*k.sync_tags_into(later, ch, 0, 0), 0, *args[1:], origin, 7)
+    first = int(np.floor(absolute[0][0] / origin + 0.5))
+    assert first == 5000
+    np.testing.assert_array_equal(absolute[1], (first + exp[1]) * 7)
+    for g, e in zip(absolute[2:], exp[2:], strict=True):
+        np.testing.assert_array_equal(g, e)
 
 
 def test_duplicate_sync_timestamp_is_a_rejected_glitch(rng):
