@@ -130,52 +130,62 @@ def build_sync_table(
     the caller's virtual extrapolation rows without a copy of the table; gap_rows still
     number the accepted tags from 0.
 
-    The two steps are separate kernels (sync_tags_into, number_sync_tags), so that a caller
-    may extract the sync tags with the AVX-512 variant (sync_tags_into_simd)."""
-    buf, n = sync_tags_into(timestamps_ps, channels, sync_channel, pad)
-    return number_sync_tags(buf, n, pad, period0_ps, smoothing, max_fraction, 0.0, 1)
+    The steps are separate kernels (count_channel, sync_tags_into, number_sync_tags), so that
+    recover_clock may extract the sync tags with the AVX-512 variant (sync_tags_into_simd)
+    and allocate the arrays with numpy: numpy asks the kernel for huge pages on large arrays
+    (numba's allocations do not), which halves the cost of writing fresh memory here."""
+    n = count_channel(channels, sync_channel)
+    table_ps = np.empty(n + 1 + 2 * pad, dtype=np.int64)
+    sync_tags_into(timestamps_ps, channels, sync_channel, table_ps, pad)
+    table_count = np.empty(n + 2 * pad, dtype=np.int64)
+    return number_sync_tags(
+        table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, 0.0, 1
+    )
 
 
 @njit(cache=True, nogil=True)
-def sync_tags_into(timestamps_ps, channels, sync_channel, pad):
-    """(buffer, n): the n timestamps on sync_channel at buffer[pad:pad + n], in a buffer with
-    room for number_sync_tags' padding (n + 1 + 2 pad entries)."""
+def count_channel(channels, channel):
+    """Number of tags on ``channel``."""
     n = 0
     for c in channels:
-        n += c == sync_channel
+        n += c == channel
+    return n
+
+
+@njit(cache=True, nogil=True)
+def sync_tags_into(timestamps_ps, channels, sync_channel, out, pad):
+    """Write the timestamps on sync_channel to out[pad:] (out: at least their number + 1 +
+    pad entries; one past them is overwritten)."""
     # branch-free extraction (sync tags sit at random among detections, so a branch on the
     # channel would be mispredicted twice per sync); slot j is overwritten until a sync
-    table_ps = np.empty(n + 1 + 2 * pad, dtype=np.int64)
     j = np.uint64(pad)  # unsigned: no negative-index wraparound on the store
     for i in range(len(timestamps_ps)):
-        table_ps[j] = timestamps_ps[i]
+        out[j] = timestamps_ps[i]
         j += np.uint64(channels[i] == sync_channel)
-    return table_ps, n
 
 
 @njit(cache=True, nogil=True)
-def sync_tags_into_simd(timestamps_ps, channels, sync_channel, pad):
+def sync_tags_into_simd(timestamps_ps, channels, sync_channel, out, pad):
     """sync_tags_into with AVX-512 (call only when _simd.AVAILABLE): 16 tags per step, the
-    sync tags among them packed by a compress (_simd.extract_block); the same result."""
-    n = 0
-    for c in channels:
-        n += c == sync_channel
-    table_ps = np.empty(n + 1 + 2 * pad + _simd.BLOCK, dtype=np.int64)  # + whole-vector stores
+    sync tags among them packed by a compress (_simd.extract_block); the same result. out
+    needs _simd.BLOCK entries more than sync_tags_into (whole-vector stores)."""
     j = np.int64(pad)
     i = 0
     while i + _simd.BLOCK <= len(timestamps_ps):
-        j += _simd.extract_block(timestamps_ps, channels, i, table_ps, j, np.int64(sync_channel))
+        j += _simd.extract_block(timestamps_ps, channels, i, out, j, np.int64(sync_channel))
         i += _simd.BLOCK
     for r in range(i, len(timestamps_ps)):
-        table_ps[j] = timestamps_ps[r]
+        out[j] = timestamps_ps[r]
         j += channels[r] == sync_channel
-    return table_ps[: n + 1 + 2 * pad], n
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction, origin_ps, divider):
+def number_sync_tags(
+    table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, origin_ps, divider
+):
     """build_sync_table's numbering of the n sync tags at table_ps[pad:pad + n] (compacted in
-    place to the accepted ones); returns build_sync_table's result, with table_count holding
+    place to the accepted ones; table_count: n + 2 pad entries for their numbers); returns
+    build_sync_table's result, with table_count holding
     (first + count) * divider instead of the counts, where first = floor(t / origin_ps + 0.5)
     for the first accepted tag t (first = 0 when origin_ps is 0): recover_clock's absolute
     pulse indices, written here rather than by two more passes over the table.
@@ -186,7 +196,6 @@ def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction, orig
     because smoothing * 1.0 == smoothing exactly. The general update sits in the (rare, hence
     well predicted) gap branch, so the chain from one frequency to the next is one multiply
     and one add instead of waiting for the rounding of x."""
-    table_count = np.empty(n + 2 * pad, dtype=np.int64)
     gap_rows = np.empty(n, dtype=np.int64)
     gap_uncertain = np.empty(n, dtype=np.bool_)
     n_gaps = 0
@@ -237,10 +246,9 @@ def number_sync_tags(table_ps, n, pad, period0_ps, smoothing, max_fraction, orig
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def interval_periods(table_ps, table_pulse):
-    """Pulse period in each of the len(table) - 1 table intervals."""
+def interval_periods(table_ps, table_pulse, out):
+    """Pulse period in each of the len(table) - 1 table intervals, into ``out``; returns it."""
     m = len(table_ps)
-    out = np.empty(max(m - 1, 0), dtype=np.float64)
     for i in range(m - 1):
         out[i] = (table_ps[i + 1] - table_ps[i]) / np.float64(table_pulse[i + 1] - table_pulse[i])
     return out

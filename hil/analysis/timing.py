@@ -289,7 +289,7 @@ def _pad_rows(
     rows_ps[-1] = rows_ps[-2] + int(round(_VIRTUAL_PULSES * edge_period_ps[1]))
     rows_pulse[0] = rows_pulse[1] - _VIRTUAL_PULSES
     rows_pulse[-1] = rows_pulse[-2] + _VIRTUAL_PULSES
-    period = k.interval_periods(rows_ps, rows_pulse)
+    period = k.interval_periods(rows_ps, rows_pulse, np.empty(len(rows_ps) - 1))
     return rows_ps, rows_pulse, period, int(rows_ps[1]), int(rows_ps[-2])
 
 
@@ -346,10 +346,18 @@ def recover_clock(
         )
     period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
     # pad = 1: the table comes with room for kernel_table's virtual rows (no copy of it later)
-    extract = k.sync_tags_into_simd if _simd.AVAILABLE else k.sync_tags_into
+    # arrays allocated here, by numpy, which asks for huge pages (see k.build_sync_table)
+    n_sync = k.count_channel(channels, sync_channel)
+    rows_ps = np.empty(n_sync + 3 + _simd.BLOCK, dtype=np.int64)
+    if _simd.AVAILABLE:
+        k.sync_tags_into_simd(timestamps_ps, channels, sync_channel, rows_ps, 1)
+    else:
+        k.sync_tags_into(timestamps_ps, channels, sync_channel, rows_ps, 1)
     # the table's pulses: (round(first sync tag / sync period) + sync count) * divider
     rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.number_sync_tags(
-        *extract(timestamps_ps, channels, sync_channel, 1),
+        rows_ps,
+        np.empty(n_sync + 2, dtype=np.int64),
+        n_sync,
         1,
         period0,
         smoothing,

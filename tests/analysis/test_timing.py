@@ -229,7 +229,8 @@ def test_sync_table_matches_reference(rng, kw):
     assert got[2] == len(got[0]) + 1  # exactly the glitch is rejected
     table_pulse = got[1] * DIVIDER
     np.testing.assert_array_equal(
-        k.interval_periods(got[0], table_pulse), ref.interval_periods(got[0], table_pulse)
+        k.interval_periods(got[0], table_pulse, np.empty(len(got[0]) - 1)),
+        ref.interval_periods(got[0], table_pulse),
     )
     empty = k.build_sync_table(ts[:0], ch[:0], *args)
     assert empty[2] == 0 and all(len(empty[i]) == 0 for i in (0, 1, 4, 5))
@@ -246,7 +247,10 @@ def test_sync_table_matches_reference(rng, kw):
     # (a capture starting 5000.4 sync periods of `origin` after the tagger's time 0)
     origin = args[1] * 1.0003
     later = ts - exp[0][0] + int(5000.4 * origin)
-    absolute = k.number_sync_tags(*k.sync_tags_into(later, ch, 0, 0), 0, *args[1:], origin, 7)
+    n = k.count_channel(ch, 0)
+    buf = np.empty(n + 1, np.int64)
+    k.sync_tags_into(later, ch, 0, buf, 0)
+    absolute = k.number_sync_tags(buf, np.empty(n, np.int64), n, 0, *args[1:], origin, 7)
     first = int(np.floor(absolute[0][0] / origin + 0.5))
     assert first == 5000
     np.testing.assert_array_equal(absolute[1], (first + exp[1]) * 7)
@@ -279,13 +283,15 @@ def test_vector_sync_extraction_matches_scalar(rng):
             ts = np.cumsum(rng.integers(0, 1000, n)).astype(np.int64)
             ch = rng.integers(1, 256, n).astype(np.uint8)
             ch[rng.random(n) < p_sync] = 0
+            n_sync = k.count_channel(ch, 0)
+            assert n_sync == np.count_nonzero(ch == 0)
             for pad in (0, 1):
-                got, n_got = k.sync_tags_into_simd(ts, ch, 0, pad)
-                exp, n_exp = k.sync_tags_into(ts, ch, 0, pad)
-                assert n_got == n_exp == np.count_nonzero(ch == 0)
-                assert len(got) == len(exp)
-                np.testing.assert_array_equal(got[pad : pad + n_got], exp[pad : pad + n_exp])
-                np.testing.assert_array_equal(got[pad : pad + n_got], ts[ch == 0])
+                got = np.full(n_sync + 1 + pad + _simd.BLOCK, -7, np.int64)
+                exp = np.full(n_sync + 1 + pad, -7, np.int64)
+                k.sync_tags_into_simd(ts, ch, 0, got, pad)
+                k.sync_tags_into(ts, ch, 0, exp, pad)
+                np.testing.assert_array_equal(got[: pad + n_sync], exp[: pad + n_sync])
+                np.testing.assert_array_equal(got[pad : pad + n_sync], ts[ch == 0])
 
 
 @pytest.mark.parametrize("kw", [{}, {"gap_pulses": (30_000, 90_000)}])
