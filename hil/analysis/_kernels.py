@@ -153,6 +153,19 @@ def count_channel(channels, channel):
 
 
 @njit(cache=True, nogil=True)
+def count_channel_simd(channels, channel):
+    """count_channel with AVX-512 (call only when _simd.AVAILABLE), 64 tags per step."""
+    n = 0
+    i = 0
+    while i + 64 <= len(channels):
+        n += _simd.count_block(channels, i, np.int64(channel))
+        i += 64
+    for r in range(i, len(channels)):
+        n += channels[r] == channel
+    return n
+
+
+@njit(cache=True, nogil=True)
 def sync_tags_into(timestamps_ps, channels, sync_channel, out, pad):
     """Write the timestamps on sync_channel to out[pad:] (out: at least their number + 1 +
     pad entries; one past them is overwritten)."""

@@ -319,3 +319,27 @@ def extract_block(typingctx, ts, ch, i0, out, j, channel):
         return builder.sub(jj, jv)
 
     return sig, codegen
+
+
+_V64B = ir.VectorType(_I8, 64)
+_I64T = ir.IntType(64)
+
+
+@intrinsic
+def count_block(typingctx, ch, i0, channel):
+    """Number of the 64 bytes ch[i0:i0 + 64] equal to ``channel`` (one compare into a mask
+    register and a population count)."""
+    sig = types.int64(ch, i0, channel)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        block = _load(builder, builder.gep(data, [args[1]]), _V64B)
+        want = builder.trunc(args[2], _I8)
+        v = builder.insert_element(ir.Constant(_V64B, ir.Undefined), want, ir.Constant(_I32, 0))
+        splat = builder.shuffle_vector(
+            v, ir.Constant(_V64B, ir.Undefined), _const(ir.VectorType(_I32, 64), 0)
+        )
+        hits = builder.bitcast(builder.icmp_unsigned("==", block, splat), _I64T)
+        return _call(builder, "llvm.ctpop.i64", _I64T, [hits])
+
+    return sig, codegen

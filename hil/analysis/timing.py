@@ -347,11 +347,13 @@ def recover_clock(
     period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
     # pad = 1: the table comes with room for kernel_table's virtual rows (no copy of it later)
     # arrays allocated here, by numpy, which asks for huge pages (see k.build_sync_table)
-    n_sync = k.count_channel(channels, sync_channel)
-    rows_ps = np.empty(n_sync + 3 + _simd.BLOCK, dtype=np.int64)
     if _simd.AVAILABLE:
+        n_sync = k.count_channel_simd(channels, sync_channel)
+        rows_ps = np.empty(n_sync + 3 + _simd.BLOCK, dtype=np.int64)
         k.sync_tags_into_simd(timestamps_ps, channels, sync_channel, rows_ps, 1)
     else:
+        n_sync = k.count_channel(channels, sync_channel)
+        rows_ps = np.empty(n_sync + 3, dtype=np.int64)
         k.sync_tags_into(timestamps_ps, channels, sync_channel, rows_ps, 1)
     # the table's pulses: (round(first sync tag / sync period) + sync count) * divider
     rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.number_sync_tags(

@@ -278,13 +278,14 @@ def test_vector_sync_extraction_matches_scalar(rng):
     """sync_tags_into_simd against sync_tags_into: lengths below, at and off a multiple of the
     16-tag block, no sync at all, syncs only, dense and sparse syncs, other channels up to
     255, with and without padding."""
-    for n in (0, 5, 16, 17, 1000, 4099):
+    for n in (0, 5, 16, 17, 64, 65, 1000, 4099):
         for p_sync in (0.0, 0.02, 0.3, 1.0):
             ts = np.cumsum(rng.integers(0, 1000, n)).astype(np.int64)
             ch = rng.integers(1, 256, n).astype(np.uint8)
             ch[rng.random(n) < p_sync] = 0
             n_sync = k.count_channel(ch, 0)
-            assert n_sync == np.count_nonzero(ch == 0)
+            assert n_sync == k.count_channel_simd(ch, 0) == np.count_nonzero(ch == 0)
+            assert k.count_channel_simd(ch, 255) == np.count_nonzero(ch == 255)
             for pad in (0, 1):
                 got = np.full(n_sync + 1 + pad + _simd.BLOCK, -7, np.int64)
                 exp = np.full(n_sync + 1 + pad, -7, np.int64)
