@@ -662,10 +662,14 @@ def _outcome_tables():
 
 
 @njit(cache=True, nogil=True)
-def _sift_singles(pulse, channel, basis, intensity, bit, start, prev, hist4, tables):
+def _sift_singles(pulse, channel, basis, intensity, bit, start, prev, hist4, stats, tables):
     """sift_counts' fast path from row ``start``: count single clicks into hist4 while each
-    row's pulse lies strictly between the last counted pulse and the next row's; returns the
-    first row not counted (the general path takes it), or -row - 1 for an invalid row.
+    row's pulse lies strictly between the last counted pulse and the next row's (or the next
+    row is unassigned), and unassigned rows (pulse < 0) into stats[0], as the general path
+    would. Returns (the first row not counted, which the general path takes, or -row - 1
+    for an invalid row; the last pulse counted). Unassigned rows are taken here because
+    real captures have them every few tens of rows (dark counts, afterpulses): each return
+    to the general path costs about 100 ns.
 
     The counts go to a histogram allocated here and are added to hist4 at the end: the
     compiler cannot tell that a histogram passed in does not overlap the input arrays."""
@@ -679,9 +683,14 @@ def _sift_singles(pulse, channel, basis, intensity, bit, start, prev, hist4, tab
     intensity = intensity[start:]
     bit = bit[start:]
     stop = max(len(pulse) - 1, 0)
+    unassigned = 0
     for r in range(len(pulse) - 1):
         p = pulse[r]
-        if not ((p > prev) & (pulse[r + 1] > p)):
+        if p < 0:
+            unassigned += 1
+            continue
+        nxt = pulse[r + 1]
+        if not ((p > prev) & ((nxt > p) | (nxt < 0))):
             stop = r
             break
         key = (
@@ -696,35 +705,49 @@ def _sift_singles(pulse, channel, basis, intensity, bit, start, prev, hist4, tab
         local[(r & 3) * 48 + outcome] += 1
         prev = p
     hist4 += local
-    return stop + start if stop >= 0 else stop - start
+    stats[0] += unassigned
+    return (stop + start if stop >= 0 else stop - start), prev
 
 
 @njit(cache=True, nogil=True)
-def _sift_singles_simd(pulse, channel, basis, intensity, bit, start, prev, hist4, tables):
+def _sift_singles_simd(
+    pulse, channel, basis, intensity, bit, start, prev, hist4, stats, pairs, pair_bins, tables
+):
     """_sift_singles with AVX-512 (call only when _simd.AVAILABLE): the same contract and
     counts; blocks of 16 plain single clicks take _simd.sift_block, which gives their outcome
-    bins at once, and the rest goes through the scalar test row by row (up to 16 rows before
-    the next block is tried)."""
+    bins at once (counted by pairs of bins into ``pairs``), and the rest goes through the
+    scalar test row by row (up to 16 rows before the next block is tried)."""
     lut_a, lut_b, lut_c, lut_out = tables
     local = np.zeros(4 * 48, dtype=np.int64)
-    bins = np.empty(_simd.BLOCK, dtype=np.uint8)
+    unassigned = 0
     n = len(pulse) - 1  # rows that may be counted here: each needs the next row's pulse
     r = start
     stop = max(n, start)
     while r < n:
-        while r + _simd.BLOCK <= n and _simd.sift_block(
-            pulse, channel, basis, intensity, bit, r, prev, bins
-        ):
-            for q in range(_simd.BLOCK):
-                local[np.uint64((q & 3) * 48) + np.uint64(bins[q])] += 1
-            prev = pulse[r + _simd.BLOCK - 1]
+        while r + _simd.BLOCK <= n:
+            res = _simd.sift_block(pulse, channel, basis, intensity, bit, r, prev, pair_bins)
+            if res == 0:
+                break
+            for q in range(_simd.BLOCK // 2):
+                pairs[pair_bins[q]] += 1
+            unassigned += res >> 1
+            last = r + _simd.BLOCK - 1
+            while pulse[last] < 0 and last > r:  # the block's last counted pulse
+                last -= 1
+            prev = max(prev, pulse[last])
             r += _simd.BLOCK
         end = min(r + _simd.BLOCK, n)
         while r < end:
             p = pulse[r]
-            if not ((p > prev) & (pulse[r + 1] > p)):
+            if p < 0:
+                unassigned += 1
+                r += 1
+                continue
+            nxt = pulse[r + 1]
+            if not ((p > prev) & ((nxt > p) | (nxt < 0))):
                 hist4 += local
-                return r
+                stats[0] += unassigned
+                return r, prev
             key = (
                 lut_a[(np.uint64(basis[r]) << _U8) | np.uint64(intensity[r])]
                 | lut_b[bit[r]]
@@ -733,12 +756,26 @@ def _sift_singles_simd(pulse, channel, basis, intensity, bit, start, prev, hist4
             outcome = lut_out[key]
             if outcome >= 48:
                 hist4 += local
-                return -r - 1
+                stats[0] += unassigned
+                return -r - 1, prev
             local[np.uint64((r & 3) * 48) + np.uint64(outcome)] += 1
             prev = p
             r += 1
     hist4 += local
-    return stop
+    stats[0] += unassigned
+    return stop, prev
+
+
+@njit(cache=True, nogil=True)
+def _add_pairs(hist4, pairs):
+    """Add both bins of every pair counted in pairs[49 * a + b] to the histogram (bin 48,
+    _simd.NO_BIN, is an unassigned row, counted apart)."""
+    for a in range(48):
+        for b in range(49):
+            hist4[a] += pairs[49 * a + b]
+    for b in range(48):
+        for a in range(49):
+            hist4[b] += pairs[49 * a + b]
 
 
 @njit(cache=True, nogil=True)
@@ -822,11 +859,11 @@ def sift_counts(pulse, channel, basis, intensity, bit, seed):
     i = 0
     while i < len(pulse):
         # fast path; stops at the first row that is not a plain single click
-        stop = _sift_singles(pulse, channel, basis, intensity, bit, i, prev, hist4, tables)
+        stop, prev = _sift_singles(
+            pulse, channel, basis, intensity, bit, i, prev, hist4, stats, tables
+        )
         if stop < 0:  # invalid row -stop - 1
             return _sift_result(hist4, stats, -stop - 1)
-        if stop > i:
-            prev = pulse[stop - 1]
         if stop >= len(pulse):
             break
         i, prev, code = _sift_group(
@@ -843,20 +880,25 @@ def sift_counts_simd(pulse, channel, basis, intensity, bit, seed):
     results, about twice as fast on long runs of single clicks."""
     tables = _outcome_tables()
     hist4 = np.zeros(4 * 48, dtype=np.int64)
+    pairs = np.zeros(49 * 49, dtype=np.int64)  # the vector blocks' counts, by pair of bins
+    pair_bins = np.empty(_simd.BLOCK // 2, dtype=np.uint16)
     stats = np.zeros(5, dtype=np.int64)
     prev = np.int64(-1)
     i = 0
+    code = -1
     while i < len(pulse):
-        stop = _sift_singles_simd(pulse, channel, basis, intensity, bit, i, prev, hist4, tables)
+        stop, prev = _sift_singles_simd(
+            pulse, channel, basis, intensity, bit, i, prev, hist4, stats, pairs, pair_bins, tables
+        )
         if stop < 0:
-            return _sift_result(hist4, stats, -stop - 1)
-        if stop > i:
-            prev = pulse[stop - 1]
+            code = -stop - 1
+            break
         if stop >= len(pulse):
             break
         i, prev, code = _sift_group(
             pulse, channel, basis, intensity, bit, stop, prev, seed, hist4, stats, tables
         )
         if code != -1:
-            return _sift_result(hist4, stats, code)
-    return _sift_result(hist4, stats, -1)
+            break
+    _add_pairs(hist4, pairs)
+    return _sift_result(hist4, stats, code)

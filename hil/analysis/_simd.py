@@ -229,15 +229,21 @@ _V16I = ir.VectorType(_I64, 16)
 _V16M = ir.VectorType(_I1, 16)
 
 
+NO_BIN = 48  # sift_block's bin for an unassigned row (pulse < 0): counted apart
+
+
 @intrinsic
 def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outcome):
-    """The outcome bins of rows r0 .. r0 + 15 for _kernels._sift_singles, when all 16 are
-    plain single clicks with valid answers: pulse[r0] > prev and pulse strictly increasing
-    up to row r0 + 16 (so each row's pulse lies strictly between its neighbours'), basis 0/1,
-    class 0..2, bit 0/1/255 and channel 1..4. Then writes the 16 bins (0..47, as
-    _kernels._outcome_tables numbers them: [basis * 3 + class, match, disclosed, error]) to
-    outcome[0:16] and returns 1; otherwise writes nothing and returns 0 (the scalar path
-    takes these rows). Needs rows up to r0 + 16."""
+    """The outcome bins of rows r0 .. r0 + 15 for _kernels._sift_singles_simd, when each is
+    unassigned (pulse < 0) or a plain single click with a valid answer, as the scalar fast
+    path decides it: its pulse above every earlier row's (and ``prev``, the last counted
+    pulse), the next row's pulse above its own or the next row unassigned, basis 0/1, class
+    0..2, bit 0/1/255 and channel 1..4. The bins are 0..47, as _kernels._outcome_tables
+    numbers them ([basis * 3 + class, match, disclosed, error]), NO_BIN for an unassigned
+    row; the block writes them in pairs, outcome[q] = 49 * bin(r0 + 2q) + bin(r0 + 2q + 1) for
+    q = 0..7 (uint16: one histogram increment per two rows), and returns 1 + 2 * (number of
+    unassigned rows); otherwise it writes nothing and returns 0 (the scalar path takes these
+    rows). Needs rows up to r0 + 16."""
     sig = types.int64(pulse, channel, basis, intensity, bit, r0, prev, outcome)
 
     def codegen(context, builder, signature, args):
@@ -248,8 +254,39 @@ def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outco
         r0, prev = args[5], args[6]
         here = _load(builder, builder.gep(p_pulse, [r0]), _V16I)
         after = _load(builder, builder.gep(p_pulse, [builder.add(r0, ir.Constant(_I64, 1))]), _V16I)
-        rising = builder.icmp_signed(">", after, here)
-        first = builder.icmp_signed(">", builder.extract_element(here, ir.Constant(_I32, 0)), prev)
+        zero = _const(_V16I, 0)
+        assigned = builder.icmp_signed(">=", here, zero)
+        # above every earlier row: when all 16 rows are assigned, rising rows above prev;
+        # otherwise each row against the highest pulse of the rows before it (and prev), a
+        # prefix maximum in four doubling steps (unassigned rows, -1, never raise it, since
+        # prev >= -1)
+        prev_v = _splat16(builder, prev)
+        mask16 = ir.IntType(16)
+        all_assigned = builder.icmp_unsigned(
+            "==", builder.bitcast(assigned, mask16), ir.Constant(mask16, 0xFFFF)
+        )
+        with builder.if_else(all_assigned) as (dense, sparse):
+            with dense:
+                block_dense = builder.block
+                before_dense = _shift_in(builder, here, prev_v, 1)
+            with sparse:
+                block_sparse = builder.block
+                before = _shift_in(builder, here, prev_v, 1)
+                for step in (1, 2, 4, 8):
+                    shifted = _shift_in(builder, before, prev_v, step)
+                    before = builder.select(
+                        builder.icmp_signed(">", before, shifted), before, shifted
+                    )
+                block_sparse = builder.block
+        before_all = builder.phi(_V16I)
+        before_all.add_incoming(before_dense, block_dense)
+        before_all.add_incoming(before, block_sparse)
+        single = builder.and_(
+            builder.icmp_signed(">", here, before_all),
+            builder.or_(
+                builder.icmp_signed(">", after, here), builder.icmp_signed("<", after, zero)
+            ),
+        )
 
         def bytes16(ptr):
             return _load(builder, builder.gep(ptr, [r0]), _V16B)
@@ -267,12 +304,9 @@ def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outco
             builder.icmp_unsigned("<=", a_bit, c16(1)), builder.icmp_unsigned("==", a_bit, c16(255))
         )
         valid = builder.and_(builder.and_(valid, bit_ok), builder.icmp_unsigned("<=", cc, c16(3)))
-        ok = builder.and_(rising, valid)
-        all_ok = builder.and_(
-            first,
-            builder.icmp_unsigned(
-                "==", builder.bitcast(ok, ir.IntType(16)), ir.Constant(ir.IntType(16), 0xFFFF)
-            ),
+        ok = builder.or_(builder.not_(assigned), builder.and_(single, valid))
+        all_ok = builder.icmp_unsigned(
+            "==", builder.bitcast(ok, mask16), ir.Constant(mask16, 0xFFFF)
         )
 
         def flag(cond):  # i1 lanes -> 0/1 bytes
@@ -284,11 +318,41 @@ def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outco
         error = flag(builder.icmp_unsigned("!=", a_bit, builder.and_(cc, c16(1))))
         bins = builder.add(builder.mul(cell, c16(8)), builder.mul(match, c16(4)))
         bins = builder.add(builder.add(bins, builder.mul(disclosed, c16(2))), error)
+        bins = builder.select(assigned, bins, c16(NO_BIN))
+        v8w = ir.VectorType(ir.IntType(16), 8)
+        even = builder.shuffle_vector(
+            bins, bins, ir.Constant(ir.VectorType(_I32, 8), list(range(0, 16, 2)))
+        )
+        odd = builder.shuffle_vector(
+            bins, bins, ir.Constant(ir.VectorType(_I32, 8), list(range(1, 16, 2)))
+        )
+        pairs = builder.add(
+            builder.mul(builder.zext(even, v8w), _const(v8w, NO_BIN + 1)), builder.zext(odd, v8w)
+        )
         with builder.if_then(all_ok):
-            _store(builder, bins, p_out)
-        return builder.zext(all_ok, _I64)
+            _store(builder, pairs, p_out)
+        n_free = _call(
+            builder, "llvm.ctpop.i16", mask16, [builder.bitcast(builder.not_(assigned), mask16)]
+        )
+        result = builder.add(
+            ir.Constant(_I64, 1), builder.shl(builder.zext(n_free, _I64), ir.Constant(_I64, 1))
+        )
+        return builder.select(all_ok, result, ir.Constant(_I64, 0))
 
     return sig, codegen
+
+
+def _splat16(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    v = builder.insert_element(ir.Constant(_V16I, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(
+        v, ir.Constant(_V16I, ir.Undefined), _const(ir.VectorType(_I32, 16), 0)
+    )
+
+
+def _shift_in(builder: ir.IRBuilder, vec: ir.Value, fill: ir.Value, step: int) -> ir.Value:
+    """Lane l of the result = vec[l - step], or fill[l] for l < step (16 lanes)."""
+    mask = [16 + q if q < step else q - step for q in range(16)]
+    return builder.shuffle_vector(vec, fill, ir.Constant(ir.VectorType(_I32, 16), mask))
 
 
 @intrinsic

@@ -199,6 +199,39 @@ def test_answers_outside_uint8_are_refused_not_wrapped():
         sifting.sift(pulse, ch, ok, np.array([0, 256]), ok)
 
 
+def test_unassigned_rows_inside_runs_of_single_clicks(rng):
+    """Unassigned rows (-1, where assign_pulses leaves detections outside every gate) at
+    random inside long runs of single clicks, alone and in runs, as the fast paths take
+    them; and two clicks of one pulse with an unassigned row between them, which only the
+    sorted input groups (the kernels report -2, sifting.sift sorts and counts again)."""
+    n = 30_000
+    pulse = np.cumsum(rng.integers(1, 40, n))
+    pulse[rng.random(n) < 0.05] = -1
+    pulse[1000:1020] = -1
+    ch = rng.integers(1, 5, n).astype(np.uint8)
+    basis, cls, bit = answers_for(rng, pulse)
+    exp = ref.sift_counts(pulse, ch, basis, cls, bit, SEED)
+    assert exp[3][0] == np.count_nonzero(pulse < 0)
+    for kernel in KERNELS:
+        got = kernel(pulse, ch, basis, cls, bit, SEED)
+        assert got[4] == -1
+        for g, e in zip(got[:4], exp, strict=True):
+            np.testing.assert_array_equal(g, e)
+    split = pulse.copy()
+    row = int(np.flatnonzero((split[1:-1] >= 0) & (split[2:] >= 0))[5000]) + 1
+    split[row + 1], split[row + 2] = -1, split[row]  # pulse p, -1, p
+    for kernel in KERNELS:
+        assert kernel(split, ch, basis, cls, bit, SEED)[4] == -2
+    got = sifting.sift(split, ch, basis, cls, bit, seed=SEED)
+    order = np.argsort(split, kind="stable")
+    n_exp, d_exp, m_exp, stats = ref.sift_counts(
+        split[order], ch[order], basis[order], cls[order], bit[order], SEED
+    )
+    np.testing.assert_array_equal(got.n, n_exp)
+    np.testing.assert_array_equal(got.m, m_exp)
+    assert got.n_multi_click == stats[1] >= 1
+
+
 def test_long_single_click_runs_with_interruptions(rng):
     """The kernel's fast path (single clicks, four histogram copies) and its hand-over to the
     general path: long runs of single clicks broken by unassigned rows at their stream
