@@ -487,12 +487,14 @@ def assign_pulses_gated_simd(
     """assign_pulses_gated with AVX-512 (call only when _simd.AVAILABLE): the same outputs bit
     for bit, about twice as fast (benchmarks/bench_analysis.py).
 
-    Blocks of 16 tags go through _simd.assign_block when their sync intervals lie within 8
-    from the block's first (at most 7 sync tags among 16: the usual case while detections
+    Blocks of 32 tags go through _simd.assign_block when their sync intervals lie within 8
+    from the block's first (at most 7 sync tags among 32: the usual case while detections
     outnumber syncs); the other blocks, the stream's last tags and the table's last 9
     intervals go through the scalar loop, as do all tags when there are more than 8 delay
-    entries. The output buffers need len(timestamps_ps) + 1 slots or count_detector_tags + 8
-    (a block writes whole vectors: garbage past its last row, overwritten by the next)."""
+    entries. A block writes whole vectors (garbage past its last row, overwritten by the
+    next): the vector path stops where the output buffers have less than ASSIGN_BLOCK slots
+    left, so any buffer of count_detector_tags + 1 slots is safe, and len(timestamps_ps) + 1
+    or count_detector_tags + ASSIGN_BLOCK keep the vector path to the end."""
     n_ch = len(delays_ps)
     lut = np.zeros(768, dtype=np.int64)  # as assign_pulses_gated's table
     for c in range(n_ch):
@@ -510,11 +512,10 @@ def assign_pulses_gated_simd(
     j = np.uint64(0)
     i = 0
     if n_ch <= 8:
-        while (
-            i + _simd.BLOCK <= n
-            and j + np.uint64(8) <= len(pulse)
-            and j + np.uint64(8) <= len(det_ch)
-        ):
+        # a block's stores end before j + ASSIGN_BLOCK: whole vectors from each quarter's
+        # first row (the scalar loop takes the rest when the buffers have less room)
+        room = min(len(pulse), len(det_ch))
+        while i + _simd.ASSIGN_BLOCK <= n and j + np.uint64(_simd.ASSIGN_BLOCK) <= room:
             while k < last_interval and table_ps[k + 1] <= timestamps_ps[i] - search_delay_ps:
                 k += 1
             if k + 9 > last_interval:
@@ -535,10 +536,10 @@ def assign_pulses_gated_simd(
                 luts,
                 half_gate_ps,
             )
-            if res >> 40:  # more than 7 sync intervals in the block
+            if res >> 62:  # more than 7 sync intervals in the block
                 k, j = _gated_tags(
                     i,
-                    i + _simd.BLOCK,
+                    i + _simd.ASSIGN_BLOCK,
                     timestamps_ps,
                     channels,
                     tab,
@@ -551,12 +552,12 @@ def assign_pulses_gated_simd(
             else:
                 j += np.uint64(res & 0xFF)
                 k += (res >> 8) & 0xFF
-                miss = res >> 16
+                miss = (res >> 16) & 0xFFFFFFFF
                 if miss:  # rare: detections outside their gate, per channel
-                    for q in range(_simd.BLOCK):
+                    for q in range(_simd.ASSIGN_BLOCK):
                         if (miss >> q) & 1:
                             lut[_U512 + np.uint64(channels[i + q])] += 1
-            i += _simd.BLOCK
+            i += _simd.ASSIGN_BLOCK
     k, j = _gated_tags(
         i, n, timestamps_ps, channels, tab, search_delay_ps, table, half_gate_ps, k, j
     )

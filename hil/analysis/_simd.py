@@ -46,7 +46,8 @@ _V8B = ir.VectorType(_I8, 8)
 _V16B = ir.VectorType(_I8, 16)
 _V8M = ir.VectorType(_I1, 8)
 _INT64_MAX = (1 << 63) - 1
-BLOCK = 16  # tags per assign_block call
+BLOCK = 16  # tags per extract_block and sift_block call
+ASSIGN_BLOCK = 32  # tags per assign_block call
 
 
 def _const(vt: ir.VectorType, value) -> ir.Constant:
@@ -114,7 +115,8 @@ def _compress_store(builder, values: ir.Value, mask: ir.Value, ptr: ir.Value) ->
 def assign_block(
     typingctx, ts, ch, i0, pulse, det_ch, j, rows_ps, rows_pulse, period, k, last, search, luts, hg
 ):
-    """Gated pulse assignment of the BLOCK tags ts[i0:i0 + 16], as _kernels.assign_pulses_gated
+    """Gated pulse assignment of the ASSIGN_BLOCK tags ts[i0:i0 + 32], as
+    _kernels.assign_pulses_gated
     does it one tag at a time, when their intervals lie within k .. k + 7 (k: the interval of
     the block's first tag; interval q holds raw - search < rows_ps[q + 1], the last interval
     ``last`` everything after). Writes the detector tags' pulse indices and channels at
@@ -123,7 +125,7 @@ def assign_block(
     ``luts`` is an int64 array of 16: delays by channel 0..7, then 1 for a detector channel
     (channels 8 and up: delay 0, not a detector). Returns n_written | o << 8 | miss << 16:
     o = interval of the last tag - k, miss = the tags whose residual lies outside the gate
-    (one bit each, any channel), or 1 << 40 (nothing written) when the block reaches past
+    (one bit each, any channel), or 1 << 62 (nothing written) when the block reaches past
     interval k + 7.
     """
     sig = types.int64(
@@ -163,7 +165,7 @@ def assign_block(
         neg_hg = builder.fneg(hg_v)
 
         halves = []
-        for h in range(2):
+        for h in range(ASSIGN_BLOCK // 8):
             off = builder.add(i0v, ir.Constant(_I64, 8 * h))
             raw = _load(builder, builder.gep(p_ts, [off]), _V8I)
             c8 = _load(builder, builder.gep(p_ch, [off]), _V8B)
@@ -194,7 +196,7 @@ def assign_block(
             value = builder.select(inside, value, _const(_V8I, -1))
             halves.append((raw, o, c8, is_det, inside, value))
 
-        raw_last = builder.extract_element(halves[1][0], ir.Constant(_I32, 7))
+        raw_last = builder.extract_element(halves[-1][0], ir.Constant(_I32, 7))
         beyond = builder.icmp_signed(
             ">=", raw_last, builder.extract_element(end_w, ir.Constant(_I32, 7))
         )
@@ -212,14 +214,14 @@ def assign_block(
             jj = builder.add(jj, builder.zext(count, _I64))
             lanes_out = builder.zext(builder.bitcast(builder.not_(inside), _I8), _I64)
             miss = builder.or_(miss, builder.shl(lanes_out, ir.Constant(_I64, 16 + 8 * h)))
-        o_last = builder.extract_element(halves[1][1], ir.Constant(_I32, 7))
+        o_last = builder.extract_element(halves[-1][1], ir.Constant(_I32, 7))
         result = builder.or_(builder.sub(jj, jv), builder.shl(o_last, ir.Constant(_I64, 8)))
         result = builder.or_(result, miss)
         builder.branch(done)
         builder.position_at_end(done)
         out = builder.phi(_I64)
         out.add_incoming(result, write)
-        out.add_incoming(ir.Constant(_I64, 1 << 40), entry)
+        out.add_incoming(ir.Constant(_I64, 1 << 62), entry)
         return out
 
     return sig, codegen

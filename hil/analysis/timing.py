@@ -505,9 +505,9 @@ def assign_pulses(
     if out is None:
         # outputs sized by a counting pass and allocated here: the kernel allocates nothing
         n_det = k.count_detector_tags(channels, sync_channel, len(delays))
-        # spare slots: 1 for the scalar kernel, 8 for the vector one's whole-vector stores
-        pulse = np.empty(n_det + 8, dtype=np.int64)
-        det_ch = np.empty(n_det + 8, dtype=np.uint8)
+        # spare slots: 1 for the scalar kernel, a block for the vector one's vector stores
+        pulse = np.empty(n_det + _simd.ASSIGN_BLOCK, dtype=np.int64)
+        det_ch = np.empty(n_det + _simd.ASSIGN_BLOCK, dtype=np.uint8)
     else:
         pulse, det_ch = out
         if (

@@ -368,14 +368,57 @@ def test_vector_assignment_matches_reference_on_every_path(rng, detect_prob):
     for half_gate in (30.0, 250.0):
         exp = ref.assign_pulses_gated(ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate)
         assert exp[2].sum() > 0  # some tags outside their gate
-        for spare in (8, 1):
+        for spare in (_simd.ASSIGN_BLOCK, 1):
             got = run_gated(ts, ch, delays, table, half_gate, k.assign_pulses_gated_simd, spare)
             for g, e in zip(got, exp, strict=True):
                 np.testing.assert_array_equal(g, e)
+        # a buffer of exactly the detections + 1: nothing is written past it (guard values)
+        n = k.count_detector_tags(ch, 0, len(delays))
+        pulse = np.full(n + 1 + 64, -77, np.int64)
+        det_ch = np.full(n + 1 + 64, 77, np.uint8)
+        k.assign_pulses_gated_simd(
+            ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate, pulse[: n + 1], det_ch[: n + 1]
+        )
+        assert (pulse[n + 1 :] == -77).all() and (det_ch[n + 1 :] == 77).all()
+        np.testing.assert_array_equal(pulse[:n], exp[0])
         exp = ref.assign_pulses_gated(ts, ch, 0, long_delays, SEARCH_DELAY, *table, half_gate)
         got = run_gated(ts, ch, long_delays, table, half_gate, k.assign_pulses_gated_simd)
         for g, e in zip(got, exp, strict=True):
             np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.skipif(not _simd.AVAILABLE, reason="this CPU lacks the AVX-512 instructions")
+def test_vector_assignment_never_writes_past_a_tight_buffer():
+    """A 32-tag block whose last quarter holds one detection and seven syncs, near the end of
+    the detections but not of the table: with a buffer of exactly the detections + 1, the
+    vector stores of that block would reach past it; the kernel must leave it to the scalar
+    loop (guard values past the buffer stay untouched)."""
+    sync_ps = 100_000  # DIVIDER pulses of 1000 ps
+    ts, ch = [], []
+    for s in range(60):  # 60 intervals of 1 sync + 15 detections: 16 tags each
+        ts += [s * sync_ps] + [s * sync_ps + 1000 * (p + 1) for p in range(15)]
+        ch += [0] + [1 + p % 4 for p in range(15)]
+    s = 60  # a 32-tag block at tag 960: 24 detections, then 1 detection and 7 syncs
+    ts += [s * sync_ps] + [s * sync_ps + 1000 * (p + 1) for p in range(23)]
+    ch += [0] + [1 + p % 4 for p in range(23)]
+    ts += [s * sync_ps + 30_000]
+    ch += [2]
+    ts += [(s + q) * sync_ps for q in range(1, 8)]
+    ch += [0] * 7
+    ts += [(s + q) * sync_ps for q in range(8, 30)]  # syncs only: the table goes on
+    ch += [0] * 22
+    ts, ch = np.array(ts, np.int64), np.array(ch, np.uint8)
+    assert len(ts) == 960 + 32 + 22 and (ch[960:992] == 0).sum() == 8
+    clock = timing.recover_clock(ts, ch, DIVIDER, CLOCK_HZ)
+    table = clock.kernel_table
+    delays = np.zeros(5, np.int64)
+    n = k.count_detector_tags(ch, 0, 5)
+    exp = ref.assign_pulses_gated(ts, ch, 0, delays, 0, *table, 200.0)
+    pulse = np.full(n + 1 + 64, -77, np.int64)
+    det_ch = np.full(n + 1 + 64, 77, np.uint8)
+    k.assign_pulses_gated_simd(ts, ch, 0, delays, 0, *table, 200.0, pulse[: n + 1], det_ch[: n + 1])
+    assert (pulse[n + 1 :] == -77).all() and (det_ch[n + 1 :] == 77).all()
+    np.testing.assert_array_equal(pulse[:n], exp[0])
 
 
 def run_nearest(ts, ch, delays, table):
@@ -391,8 +434,8 @@ GATED = [k.assign_pulses_gated] + ([k.assign_pulses_gated_simd] if _simd.AVAILAB
 
 def run_gated(ts, ch, delays, table, half_gate, kernel=k.assign_pulses_gated, spare=None):
     n = k.count_detector_tags(ch, 0, len(delays))
-    if spare is None:  # one spare slot for the scalar kernel, 8 for the vector one
-        spare = 1 if kernel is k.assign_pulses_gated else 8
+    if spare is None:  # one spare slot for the scalar kernel, a block for the vector one
+        spare = 1 if kernel is k.assign_pulses_gated else _simd.ASSIGN_BLOCK
     pulse, det_ch = np.empty(n + spare, np.int64), np.empty(n + spare, np.uint8)
     n_outside, n_outside_table, written = kernel(
         ts, ch, 0, delays, SEARCH_DELAY, *table, half_gate, pulse, det_ch
