@@ -139,7 +139,7 @@ def build_sync_table(
     sync_tags_into(timestamps_ps, channels, sync_channel, table_ps, pad)
     table_count = np.empty(n + 2 * pad, dtype=np.int64)
     return number_sync_tags(
-        table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, 0.0, 1
+        table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, 0.0, 1, None
     )
 
 
@@ -194,14 +194,16 @@ def sync_tags_into_simd(timestamps_ps, channels, sync_channel, out, pad):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def number_sync_tags(
-    table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, origin_ps, divider
+    table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, origin_ps, divider, period
 ):
     """build_sync_table's numbering of the n sync tags at table_ps[pad:pad + n] (compacted in
     place to the accepted ones; table_count: n + 2 pad entries for their numbers); returns
     build_sync_table's result, with table_count holding
     (first + count) * divider instead of the counts, where first = floor(t / origin_ps + 0.5)
     for the first accepted tag t (first = 0 when origin_ps is 0): recover_clock's absolute
-    pulse indices, written here rather than by two more passes over the table.
+    pulse indices, written here rather than by two more passes over the table. ``period``
+    (None, or n + 2 pad - 1 entries) receives interval_periods' result for the intervals
+    between accepted tags (entries pad .. pad + m - 2), also without another pass.
 
     Speed: when an interval is one sync period (steps == 1, the usual case) the frequency
     update is freq * keep + smoothing * inv_dt, where smoothing * inv_dt is off the
@@ -245,6 +247,8 @@ def number_sync_tags(
             next_freq = freq * keep + (smoothing * steps) * inv_dt
         table_ps[m + pad] = t
         table_count[m + pad] = (first + last_count) * divider
+        if period is not None:  # as interval_periods: (t - last_t) / float(pulse difference)
+            period[m + pad - 1] = (t - last_t) / np.float64(np.int64(steps) * divider)
         m += 1
         last_t = t
         freq = next_freq

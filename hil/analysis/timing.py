@@ -281,15 +281,24 @@ def kernel_table(
 
 
 def _pad_rows(
-    rows_ps: np.ndarray, rows_pulse: np.ndarray, edge_period_ps: np.ndarray
+    rows_ps: np.ndarray,
+    rows_pulse: np.ndarray,
+    edge_period_ps: np.ndarray,
+    period: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Fill the virtual first and last rows of a padded table (rows 1..-2 hold the real
-    table) in place and compute the interval periods: kernel_table's result."""
+    table) in place and compute the interval periods: kernel_table's result. ``period``:
+    the real intervals' periods already computed (entries 1..-2), then only the two
+    virtual intervals' are."""
     rows_ps[0] = rows_ps[1] - int(round(_VIRTUAL_PULSES * edge_period_ps[0]))
     rows_ps[-1] = rows_ps[-2] + int(round(_VIRTUAL_PULSES * edge_period_ps[1]))
     rows_pulse[0] = rows_pulse[1] - _VIRTUAL_PULSES
     rows_pulse[-1] = rows_pulse[-2] + _VIRTUAL_PULSES
-    period = k.interval_periods(rows_ps, rows_pulse, np.empty(len(rows_ps) - 1))
+    if period is None:
+        period = k.interval_periods(rows_ps, rows_pulse, np.empty(len(rows_ps) - 1))
+    else:
+        k.interval_periods(rows_ps[:2], rows_pulse[:2], period[:1])
+        k.interval_periods(rows_ps[-2:], rows_pulse[-2:], period[-1:])
     return rows_ps, rows_pulse, period, int(rows_ps[1]), int(rows_ps[-2])
 
 
@@ -356,6 +365,7 @@ def recover_clock(
         rows_ps = np.empty(n_sync + 3, dtype=np.int64)
         k.sync_tags_into(timestamps_ps, channels, sync_channel, rows_ps, 1)
     # the table's pulses: (round(first sync tag / sync period) + sync count) * divider
+    period = np.empty(n_sync + 1)  # the padded table's interval periods, filled on the way
     rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.number_sync_tags(
         rows_ps,
         np.empty(n_sync + 2, dtype=np.int64),
@@ -366,6 +376,7 @@ def recover_clock(
         max_residual_fraction,
         period0,
         sync_divider,
+        period,
     )
     table_ps = rows_ps[1:-1]
     if len(table_ps) < 2:
@@ -379,7 +390,7 @@ def recover_clock(
             (table_ps[-1] - table_ps[-1 - edge]) / float(table_pulse[-1] - table_pulse[-1 - edge]),
         ]
     )
-    padded = _pad_rows(rows_ps, rows_pulse, edge_period)
+    padded = _pad_rows(rows_ps, rows_pulse, edge_period, period[: len(rows_ps) - 1])
     status = SyncStatus(
         n_syncs=len(table_ps),
         n_rejected=int(n_seen - len(table_ps)),

@@ -250,7 +250,10 @@ def test_sync_table_matches_reference(rng, kw):
     n = k.count_channel(ch, 0)
     buf = np.empty(n + 1, np.int64)
     k.sync_tags_into(later, ch, 0, buf, 0)
-    absolute = k.number_sync_tags(buf, np.empty(n, np.int64), n, 0, *args[1:], origin, 7)
+    period = np.full(n - 1, np.nan)
+    absolute = k.number_sync_tags(buf, np.empty(n, np.int64), n, 0, *args[1:], origin, 7, period)
+    m = len(absolute[0])
+    np.testing.assert_array_equal(period[: m - 1], ref.interval_periods(absolute[0], absolute[1]))
     first = int(np.floor(absolute[0][0] / origin + 0.5))
     assert first == 5000
     np.testing.assert_array_equal(absolute[1], (first + exp[1]) * 7)
