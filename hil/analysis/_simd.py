@@ -10,8 +10,8 @@ operations, the same IEEE double operations in the same order (no fused multiply
 reassociation), and tests compare the two on random and edge-case inputs.
 
 ``AVAILABLE`` tells whether this CPU has the instructions (AVX-512 F, VL, BW, DQ and VBMI2:
-Ice Lake and later Intel cores, AMD Zen 4 and later); without them the callers use the scalar
-kernels, and nothing here is compiled.
+Ice Lake and later Intel cores, AMD Zen 4 and later); without them (or with HIL_NO_SIMD=1)
+the callers use the scalar kernels, and nothing here is compiled.
 
 Editing this file: numba's cache of the kernels that use these blocks does not notice the
 change (it watches the kernel's own file); delete hil/analysis/__pycache__/*.nb* as well.
@@ -19,16 +19,25 @@ change (it watches the kernel's own file); delete hil/analysis/__pycache__/*.nb*
 
 from __future__ import annotations
 
+import os
+
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 _NEEDED = ("avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512vbmi2")
 
 
 def _host_has_avx512() -> bool:
+    """True when numba compiles for this CPU and it has the instructions. With NUMBA_CPU_NAME
+    or NUMBA_CPU_FEATURES set (code built for another CPU, e.g. a portable cache) the
+    instructions may be missing there; HIL_NO_SIMD=1 turns the vector kernels off."""
+    if os.environ.get("HIL_NO_SIMD", "") not in ("", "0"):
+        return False
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES:
+        return False
     try:
         features = llvm.get_host_cpu_features()
     except RuntimeError:  # no feature list on this platform

@@ -10,6 +10,9 @@ import reference as ref
 from hil.analysis import _kernels as k
 from hil.analysis import _simd, timing
 
+needs_simd = pytest.mark.skipif(
+    not _simd.AVAILABLE, reason="AVX-512 kernels off: a CPU without them, or HIL_NO_SIMD=1"
+)
 CLOCK_HZ = 1e9  # 1000 ps pulse period
 PERIOD_PS = 1000.0
 DIVIDER = 100
@@ -276,7 +279,7 @@ def test_duplicate_sync_timestamp_is_a_rejected_glitch(rng):
     assert clock.status.n_rejected == 1
 
 
-@pytest.mark.skipif(not _simd.AVAILABLE, reason="this CPU lacks the AVX-512 instructions")
+@needs_simd
 def test_vector_sync_extraction_matches_scalar(rng):
     """sync_tags_into_simd against sync_tags_into: lengths below, at and off a multiple of the
     16-tag block, no sync at all, syncs only, dense and sparse syncs, other channels up to
@@ -348,7 +351,7 @@ def test_pulse_kernels_match_reference(rng, channels_used):
         assert len(got[0]) == 0 and got[2].sum() == 0
 
 
-@pytest.mark.skipif(not _simd.AVAILABLE, reason="this CPU lacks the AVX-512 instructions")
+@needs_simd
 @pytest.mark.parametrize("detect_prob", [0.001, 0.05, 0.6])
 def test_vector_assignment_matches_reference_on_every_path(rng, detect_prob):
     """The AVX-512 kernel's paths: 16-tag blocks within 8 sync intervals (vector), blocks
@@ -390,7 +393,7 @@ def test_vector_assignment_matches_reference_on_every_path(rng, detect_prob):
             np.testing.assert_array_equal(g, e)
 
 
-@pytest.mark.skipif(not _simd.AVAILABLE, reason="this CPU lacks the AVX-512 instructions")
+@needs_simd
 def test_vector_assignment_never_writes_past_a_tight_buffer():
     """A 32-tag block whose last quarter holds one detection and seven syncs, near the end of
     the detections but not of the table: with a buffer of exactly the detections + 1, the
