@@ -393,13 +393,7 @@ def assign_pulses_gated(
     sync tags can only be within the delay spread of either end of the sorted stream; they
     are counted there, after the main loop.
     """
-    n_ch = len(delays_ps)
-    # [0:256] delay by raw channel, [256:512] 1 for a detector channel, [512:768] detections
-    # outside every gate by channel
-    tab = np.zeros(768, dtype=np.int64)
-    for c in range(n_ch):
-        tab[c] = delays_ps[c]
-        tab[256 + c] = c != sync_channel
+    tab = _gated_table(delays_ps, sync_channel)
     m = len(table_ps)
     inv_period = np.empty(m - 1)
     for q in range(m - 1):
@@ -435,10 +429,7 @@ def assign_pulses_gated(
             tab[_U512 + c] += 1
         j += np.uint64(tab[_U256 + c])
     n_outside_table = _outside_table(timestamps_ps, channels, delays_ps, tab, t_first, t_last)
-    n_outside = tab[512 : 512 + n_ch].copy()
-    if sync_channel < n_ch:
-        n_outside[sync_channel] = 0
-    return n_outside, n_outside_table, np.int64(j)
+    return _outside_gates(tab, len(delays_ps), sync_channel), n_outside_table, np.int64(j)
 
 
 _U256 = np.uint64(256)
@@ -500,10 +491,7 @@ def assign_pulses_gated_simd(
     left, so any buffer of count_detector_tags + 1 slots is safe, and len(timestamps_ps) + 1
     or count_detector_tags + ASSIGN_BLOCK keep the vector path to the end."""
     n_ch = len(delays_ps)
-    lut = np.zeros(768, dtype=np.int64)  # as assign_pulses_gated's table
-    for c in range(n_ch):
-        lut[c] = delays_ps[c]
-        lut[256 + c] = c != sync_channel
+    lut = _gated_table(delays_ps, sync_channel)
     luts = np.zeros(16, dtype=np.int64)  # _simd.assign_block's: delay, is detector
     for c in range(min(n_ch, 8)):
         luts[c] = delays_ps[c]
@@ -566,10 +554,27 @@ def assign_pulses_gated_simd(
         i, n, timestamps_ps, channels, tab, search_delay_ps, table, half_gate_ps, k, j
     )
     n_outside_table = _outside_table(timestamps_ps, channels, delays_ps, lut, t_first, t_last)
-    n_outside = lut[512 : 512 + n_ch].copy()
+    return _outside_gates(lut, n_ch, sync_channel), n_outside_table, np.int64(j)
+
+
+@njit(cache=True, nogil=True)
+def _gated_table(delays_ps, sync_channel):
+    """The gated kernels' table by raw channel: [0:256] delay, [256:512] 1 for a detector
+    channel, [512:768] detections outside every gate (counted by the kernel)."""
+    tab = np.zeros(768, dtype=np.int64)
+    for c in range(len(delays_ps)):
+        tab[c] = delays_ps[c]
+        tab[256 + c] = c != sync_channel
+    return tab
+
+
+@njit(cache=True, nogil=True)
+def _outside_gates(tab, n_ch, sync_channel):
+    """Detections outside every gate by channel 0 .. n_ch - 1 (none for the sync channel)."""
+    n_outside = tab[512 : 512 + n_ch].copy()
     if sync_channel < n_ch:
         n_outside[sync_channel] = 0
-    return n_outside, n_outside_table, np.int64(j)
+    return n_outside
 
 
 @njit(cache=True, nogil=True)
