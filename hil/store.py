@@ -97,6 +97,16 @@ def count_channels(channels):
     return counts[:256] + counts[256:512] + counts[512:768] + counts[768:]
 
 
+@njit(cache=True, nogil=True)
+def count_descents(timestamps_ps):
+    """Number of tags earlier than the tag before them (0 for a sorted chunk). One compare per
+    tag, summed without a branch (the compiler vectorises it: well under 1 ns per tag)."""
+    n = 0
+    for i in range(1, len(timestamps_ps)):
+        n += timestamps_ps[i] < timestamps_ps[i - 1]
+    return n
+
+
 class _WriteBehind:
     """Hand a growing file's older pages to the disk and out of the page cache (Linux).
 
@@ -520,13 +530,26 @@ class CaptureWriter:
         channels: np.ndarray,
         nanotimes: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Append a chunk of tags (sorted, and not before the previous chunk); returns the
-        chunk's tags per channel id (int64, length 256)."""
+        """Append a chunk of tags (not before the previous chunk); returns the chunk's tags
+        per channel id (int64, length 256).
+
+        A chunk that is not in time order inside (a tagger merging its inputs late) is sorted
+        by time, stably, and an event "tags reordered" says how many tags were out of order:
+        the file keeps every tag and the layout's sorted timestamps. A chunk that starts
+        before the end of the previous one cannot be mended once that one is written: it is
+        refused (ValueError), and what was written stays."""
         n = len(timestamps_ps)
         if n == 0:
             return np.zeros(N_CHANNEL_IDS, dtype=np.int64)
         if len(channels) != n:
             raise ValueError("timestamps and channels differ in length")
+        timestamps_ps = np.asarray(timestamps_ps, dtype=np.int64)
+        descents = count_descents(timestamps_ps)
+        if descents:
+            order = np.argsort(timestamps_ps, kind="stable")
+            timestamps_ps, channels = timestamps_ps[order], np.asarray(channels)[order]
+            if nanotimes is not None:
+                nanotimes = np.asarray(nanotimes)[order]
         if timestamps_ps[0] < self._last_ts:
             raise ValueError("tag chunk starts before the end of the previous one")
         if (nanotimes is None) != (self.nt is None):
@@ -550,6 +573,13 @@ class CaptureWriter:
             self._first_ts = int(timestamps_ps[0])
         self.n_tags = end
         self._last_ts = int(timestamps_ps[-1])
+        if descents:
+            self.add_event(
+                int(timestamps_ps[0]),
+                "tags reordered",
+                f"{descents} of {n} tags in a chunk came before the tag ahead of them; "
+                "the chunk was sorted by time",
+            )
         if time.monotonic() - self._last_flush > self._flush_every_s:
             self.flush()
         return chunk_counts

@@ -10,9 +10,11 @@ import pytest
 
 from hil.store import (
     CaptureWriter,
+    Layout,
     _sync_file_range,
     _WriteBehind,
     count_channels,
+    count_descents,
     open_capture,
     store_result,
 )
@@ -164,6 +166,43 @@ def test_writer_rejects_bad_input(tmp_path):
             w.append(np.array([30]), np.array([1], "u1"), np.array([3], "u2"))
     with pytest.raises(ValueError, match="compression 'lzf' unknown"):
         CaptureWriter(tmp_path / "z.h5", compression="lzf")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000])
+def test_count_descents_matches_numpy(n):
+    rng = np.random.default_rng(n)
+    for ts in (np.sort(rng.integers(0, 50, n)), rng.integers(0, 50, n), -np.arange(n)):
+        ts = ts.astype(np.int64)
+        assert count_descents(ts) == int(np.count_nonzero(np.diff(ts) < 0))
+
+
+def test_chunk_out_of_order_inside_is_sorted_and_reported(tmp_path):
+    """A chunk with tags out of time order inside: the file holds it sorted (stably: equal
+    times keep their order), with its channels and TCSPC times, and one event says so."""
+    ts = np.array([100, 90, 95, 95, 130, 120], np.int64)
+    ch = np.array([1, 2, 3, 4, 1, 2], "u1")
+    nt = np.array([11, 12, 13, 14, 15, 16], "u2")
+    layout = Layout(tcspc_unit_s=1e-12, tcspc_num_bins=4096)
+    with CaptureWriter(tmp_path / "o.h5", layout=layout) as w:
+        w.append(np.array([10, 20]), np.array([0, 0], "u1"), np.array([1, 2], "u2"))
+        w.append(ts, ch, nt)
+        w.append(np.array([140]), np.array([1], "u1"), np.array([17], "u2"))
+    with open_capture(tmp_path / "o.h5") as cap:
+        got_ts, got_ch = cap.window(0, 10**6)
+        np.testing.assert_array_equal(got_ts, [10, 20, 90, 95, 95, 100, 120, 130, 140])
+        np.testing.assert_array_equal(got_ch, [0, 0, 2, 3, 4, 1, 2, 1, 1])
+        np.testing.assert_array_equal(
+            cap.f["photon_data/nanotimes"][:], [1, 2, 12, 13, 14, 11, 16, 15, 17]
+        )
+        assert cap.events() == [
+            (
+                90,
+                "tags reordered",
+                "2 of 6 tags in a chunk came before the tag ahead of them; the chunk was "
+                "sorted by time",
+            )
+        ]
+        assert cap.complete
 
 
 def test_exception_inside_with_leaves_incomplete(tmp_path):
