@@ -15,7 +15,7 @@ from hil.analysis import _simd
 # error_model="numpy" on the float kernels: a division by zero gives inf / nan as in numpy
 # instead of a Python exception, which drops a per-division check (and lets LLVM vectorise
 # interval_periods). The one zero divisor that can occur, 1 / dt for two sync tags with the
-# same timestamp in build_sync_table, belongs to an interval that is rejected (steps == 0)
+# same timestamp in number_sync_tags, belongs to an interval that is rejected (steps == 0)
 # before inv_dt is used, as in the reference.
 
 # ---------------------------------------------------------------------------------------------
@@ -106,43 +106,6 @@ def correlation_histogram(start_ps, click_ps, range_ps, bin_width_ps, n_bins):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def build_sync_table(
-    timestamps_ps, channels, sync_channel, period0_ps, smoothing, max_fraction, pad=0
-):
-    """Number the sync tags of the stream: count sync periods between successive sync tags,
-    tolerating gaps, drift changes and glitches.
-
-    Each interval to the last accepted tag is divided by a running period estimate and rounded.
-    A tag less than half a period after the last one, or about one period after it but farther
-    than max_fraction of a period from the grid, is a glitch and is skipped. A tag after a gap
-    (two or more periods) is always accepted and flagged uncertain when off the grid by more
-    than max_fraction: the count across a long gap may then be wrong, but rejecting it would
-    make every later tag look off-grid too. The estimate is kept as a frequency (periods per
-    ps), exponentially smoothed over the per-interval frequencies with weight ``smoothing`` so
-    that it follows drift; a frequency leaves no division on the loop-carried chain.
-
-    Returns (table_ps, table_count, n_syncs, max_abs_residual_ps, gap_rows, gap_uncertain): the
-    accepted sync tags, their sync counts from the first tag, the number of sync tags seen,
-    the largest |residual| among accepted tags, the table rows that follow a gap (count step
-    > 1) and whether each gap's count is uncertain. With ``pad`` = 1 the two tables carry one
-    unfilled row before and after the accepted ones (table rows are then table_ps[1:-1]), for
-    the caller's virtual extrapolation rows without a copy of the table; gap_rows still
-    number the accepted tags from 0.
-
-    The steps are separate kernels (count_channel, sync_tags_into, number_sync_tags), so that
-    recover_clock may extract the sync tags with the AVX-512 variant (sync_tags_into_simd)
-    and allocate the arrays with numpy: numpy asks the kernel for huge pages on large arrays
-    (numba's allocations do not), which halves the cost of writing fresh memory here."""
-    n = count_channel(channels, sync_channel)
-    table_ps = np.empty(n + 1 + 2 * pad, dtype=np.int64)
-    sync_tags_into(timestamps_ps, channels, sync_channel, table_ps, pad)
-    table_count = np.empty(n + 2 * pad, dtype=np.int64)
-    return number_sync_tags(
-        table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, 0.0, 1, None
-    )
-
-
 @njit(cache=True, nogil=True)
 def count_channel(channels, channel):
     """Number of tags on ``channel``."""
@@ -196,9 +159,9 @@ def sync_tags_into_simd(timestamps_ps, channels, sync_channel, out, pad):
 def number_sync_tags(
     table_ps, table_count, n, pad, period0_ps, smoothing, max_fraction, origin_ps, divider, period
 ):
-    """build_sync_table's numbering of the n sync tags at table_ps[pad:pad + n] (compacted in
-    place to the accepted ones; table_count: n + 2 pad entries for their numbers); returns
-    build_sync_table's result, with table_count holding
+    """timing.build_sync_table's numbering of the n sync tags at table_ps[pad:pad + n]
+    (compacted in place to the accepted ones; table_count: n + 2 pad entries for their
+    numbers); returns build_sync_table's result, with table_count holding
     (first + count) * divider instead of the counts, where first = floor(t / origin_ps + 0.5)
     for the first accepted tag t (first = 0 when origin_ps is 0): recover_clock's absolute
     pulse indices, written here rather than by two more passes over the table. ``period``

@@ -315,6 +315,68 @@ def _initial_sync_period(sync_ps: np.ndarray, nominal_ps: float) -> float:
     return float(np.median(dt[good] / steps[good]))
 
 
+def build_sync_table(
+    timestamps_ps: np.ndarray,
+    channels: np.ndarray,
+    sync_channel: int,
+    period0_ps: float,
+    smoothing: float,
+    max_fraction: float,
+    pad: int = 0,
+    origin_ps: float = 0.0,
+    divider: int = 1,
+) -> tuple:
+    """Number the sync tags of the stream: count sync periods between successive sync tags,
+    tolerating gaps, drift changes and glitches.
+
+    Each interval to the last accepted tag is divided by a running period estimate and rounded.
+    A tag less than half a period after the last one, or about one period after it but farther
+    than max_fraction of a period from the grid, is a glitch and is skipped. A tag after a gap
+    (two or more periods) is always accepted and flagged uncertain when off the grid by more
+    than max_fraction: the count across a long gap may then be wrong, but rejecting it would
+    make every later tag look off-grid too. The estimate is kept as a frequency (periods per
+    ps), exponentially smoothed over the per-interval frequencies with weight ``smoothing`` so
+    that it follows drift; a frequency leaves no division on the loop-carried chain.
+
+    Returns (table_ps, table_count, n_syncs, max_abs_residual_ps, gap_rows, gap_uncertain): the
+    accepted sync tags, their sync counts from the first tag, the number of sync tags seen,
+    the largest |residual| among accepted tags, the table rows that follow a gap (count step
+    > 1) and whether each gap's count is uncertain. With ``pad`` = 1 the two tables carry one
+    unfilled row before and after the accepted ones (table rows are then table_ps[1:-1]), for
+    the caller's virtual extrapolation rows without a copy of the table; gap_rows still
+    number the accepted tags from 0.
+
+    ``origin_ps`` and ``divider`` turn the counts into absolute pulses (see
+    _kernels.number_sync_tags); the seventh result holds the interval periods between
+    consecutive rows (interval_periods' values; the two around the padding unfilled).
+    The arrays are allocated here by numpy, which asks the kernel for huge pages on large
+    arrays (numba's allocations do not: page faults on fresh table memory were a third of
+    clock recovery), and the sync tags are extracted with AVX-512 when the CPU has it.
+    """
+    if _simd.AVAILABLE:
+        n = k.count_channel_simd(channels, sync_channel)
+        table_ps = np.empty(n + 1 + 2 * pad + _simd.BLOCK, dtype=np.int64)
+        k.sync_tags_into_simd(timestamps_ps, channels, sync_channel, table_ps, pad)
+    else:
+        n = k.count_channel(channels, sync_channel)
+        table_ps = np.empty(n + 1 + 2 * pad, dtype=np.int64)
+        k.sync_tags_into(timestamps_ps, channels, sync_channel, table_ps, pad)
+    period = np.empty(max(n + 2 * pad - 1, 0))
+    result = k.number_sync_tags(
+        table_ps,
+        np.empty(n + 2 * pad, dtype=np.int64),
+        n,
+        pad,
+        period0_ps,
+        smoothing,
+        max_fraction,
+        origin_ps,
+        divider,
+        period,
+    )
+    return (*result, period[: max(len(result[0]) - 1, 0)])
+
+
 def recover_clock(
     timestamps_ps: np.ndarray,
     channels: np.ndarray,
@@ -355,28 +417,17 @@ def recover_clock(
         )
     period0 = _initial_sync_period(first, sync_divider * 1e12 / clock_hz)
     # pad = 1: the table comes with room for kernel_table's virtual rows (no copy of it later)
-    # arrays allocated here, by numpy, which asks for huge pages (see k.build_sync_table)
-    if _simd.AVAILABLE:
-        n_sync = k.count_channel_simd(channels, sync_channel)
-        rows_ps = np.empty(n_sync + 3 + _simd.BLOCK, dtype=np.int64)
-        k.sync_tags_into_simd(timestamps_ps, channels, sync_channel, rows_ps, 1)
-    else:
-        n_sync = k.count_channel(channels, sync_channel)
-        rows_ps = np.empty(n_sync + 3, dtype=np.int64)
-        k.sync_tags_into(timestamps_ps, channels, sync_channel, rows_ps, 1)
-    # the table's pulses: (round(first sync tag / sync period) + sync count) * divider
-    period = np.empty(n_sync + 1)  # the padded table's interval periods, filled on the way
-    rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain = k.number_sync_tags(
-        rows_ps,
-        np.empty(n_sync + 2, dtype=np.int64),
-        n_sync,
-        1,
+    # and pulses (round(first sync tag / sync period) + sync count) * divider
+    rows_ps, rows_pulse, n_seen, max_res, gap_rows, gap_uncertain, period = build_sync_table(
+        timestamps_ps,
+        channels,
+        sync_channel,
         period0,
         smoothing,
         max_residual_fraction,
-        period0,
-        sync_divider,
-        period,
+        pad=1,
+        origin_ps=period0,
+        divider=sync_divider,
     )
     table_ps = rows_ps[1:-1]
     if len(table_ps) < 2:
@@ -390,7 +441,7 @@ def recover_clock(
             (table_ps[-1] - table_ps[-1 - edge]) / float(table_pulse[-1] - table_pulse[-1 - edge]),
         ]
     )
-    padded = _pad_rows(rows_ps, rows_pulse, edge_period, period[: len(rows_ps) - 1])
+    padded = _pad_rows(rows_ps, rows_pulse, edge_period, period)
     status = SyncStatus(
         n_syncs=len(table_ps),
         n_rejected=int(n_seen - len(table_ps)),
