@@ -63,12 +63,12 @@ def _const(vt: ir.VectorType, value) -> ir.Constant:
     return ir.Constant(vt, [value] * vt.count)
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    """An 8-lane vector holding ``value`` in every lane."""
-    vt = ir.VectorType(value.type, 8)
+def _splat(builder: ir.IRBuilder, value: ir.Value, lanes: int = 8) -> ir.Value:
+    """A vector of ``lanes`` lanes holding ``value`` in every lane."""
+    vt = ir.VectorType(value.type, lanes)
     v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(_I32, 0))
     return builder.shuffle_vector(
-        v, ir.Constant(vt, ir.Undefined), _const(ir.VectorType(_I32, 8), 0)
+        v, ir.Constant(vt, ir.Undefined), _const(ir.VectorType(_I32, lanes), 0)
     )
 
 
@@ -271,7 +271,7 @@ def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outco
         # otherwise each row against the highest pulse of the rows before it (and prev), a
         # prefix maximum in four doubling steps (unassigned rows, -1, never raise it, since
         # prev >= -1)
-        prev_v = _splat16(builder, prev)
+        prev_v = _splat(builder, prev, 16)
         mask16 = ir.IntType(16)
         all_assigned = builder.icmp_unsigned(
             "==", builder.bitcast(assigned, mask16), ir.Constant(mask16, 0xFFFF)
@@ -353,13 +353,6 @@ def sift_block(typingctx, pulse, channel, basis, intensity, bit, r0, prev, outco
     return sig, codegen
 
 
-def _splat16(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    v = builder.insert_element(ir.Constant(_V16I, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(
-        v, ir.Constant(_V16I, ir.Undefined), _const(ir.VectorType(_I32, 16), 0)
-    )
-
-
 def _shift_in(builder: ir.IRBuilder, vec: ir.Value, fill: ir.Value, step: int) -> ir.Value:
     """Lane l of the result = vec[l - step], or fill[l] for l < step (16 lanes)."""
     mask = [16 + q if q < step else q - step for q in range(16)]
@@ -397,7 +390,6 @@ def extract_block(typingctx, ts, ch, i0, out, j, channel):
 
 
 _V64B = ir.VectorType(_I8, 64)
-_I64T = ir.IntType(64)
 
 
 @intrinsic
@@ -409,12 +401,8 @@ def count_block(typingctx, ch, i0, channel):
     def codegen(context, builder, signature, args):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         block = _load(builder, builder.gep(data, [args[1]]), _V64B)
-        want = builder.trunc(args[2], _I8)
-        v = builder.insert_element(ir.Constant(_V64B, ir.Undefined), want, ir.Constant(_I32, 0))
-        splat = builder.shuffle_vector(
-            v, ir.Constant(_V64B, ir.Undefined), _const(ir.VectorType(_I32, 64), 0)
-        )
-        hits = builder.bitcast(builder.icmp_unsigned("==", block, splat), _I64T)
-        return _call(builder, "llvm.ctpop.i64", _I64T, [hits])
+        want = _splat(builder, builder.trunc(args[2], _I8), 64)
+        hits = builder.bitcast(builder.icmp_unsigned("==", block, want), _I64)
+        return _call(builder, "llvm.ctpop.i64", _I64, [hits])
 
     return sig, codegen
