@@ -514,6 +514,27 @@ def _signal_clicks(
 # Below this many expected clicks a range is sampled on one thread: handing half of it to the
 # worker costs some tens of us.
 PARALLEL_MIN_CLICKS = 20_000
+# Below this many expected clicks the next span is not sampled ahead (same reason; a span this
+# short takes ~0.1 ms).
+LOOKAHEAD_MIN_CLICKS = 2_000
+# The look-ahead's share of the next span moves by this step per call, up to AHEAD_SHARE_MAX:
+# the calling thread keeps some sampling of its own to do while the worker runs ahead.
+AHEAD_SHARE_STEP = 0.02
+AHEAD_SHARE_MAX = 0.95
+
+
+@dataclass
+class _Lookahead:
+    """Signal clicks of the next span's pulses [i_lo, i_hi), being sampled on the worker thread
+    with the parameters, clock and state of the span before (valid only if those still hold)."""
+
+    future: concurrent.futures.Future
+    key: str  # the scratch array it writes
+    state: _State
+    derived: _Derived
+    timing: tuple
+    i_lo: int
+    i_hi: int
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -526,11 +547,21 @@ def _sampling_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _POOL
 
 
-def _sample_range(dv: _Derived, st: _State, key: str, i_lo: int, i_hi: int, timing) -> np.ndarray:
-    """Signal clicks of pulses [i_lo, i_hi) in scratch array ``key`` (grown when needed)."""
+def _sample_range(
+    dv: _Derived, st: _State, key: str, i_lo: int, i_hi: int, timing, start: int = 0
+) -> np.ndarray:
+    """Signal clicks of pulses [i_lo, i_hi) in scratch array ``key`` (grown when needed), after
+    its first ``start`` entries (kept: clicks of the pulses before i_lo); returns those
+    entries and the new clicks."""
     expected = (i_hi - i_lo) * dv.p_c * 1.1
-    buf = _scratch(st, key, int(expected + 6 * math.sqrt(expected)) + 4096)
-    n = 0
+    need = start + int(expected + 6 * math.sqrt(expected)) + 4096
+    buf = st.scratch.get(key)
+    if buf is None or buf.shape[0] < need:
+        old = buf
+        buf = st.scratch[key] = np.empty(max(need, 5 * need // 4), np.int64)
+        if start:
+            buf[:start] = old[:start]
+    n = start
     i = i_lo
     while True:
         m, i = _k.signal_detections(
@@ -690,7 +721,64 @@ class LinkGenerator:
         validate(self.params)
         self._state: _State | None = None
         self._derived: _Derived | None = None
+        self._ahead: _Lookahead | None = None
+        self._n_ahead = 0  # look-aheads started (they alternate between two work arrays)
+        self.ahead_share = 0.75  # of the next span's pulses sampled ahead (adapts)
         self.dropped_early_tags = 0  # tags that a delay/offset decrease pushed before t0
+
+    def _signal_clicks_of(
+        self, dv: _Derived, st: _State, i_lo: int, i_hi: int, timing, i_next: int
+    ) -> np.ndarray:
+        """Signal clicks of pulses [i_lo, i_hi) (see _signal_clicks), in pulse order; with two
+        sampling threads, starts the look-ahead of pulses [i_hi, i_next) (the next call's,
+        guessed) on the worker before sampling what the last look-ahead left of this range.
+
+        The look-ahead samples a first part of the next span's pulses with the parameters,
+        clock and state of this call; the next call takes it if they still hold and its range
+        begins there, and samples the rest on its own thread meanwhile the worker goes on to
+        the span after. A look-ahead that does not fit (parameters, clock or state changed, a
+        shorter span than guessed) is dropped: it only ever saves time, since every decision
+        is keyed on the pulse index and the clicks are the same either way (tested)."""
+        ahead, self._ahead = self._ahead, None
+        part = None
+        if ahead is not None:
+            waited = not ahead.future.done()
+            done = ahead.future.result()  # wait even when unused: the worker writes its array
+            if (
+                ahead.state is st
+                and ahead.derived is dv
+                and ahead.timing == timing
+                and ahead.i_lo == i_lo
+                and ahead.i_hi <= i_hi
+            ):
+                part = done
+                # balance the two threads: a worker that was still sampling gets a smaller
+                # share of the next span, one that was already done a larger share
+                step = -AHEAD_SHARE_STEP if waited else AHEAD_SHARE_STEP
+                self.ahead_share = min(max(self.ahead_share + step, 0.5), AHEAD_SHARE_MAX)
+        if part is None:
+            clicks = _signal_clicks(dv, st, i_lo, i_hi, timing, self.sampling_threads)
+            self._look_ahead(dv, st, i_hi, i_next, timing)
+            return clicks
+        self._look_ahead(dv, st, i_hi, i_next, timing)
+        if ahead.i_hi == i_hi:
+            return part
+        return _sample_range(dv, st, ahead.key, ahead.i_hi, i_hi, timing, start=part.shape[0])
+
+    def _look_ahead(self, dv: _Derived, st: _State, i_lo: int, i_hi: int, timing) -> None:
+        """Start sampling the signal clicks of the first ``ahead_share`` of pulses [i_lo, i_hi)
+        on the worker thread, for the next call. Two work arrays alternate: the clicks the
+        current call is using are in the other one."""
+        if self.sampling_threads < 2 or (i_hi - i_lo) * dv.p_c < LOOKAHEAD_MIN_CLICKS:
+            return
+        end = i_lo + int((i_hi - i_lo) * self.ahead_share)
+        end -= end % _k.BLOCK_PULSES  # a skip block is sampled by one side only
+        if end <= i_lo:
+            return
+        key = f"ahead{self._n_ahead % 2}"
+        self._n_ahead += 1
+        future = _sampling_pool().submit(_sample_range, dv, st, key, i_lo, end, timing)
+        self._ahead = _Lookahead(future, key, st, dv, timing, i_lo, end)
 
     def _derived_for(self, p: LinkParams) -> _Derived:
         dv = self._derived
@@ -750,7 +838,11 @@ class LinkGenerator:
         # the horizon join the heap that stage merges in (it holds them until their time).
         clicks = np.empty(0, np.int64)
         if i_hi > st.next_pulse:
-            clicks = _signal_clicks(dv, st, st.next_pulse, i_hi, timing, self.sampling_threads)
+            # the next call's pulses, guessed for a span as long as this one: its first part
+            # is sampled on the worker while this thread takes this span through the rest
+            t_next = max(t1 + (t1 - t0) - dv.min_detector_delay + res, horizon)
+            i_next = st.clock.first_at_or_after(t_next + dv.jitter_reach, offset)
+            clicks = self._signal_clicks_of(dv, st, st.next_pulse, i_hi, timing, i_next)
             if not _k.sort_nearly_sorted(clicks, 8 * clicks.shape[0] + 1024):
                 clicks.sort()
         st.next_pulse = max(st.next_pulse, i_hi)

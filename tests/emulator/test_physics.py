@@ -571,9 +571,9 @@ def test_two_sampling_threads_give_the_same_tags():
     calls = []
     real = physics._sample_range
 
-    def spy(dv, st, key, i_lo, i_hi, timing):
+    def spy(dv, st, key, i_lo, i_hi, timing, start=0):
         calls.append(key)
-        return real(dv, st, key, i_lo, i_hi, timing)
+        return real(dv, st, key, i_lo, i_hi, timing, start)
 
     physics._sample_range = spy
     try:
@@ -587,6 +587,46 @@ def test_two_sampling_threads_give_the_same_tags():
     assert "signal2" in calls  # the second thread's half was sampled
     with pytest.raises(ValueError, match="sampling_threads must be 1 or 2"):
         LinkGenerator(p, sampling_threads=3)
+
+
+def test_look_ahead_gives_the_same_tags():
+    """With two sampling threads the worker samples the first part of the next span's pulses
+    while the caller finishes the current span. The spans here change length (shorter and
+    longer than guessed), the attenuation changes, the clock rate changes and link time jumps
+    a gap: the look-ahead must be used where it fits, dropped where it does not, and the tags
+    must be those of one thread bit for bit."""
+    p = BASE.replace(attenuation_db=0.0)
+    ms = SECOND_PS // 1000
+    one, two = LinkGenerator(p), LinkGenerator(p, sampling_threads=2)
+    calls = []
+    real = physics._sample_range
+
+    def spy(dv, st, key, i_lo, i_hi, timing, start=0):
+        calls.append((key, start > 0))
+        return real(dv, st, key, i_lo, i_hi, timing, start)
+
+    ends = [10, 20, 30, 35, 50, 60, 70, 80, 90, 100, 110, 120]
+    changes = {6: {"attenuation_db": 3.0}, 8: {"clock_hz": 0.999e9}}
+    physics._sample_range = spy
+    try:
+        t0, q = 0, p
+        for m, end in enumerate(ends):
+            q = q.replace(**changes.get(m, {}))
+            if m == 9:
+                t0 += 5 * ms  # a gap: the detectors' state restarts
+            a = one.generate(q, t0, end * ms)
+            b = two.generate(q, t0, end * ms)
+            assert len(a[0]) > 3 * physics.LOOKAHEAD_MIN_CLICKS
+            assert (a[0] == b[0]).all() and (a[1] == b[1]).all(), f"span {m}"
+            t0 = end * ms
+    finally:
+        physics._sample_range = real
+    ahead = [c for c in calls if c[0].startswith("ahead")]
+    # look-aheads ran in both work arrays, and calls finished their span's sampling after one
+    assert {k for k, _ in ahead} == {"ahead0", "ahead1"}
+    assert any(rest for _, rest in ahead)
+    # and some did not fit (a shorter span, changed parameters, clock, gap): sampled anew
+    assert sum(1 for k, _ in calls if k == "signal") >= 4
 
 
 def test_results_held_by_the_caller_are_never_overwritten():
