@@ -535,6 +535,8 @@ class _Lookahead:
     timing: tuple
     i_lo: int
     i_hi: int
+
+
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
