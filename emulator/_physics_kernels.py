@@ -522,15 +522,31 @@ def signal_detections(
                 _draw_skips(skips, nb, s0, k, inv_neg_log_q)
                 k += nb
                 j = 0
-            nxt = pos + 1 + skips[np.uint64(j)]
-            j += 1
-            if nxt >= end:
+            # A run of the drawn gaps, as positions by a running sum, until the block's end,
+            # the batch's room or the draws run out: a short loop whose only branch is the end
+            m = min(nb - j, limit - n_cand)
+            t = 0
+            while t < m:
+                nxt = pos + 1 + skips[np.uint64(j + t)]
+                if nxt >= end:
+                    break
+                pos = nxt
+                cand[np.uint64(n_cand + t)] = pos
+                t += 1
+            if t < m:  # draw j + t passed the block's end
                 block_done = True
                 j = nb
-                continue
-            pos = nxt
-            cand[np.uint64(n_cand)] = pos
-            n_cand += np.int64(pos >= i_lo)
+            else:
+                j += t
+            if t > 0 and cand[np.uint64(n_cand)] < i_lo:
+                # the block holding i_lo: candidates before it belong to the caller before
+                drop = 0
+                while drop < t and cand[np.uint64(n_cand + drop)] < i_lo:
+                    drop += 1
+                for u in range(t - drop):
+                    cand[np.uint64(n_cand + u)] = cand[np.uint64(n_cand + drop + u)]
+                t -= drop
+            n_cand += t
         n_out = _judge_batch(
             out, n_out, cand, n_cand, w_cm, w_cs, w_x, w_acc, w_q, w_multi, keys, tabs, prm, tim
         )
