@@ -745,9 +745,13 @@ class LinkGenerator:
         part = None
         if ahead is not None:
             waited = not ahead.future.done()
-            done = ahead.future.result()  # wait even when unused: the worker writes its array
+            try:
+                done = ahead.future.result()  # wait even when unused: the worker writes its array
+            except Exception:
+                done = None  # sampled anew below: a real fault then shows in this call
             if (
-                ahead.state is st
+                done is not None
+                and ahead.state is st
                 and ahead.derived is dv
                 and ahead.timing == timing
                 and ahead.i_lo == i_lo

@@ -629,6 +629,32 @@ def test_look_ahead_gives_the_same_tags():
     assert sum(1 for k, _ in calls if k == "signal") >= 4
 
 
+def test_a_failed_look_ahead_is_sampled_anew():
+    """A look-ahead whose worker raised is dropped: the call samples its span itself (a real
+    fault then raises there), and the tags are those of one thread."""
+    p = BASE.replace(attenuation_db=0.0)
+    ms = SECOND_PS // 1000
+    one, two = LinkGenerator(p), LinkGenerator(p, sampling_threads=2)
+    real = physics._sample_range
+    failed = []
+
+    def flaky(dv, st, key, i_lo, i_hi, timing, start=0):
+        if key.startswith("ahead") and not failed:
+            failed.append(key)
+            raise MemoryError("worker out of memory")
+        return real(dv, st, key, i_lo, i_hi, timing, start)
+
+    physics._sample_range = flaky
+    try:
+        for m in range(3):
+            a = one.generate(p, m * 10 * ms, (m + 1) * 10 * ms)
+            b = two.generate(p, m * 10 * ms, (m + 1) * 10 * ms)
+            assert (a[0] == b[0]).all() and (a[1] == b[1]).all(), f"span {m}"
+    finally:
+        physics._sample_range = real
+    assert failed
+
+
 def test_results_held_by_the_caller_are_never_overwritten():
     """generate() returns tags in arrays it reuses once no result refers to them: results (and
     views of them) that the caller keeps must stay as they were returned."""
