@@ -561,66 +561,65 @@ def test_same_seed_same_tags_and_chunking_is_exact():
     assert len(other) != len(ts_a) or (other != ts_a).any()
 
 
-def test_two_sampling_threads_give_the_same_tags():
+def _same_tags_on_two_threads(monkeypatch, spans, fail_first_ahead=False):
+    """Generate ``spans`` ((params, t0_ps, t1_ps) each) with one sampling thread and with two;
+    assert equal tags span by span. Returns the tags per span and the sampling calls seen:
+    (work array, whether it continued a look-ahead's clicks). ``fail_first_ahead``: the first
+    look-ahead's worker raises."""
+    one = LinkGenerator(spans[0][0])
+    two = LinkGenerator(spans[0][0], sampling_threads=2)
+    calls = []
+    real = physics._sample_range
+
+    def spy(dv, st, key, i_lo, i_hi, timing, start=0):
+        first_ahead = key.startswith("ahead") and not any(k[:5] == "ahead" for k, _ in calls)
+        calls.append((key, start > 0))
+        if fail_first_ahead and first_ahead:
+            raise MemoryError("worker out of memory")
+        return real(dv, st, key, i_lo, i_hi, timing, start)
+
+    monkeypatch.setattr(physics, "_sample_range", spy)
+    counts = []
+    for m, (q, t0, t1) in enumerate(spans):
+        a, b = one.generate(q, t0, t1), two.generate(q, t0, t1)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), f"span {m}"
+        counts.append(len(a[0]))
+    return counts, calls
+
+
+def test_two_sampling_threads_give_the_same_tags(monkeypatch):
     """sampling_threads=2 splits a span's pulses between two threads; every random decision is
     keyed on the pulse index, so the tags are those of one thread, bit for bit. The spans are
     long enough to be split (more than physics.PARALLEL_MIN_CLICKS expected clicks)."""
     p = BASE.replace(attenuation_db=0.0)
     span = SECOND_PS // 10
-    one, two = LinkGenerator(p), LinkGenerator(p, sampling_threads=2)
-    calls = []
-    real = physics._sample_range
-
-    def spy(dv, st, key, i_lo, i_hi, timing, start=0):
-        calls.append(key)
-        return real(dv, st, key, i_lo, i_hi, timing, start)
-
-    physics._sample_range = spy
-    try:
-        for m in range(2):
-            a = one.generate(p, m * span, (m + 1) * span)
-            b = two.generate(p, m * span, (m + 1) * span)
-            assert len(a[0]) > 3 * physics.PARALLEL_MIN_CLICKS
-            assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
-    finally:
-        physics._sample_range = real
-    assert "signal2" in calls  # the second thread's half was sampled
+    counts, calls = _same_tags_on_two_threads(
+        monkeypatch, [(p, m * span, (m + 1) * span) for m in range(2)]
+    )
+    assert min(counts) > 3 * physics.PARALLEL_MIN_CLICKS
+    assert ("signal2", False) in calls  # the second thread's half was sampled
     with pytest.raises(ValueError, match="sampling_threads must be 1 or 2"):
         LinkGenerator(p, sampling_threads=3)
 
 
-def test_look_ahead_gives_the_same_tags():
+def test_look_ahead_gives_the_same_tags(monkeypatch):
     """With two sampling threads the worker samples the first part of the next span's pulses
     while the caller finishes the current span. The spans here change length (shorter and
     longer than guessed), the attenuation changes, the clock rate changes and link time jumps
     a gap: the look-ahead must be used where it fits, dropped where it does not, and the tags
     must be those of one thread bit for bit."""
-    p = BASE.replace(attenuation_db=0.0)
     ms = SECOND_PS // 1000
-    one, two = LinkGenerator(p), LinkGenerator(p, sampling_threads=2)
-    calls = []
-    real = physics._sample_range
-
-    def spy(dv, st, key, i_lo, i_hi, timing, start=0):
-        calls.append((key, start > 0))
-        return real(dv, st, key, i_lo, i_hi, timing, start)
-
     ends = [10, 20, 30, 35, 50, 60, 70, 80, 90, 100, 110, 120]
     changes = {6: {"attenuation_db": 3.0}, 8: {"clock_hz": 0.999e9}}
-    physics._sample_range = spy
-    try:
-        t0, q = 0, p
-        for m, end in enumerate(ends):
-            q = q.replace(**changes.get(m, {}))
-            if m == 9:
-                t0 += 5 * ms  # a gap: the detectors' state restarts
-            a = one.generate(q, t0, end * ms)
-            b = two.generate(q, t0, end * ms)
-            assert len(a[0]) > 3 * physics.LOOKAHEAD_MIN_CLICKS
-            assert (a[0] == b[0]).all() and (a[1] == b[1]).all(), f"span {m}"
-            t0 = end * ms
-    finally:
-        physics._sample_range = real
+    spans, t0, q = [], 0, BASE.replace(attenuation_db=0.0)
+    for m, end in enumerate(ends):
+        q = q.replace(**changes.get(m, {}))
+        if m == 9:
+            t0 += 5 * ms  # a gap: the detectors' state restarts
+        spans.append((q, t0, end * ms))
+        t0 = end * ms
+    counts, calls = _same_tags_on_two_threads(monkeypatch, spans)
+    assert min(counts) > 3 * physics.LOOKAHEAD_MIN_CLICKS
     ahead = [c for c in calls if c[0].startswith("ahead")]
     # look-aheads ran in both work arrays, and calls finished their span's sampling after one
     assert {k for k, _ in ahead} == {"ahead0", "ahead1"}
@@ -629,30 +628,17 @@ def test_look_ahead_gives_the_same_tags():
     assert sum(1 for k, _ in calls if k == "signal") >= 4
 
 
-def test_a_failed_look_ahead_is_sampled_anew():
+def test_a_failed_look_ahead_is_sampled_anew(monkeypatch):
     """A look-ahead whose worker raised is dropped: the call samples its span itself (a real
     fault then raises there), and the tags are those of one thread."""
     p = BASE.replace(attenuation_db=0.0)
-    ms = SECOND_PS // 1000
-    one, two = LinkGenerator(p), LinkGenerator(p, sampling_threads=2)
-    real = physics._sample_range
-    failed = []
-
-    def flaky(dv, st, key, i_lo, i_hi, timing, start=0):
-        if key.startswith("ahead") and not failed:
-            failed.append(key)
-            raise MemoryError("worker out of memory")
-        return real(dv, st, key, i_lo, i_hi, timing, start)
-
-    physics._sample_range = flaky
-    try:
-        for m in range(3):
-            a = one.generate(p, m * 10 * ms, (m + 1) * 10 * ms)
-            b = two.generate(p, m * 10 * ms, (m + 1) * 10 * ms)
-            assert (a[0] == b[0]).all() and (a[1] == b[1]).all(), f"span {m}"
-    finally:
-        physics._sample_range = real
-    assert failed
+    span = SECOND_PS // 100
+    _, calls = _same_tags_on_two_threads(
+        monkeypatch, [(p, m * span, (m + 1) * span) for m in range(3)], fail_first_ahead=True
+    )
+    # the span after the failed look-ahead was sampled anew on the calling thread
+    first = next(n for n, (k, _) in enumerate(calls) if k.startswith("ahead"))
+    assert ("signal", False) in calls[first + 1 :]
 
 
 def test_results_held_by_the_caller_are_never_overwritten():
