@@ -353,13 +353,16 @@ def pulse_choices(seed: int, p_mu, p_z: float, disclose_fraction: float, indices
 # the generator
 
 
-def _scratch(st: _State, name: str, n: int) -> np.ndarray:
+def _scratch(st: _State, name: str, n: int, keep: int = 0) -> np.ndarray:
     """A reusable int64 work array of at least n entries, kept in the state between calls:
     fresh arrays this large come from mmap, and their page faults (zeroed pages) cost as much
-    as a kernel pass over them."""
+    as a kernel pass over them. Its first ``keep`` entries survive a replacement."""
     buf = st.scratch.get(name)
     if buf is None or buf.shape[0] < n:
+        old = buf
         buf = st.scratch[name] = np.empty(max(n, 5 * n // 4), np.int64)
+        if keep:
+            buf[:keep] = old[:keep]
     return buf
 
 
@@ -556,13 +559,7 @@ def _sample_range(
     its first ``start`` entries (kept: clicks of the pulses before i_lo); returns those
     entries and the new clicks."""
     expected = (i_hi - i_lo) * dv.p_c * 1.1
-    need = start + int(expected + 6 * math.sqrt(expected)) + 4096
-    buf = st.scratch.get(key)
-    if buf is None or buf.shape[0] < need:
-        old = buf
-        buf = st.scratch[key] = np.empty(max(need, 5 * need // 4), np.int64)
-        if start:
-            buf[:start] = old[:start]
+    buf = _scratch(st, key, start + int(expected + 6 * math.sqrt(expected)) + 4096, keep=start)
     n = start
     i = i_lo
     while True:
@@ -844,10 +841,12 @@ class LinkGenerator:
         # the horizon join the heap that stage merges in (it holds them until their time).
         clicks = np.empty(0, np.int64)
         if i_hi > st.next_pulse:
-            # the next call's pulses, guessed for a span as long as this one: its first part
-            # is sampled on the worker while this thread takes this span through the rest
-            t_next = max(t1 + (t1 - t0) - dv.min_detector_delay + res, horizon)
-            i_next = st.clock.first_at_or_after(t_next + dv.jitter_reach, offset)
+            i_next = i_hi
+            if self.sampling_threads == 2:
+                # the next call's pulses, guessed for a span as long as this one: their first
+                # part is sampled on the worker while this thread takes this span on
+                t_next = max(t1 + (t1 - t0) - dv.min_detector_delay + res, horizon)
+                i_next = st.clock.first_at_or_after(t_next + dv.jitter_reach, offset)
             clicks = self._signal_clicks_of(dv, st, st.next_pulse, i_hi, timing, i_next)
             if not _k.sort_nearly_sorted(clicks, 8 * clicks.shape[0] + 1024):
                 clicks.sort()
