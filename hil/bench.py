@@ -27,6 +27,7 @@ import hil
 
 from .config import DEFAULT_DRIVERS, EMULATOR, BenchFile, ConfigError, load_bench
 from .instruments.base import Instrument, InstrumentError
+from .roles import driver_class
 
 
 class BenchError(RuntimeError):
@@ -153,7 +154,7 @@ class Bench:
                 if role not in resources:
                     raise BenchError(f"{self.path}: the emulator has no instrument {role!r}")
                 resource = resources[role]
-            klass = _driver_class(ispec.driver or DEFAULT_DRIVERS[role])
+            klass = driver_class(ispec.driver or DEFAULT_DRIVERS[role])  # registered names only
             inst = klass(
                 resource,
                 role,

@@ -15,17 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-ROLES = ("source", "attenuator", "switch", "detectors", "tagger", "powermeter", "control")
-# The driver each role uses unless the bench file names another (a dotted path).
-DEFAULT_DRIVERS = {
-    "source": "hil.instruments.source.QKDSource",
-    "attenuator": "hil.instruments.attenuator.KeysightAttenuator",
-    "switch": "hil.instruments.switch.OpticalSwitch",
-    "detectors": "hil.instruments.detectors.DetectorUnit",
-    "tagger": "hil.instruments.tagger.TimeTagger",
-    "powermeter": "hil.instruments.powermeter.PM100",
-    "control": "hil.instruments.control.EmulatorControl",
-}
+# DEFAULT_DRIVERS is re-exported for modules that imported it from here before hil.roles
+from .roles import DEFAULT_DRIVERS, DRIVERS, ROLES, unknown_driver_message  # noqa: F401
+
 EMULATOR = "emulator"  # resource placeholder: the emulator started for the session fills it in
 
 # VISA resource string grammar (VPP-4.3, table 4.3.1), the forms pyvisa-py opens.
@@ -50,7 +42,9 @@ class InstrumentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     resource: str = Field(description="VISA resource string, or 'emulator'")
-    driver: str | None = Field(None, description="dotted path of the driver class")
+    driver: str | None = Field(
+        None, description="registered driver name (hil.roles.DRIVERS); default: the role's"
+    )
     timeout_s: float = Field(5.0, gt=0, le=600, description="I/O timeout in s")
     check_errors: bool = Field(True, description="read SYST:ERR? after every setter")
     options: dict[str, Any] = Field(default_factory=dict, description="driver keyword arguments")
@@ -64,6 +58,13 @@ class InstrumentSpec(BaseModel):
                 "TCPIP::10.0.0.5::5025::SOCKET, ASRL/dev/ttyUSB0::INSTR) "
                 "nor 'emulator'"
             )
+        return v
+
+    @field_validator("driver")
+    @classmethod
+    def _driver(cls, v: str | None) -> str | None:
+        if v is not None and v not in DRIVERS:
+            raise ValueError(unknown_driver_message(v))
         return v
 
 

@@ -101,7 +101,7 @@ def test_allure_results_and_generated_report(pytester, scpi_server, tmp_path):
             instruments:
               powermeter:
                 resource: "TCPIP::127.0.0.1::{port}::SOCKET"
-                driver: hil.instruments.base.Instrument
+                driver: Instrument
             """
         )
     )
