@@ -3,6 +3,13 @@
 The schema is pydantic; ``hil schema bench`` exports it as JSON Schema so editors can complete
 bench files. Every validation error becomes one :class:`ConfigError` line such as
 ``lab.yaml:12: instruments.tagger.resource: 'TCPIP::x' is not a VISA resource string``.
+
+A bench or criteria file is data from outside the program, so :func:`load_yaml` reads it with
+bounds: size, nesting depth, values after alias expansion (a "billion laughs" file is refused,
+not expanded), integer length; it refuses duplicate keys, text that is not UTF-8, control
+characters and more than one document. Scalars resolve as in YAML 1.2 (only ``true``/``false``
+are booleans: ``yes``, ``no``, ``on``, ``off`` stay strings), and the bench schema is strict: a
+quoted ``'false'`` is not a boolean and ``"5"`` is not a number.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 # DEFAULT_DRIVERS is re-exported for modules that imported it from here before hil.roles
 from .roles import DEFAULT_DRIVERS, DRIVERS, ROLES, unknown_driver_message  # noqa: F401
@@ -23,7 +31,7 @@ EMULATOR = "emulator"  # resource placeholder: the emulator started for the sess
 # VISA resource string grammar (VPP-4.3, table 4.3.1), the forms pyvisa-py opens.
 _RESOURCE = re.compile(
     r"""^(?:
-        TCPIP\d*::[A-Za-z0-9_.\-\[\]:]+?::\d{1,5}::SOCKET
+        TCPIP\d*::[A-Za-z0-9_.\-\[\]:]+?::(?P<port>\d{1,5})::SOCKET
       | TCPIP\d*::[A-Za-z0-9_.\-\[\]]+(?:::[A-Za-z0-9_,.\-]+)?::INSTR
       | ASRL[^\s:]+::INSTR
       | ASRL\d+::INSTR
@@ -32,32 +40,68 @@ _RESOURCE = re.compile(
     )$""",
     re.VERBOSE | re.IGNORECASE,
 )
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# pyvisa resource attributes a bench file may set through ``options`` (pyvisa sets each keyword
+# of open_resource as an attribute, so an open list would let a bench file set any attribute);
+# the driver itself sets timeout and terminations from timeout_s and its protocol.
+VISA_OPTIONS = (
+    "baud_rate",
+    "data_bits",
+    "parity",
+    "stop_bits",
+    "flow_control",
+    "end_input",
+    "xon_char",
+    "xoff_char",
+    "discard_null",
+    "break_length",
+    "chunk_size",
+    "query_delay",
+    "encoding",
+    "send_end",
+)
 
 
 class ConfigError(ValueError):
     """A bench or criteria file is wrong; the message is one line naming file, line and key."""
 
 
-class InstrumentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    resource: str = Field(description="VISA resource string, or 'emulator'")
-    driver: str | None = Field(
-        None, description="registered driver name (hil.roles.DRIVERS); default: the role's"
+def _at(key: str, message: str) -> PydanticCustomError:
+    """A validation error reported at the sub-key ``key`` of the field that raised it."""
+    return PydanticCustomError(
+        "hil_at", message.replace("{", "{{").replace("}", "}}"), {"hil_at": key}
     )
-    timeout_s: float = Field(5.0, gt=0, le=600, description="I/O timeout in s")
+
+
+class InstrumentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    resource: str = Field(max_length=256, description="VISA resource string, or 'emulator'")
+    driver: str | None = Field(
+        None,
+        description="registered driver name (hil.roles.DRIVERS, e.g. TimeTagger); "
+        "default: the role's own driver",
+    )
+    timeout_s: float = Field(5.0, gt=0, le=600, allow_inf_nan=False, description="I/O timeout in s")
     check_errors: bool = Field(True, description="read SYST:ERR? after every setter")
-    options: dict[str, Any] = Field(default_factory=dict, description="driver keyword arguments")
+    options: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="pyvisa resource settings, e.g. baud_rate: one of " + ", ".join(VISA_OPTIONS),
+    )
 
     @field_validator("resource")
     @classmethod
     def _resource(cls, v: str) -> str:
-        if v != EMULATOR and not _RESOURCE.match(v):
+        m = _RESOURCE.match(v)
+        if v != EMULATOR and not m:
             raise ValueError(
                 f"{v!r} is not a VISA resource string (e.g. "
                 "TCPIP::10.0.0.5::5025::SOCKET, ASRL/dev/ttyUSB0::INSTR) "
                 "nor 'emulator'"
             )
+        if m and m.group("port") and not 0 < int(m.group("port")) < 65536:
+            raise ValueError(f"{v!r}: port {int(m.group('port'))} is not in 1..65535")
         return v
 
     @field_validator("driver")
@@ -67,70 +111,339 @@ class InstrumentSpec(BaseModel):
             raise ValueError(unknown_driver_message(v))
         return v
 
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict) -> dict:
+        for key in v:
+            if key not in VISA_OPTIONS:
+                raise _at(key, f"unknown option {key!r}; options are {', '.join(VISA_OPTIONS)}")
+        return v
+
 
 class EmulatorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    seed: int = Field(1, ge=0, description="seed of every random choice of the emulated link")
+    seed: int = Field(
+        1, ge=0, le=2**64 - 1, description="seed of every random choice of the emulated link"
+    )
     start_timeout_s: float = Field(
-        120.0, gt=0, description="wait this long for the emulator (a cold numba compile is slow)"
+        120.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="wait this long for the emulator (a cold numba compile is slow)",
     )
 
 
 class BenchFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
-    description: str = ""
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field("", max_length=2000)
     emulator: EmulatorSpec | None = None
     instruments: dict[str, InstrumentSpec]
     safe_state: bool = Field(True, description="source off, attenuator at maximum at the end")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # the name goes into run folders' summaries, allure's environment file and HTML
+        if _CONTROL.search(v):
+            raise ValueError(f"{v!r} holds a control character")
+        return v
 
     @field_validator("instruments")
     @classmethod
     def _roles(cls, v: dict) -> dict:
         for role in v:
             if role not in ROLES:
-                raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+                raise _at(role, f"unknown role {role!r}; roles are {', '.join(ROLES)}")
         return v
 
 
-# ----------------------------------------------------------------------------- YAML with lines
+# ----------------------------------------------------------------------------- bounded YAML
+
+MAX_BYTES = 1 << 20  # a bench file is ~1 kB, the pilot criteria ~4 kB
+MAX_DEPTH = 32  # nesting levels (the bench schema needs 4)
+MAX_NODES = 50_000  # values (keys, scalars, collections) after aliases are expanded
+MAX_CHARS = 4 << 20  # scalar characters after aliases are expanded (quadratic blow-up)
+MAX_INT_DIGITS = 30  # a 64-bit seed has 20
+
+# What the YAML reader itself refuses (yaml.reader.Reader.NON_PRINTABLE), checked first so the
+# error can name the line and byte offset.
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
 
 
-def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
-    """Map every key path of a composed YAML document to its 1-based line."""
-    out = {} if out is None else out
+class _Refused(yaml.MarkedYAMLError):
+    """A bound of :func:`load_yaml` was crossed at ``problem_mark``."""
+
+    def __init__(self, mark: yaml.Mark, problem: str):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class _Resolver(yaml.resolver.BaseResolver):
+    """YAML 1.2 core schema: only true/false are booleans; no sexagesimal or octal-by-0 ints,
+    no implicit timestamps; ``1e3`` is a number."""
+
+
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+_Resolver.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"])
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]
+)
+
+
+class _Composer(yaml.composer.Composer):
+    """Counts every value as if aliases were expanded, and the nesting depth, while composing;
+    refuses at the first value past a bound, before anything large exists. (PyYAML shares an
+    aliased node instead of copying it, but the line map, the schema validation and any dump of
+    the result walk it as a tree.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._nodes = 0
+        self._chars = 0
+        self._open: list[int] = []  # per open collection: height of its tallest child so far
+        self._size: dict[int, tuple[int, int, int]] = {}  # id(node) -> nodes, chars, height
+
+    def _add(self, nodes: int, chars: int, mark: yaml.Mark, via: str) -> None:
+        self._nodes += nodes
+        self._chars += chars
+        if self._nodes > MAX_NODES:
+            raise _Refused(mark, f"more than {MAX_NODES} values{via}")
+        if self._chars > MAX_CHARS:
+            raise _Refused(mark, f"more than {MAX_CHARS} characters of values{via}")
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                size = self._size.get(id(node))
+                if size is None:
+                    raise _Refused(
+                        event.start_mark, f"alias *{event.anchor} refers to a value containing it"
+                    )
+                nodes, chars, height = size
+                if len(self._open) + height > MAX_DEPTH:
+                    raise _Refused(event.start_mark, f"nested deeper than {MAX_DEPTH} levels")
+                self._add(
+                    nodes,
+                    chars,
+                    event.start_mark,
+                    f" once aliases are expanded (at *{event.anchor}; a YAML bomb?)",
+                )
+                if self._open:
+                    self._open[-1] = max(self._open[-1], height)
+            return super().compose_node(parent, index)
+        if len(self._open) >= MAX_DEPTH:
+            raise _Refused(event.start_mark, f"nested deeper than {MAX_DEPTH} levels")
+        nodes0, chars0 = self._nodes, self._chars
+        self._add(1, 0, event.start_mark, "")
+        self._open.append(0)
+        node = super().compose_node(parent, index)
+        height = self._open.pop() + 1
+        if isinstance(node, yaml.ScalarNode):
+            self._add(0, len(node.value), node.start_mark, "")
+        if self._open:
+            self._open[-1] = max(self._open[-1], height)
+        self._size[id(node)] = (self._nodes - nodes0, self._chars - chars0, height)
+        return node
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    def construct_object(self, node, deep=False):  # noqa: ANN001 (PyYAML's signature)
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            # an explicit tag on a value it cannot hold (``!!bool maybe``, ``!!float x``)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{str(node.value)[:40]!r} is not a valid {node.tag}", node.start_mark
+            ) from None
+
+    def construct_yaml_int(self, node):  # noqa: ANN001
+        value = str(self.construct_scalar(node)).replace("_", "")
+        sign = -1 if value.startswith("-") else 1
+        digits = value.lstrip("+-")
+        if len(digits) > MAX_INT_DIGITS:
+            raise _Refused(
+                node.start_mark, f"an integer of {len(digits)} digits (at most {MAX_INT_DIGITS})"
+            )
+        if digits[:2] in ("0o", "0x"):
+            return sign * int(digits[2:], 8 if digits[1] == "o" else 16)
+        return sign * int(digits, 10)
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_yaml_int)
+
+
+class _Loader(
+    yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, _Composer, _Constructor, _Resolver
+):
+    """PyYAML's pure-Python safe loader with the bounded composer and the 1.2 resolver (the C
+    loader composes in C, where the bounds could not be counted)."""
+
+    def __init__(self, stream: str):
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        _Composer.__init__(self)
+        _Constructor.__init__(self)
+        _Resolver.__init__(self)
+
+
+def _key_path_at(text: str, line: int) -> str:
+    """The block-style key path of the key on 1-based ``line`` (by indentation), or ''."""
+    rows = text.splitlines()
+    if not 0 < line <= len(rows):
+        return ""
+    path: list[str] = []
+    indent = None
+    for row in reversed(rows[:line]):
+        m = re.match(r"^(\s*)([^\s#:{}\[\]-][^:#{}]*?)\s*:(\s|$)", row)
+        if not m or (indent is not None and len(m.group(1)) >= indent):
+            continue
+        # a parent opens a block: nothing but a comment after its colon
+        if indent is None or re.match(r"^\s*(#.*)?$", row[m.end() :]):
+            path.insert(0, m.group(2).strip("'\""))
+            indent = len(m.group(1))
+            if indent == 0:
+                break
+    return ".".join(path)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_BYTES of UTF-8 without control characters."""
+    try:
+        if not path.is_file():
+            raise ConfigError(
+                f"{path}: file not found" if not path.exists() else f"{path}: not a regular file"
+            )
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more, whatever stat said
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_BYTES} bytes (1 MiB); not a bench file?")
+    for bom, name in _BOMS.items():
+        if raw.startswith(bom):
+            raise ConfigError(f"{path}:1: {name} text (byte-order mark); save the file as UTF-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        ) from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is allowed by YAML
+    bad = _NON_PRINTABLE.search(text)
+    if bad:
+        offset = len(text[: bad.start()].encode())
+        line = text.count("\n", 0, bad.start()) + 1
+        raise ConfigError(
+            f"{path}:{line}: control character U+{ord(bad.group()):04X} at byte offset {offset} "
+            "(YAML is printable text)"
+        )
+    return text
+
+
+def _walk(node: yaml.Node, path: tuple, out: dict) -> tuple | None:
+    """Fill ``out`` with key path -> 1-based line; return the first problem found as
+    (key path, line, message): a repeated key or a key that is not a plain value."""
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
         for k, v in node.value:
+            line = k.start_mark.line + 1
+            if not isinstance(k, yaml.ScalarNode):
+                kind = "list" if isinstance(k, yaml.SequenceNode) else "mapping"
+                return path, line, f"a key must be a plain value, not a {kind}"
             key = (*path, k.value)
-            out[key] = k.start_mark.line + 1
-            _line_map(v, key, out)
+            if k.value in seen and k.tag != "tag:yaml.org,2002:merge":
+                return key, line, f"duplicate key (first given on line {seen[k.value]})"
+            seen[k.value] = line
+            out[key] = line
+            problem = _walk(v, key, out)
+            if problem:
+                return problem
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             out[(*path, i)] = v.start_mark.line + 1
-            _line_map(v, (*path, i), out)
-    return out
+            problem = _walk(v, (*path, i), out)
+            if problem:
+                return problem
+    return None
 
 
 def load_yaml(path: Path) -> tuple[Any, dict]:
-    """Load YAML and its key-path -> line map; errors name the file and line."""
+    """Load one YAML document within the bounds above, and its key-path -> line map; every
+    refusal is one ConfigError line ``file:line: key.path: problem``."""
+    path = Path(path)
+    text = _read_text(path)
+    loader = _Loader(text)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
-    return data, (_line_map(node) if node is not None else {})
+        try:
+            node = loader.get_single_node()
+            lines: dict = {}
+            if node is not None:
+                problem = _walk(node, (), lines)
+                if problem:
+                    loc, line, msg = problem
+                    key = ".".join(str(p) for p in loc) or "(top level)"
+                    raise ConfigError(f"{path}:{line}: {key}: {msg}")
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.context_mark or exc.problem_mark
+        if mark is None:
+            raise ConfigError(f"{path}: invalid YAML: {_one_line(exc)}") from None
+        line = mark.line + 1
+        key = _key_path_at(text, line)
+        key = f"{key}: " if key else ""
+        what = f"{exc.context}, " if exc.context else ""
+        where = (
+            f" on line {exc.problem_mark.line + 1}" if exc.problem_mark and exc.context_mark else ""
+        )
+        if isinstance(exc, _Refused):
+            raise ConfigError(f"{path}:{line}: {key}{exc.problem}") from None
+        raise ConfigError(f"{path}:{line}: {key}invalid YAML: {what}{exc.problem}{where}") from None
+    except (yaml.YAMLError, RecursionError, MemoryError, ValueError) as exc:
+        # not expected past the bounds above; still one line, never a traceback
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: cannot read as YAML: {_one_line(exc)}") from None
+    return data, lines
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
 
 
 def error_line(path: Path, lines: dict, loc: tuple, msg: str) -> str:
@@ -140,7 +453,32 @@ def error_line(path: Path, lines: dict, loc: tuple, msg: str) -> str:
     for i in range(len(loc), -1, -1):
         if loc[:i] in lines:
             return f"{path}:{lines[loc[:i]]}: {key}: {msg}"
+        # keys of the line map are the text of the YAML keys; a constructed key may be a number
+        as_text = tuple(str(p) for p in loc[:i])
+        if as_text in lines:
+            return f"{path}:{lines[as_text]}: {key}: {msg}"
     return f"{path}: {key}: {msg}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return f"the string {shown!r}" + (" (remove the quotes?)" if _looks_typed(value) else "")
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"[:80]
+    if value is None:
+        return "nothing (null)"
+    return f"a {'list' if isinstance(value, list) else type(value).__name__}"
+
+
+def _looks_typed(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return value.strip().lower() in ("true", "false")
 
 
 def validate(model: type[BaseModel], data: Any, path: Path, lines: dict) -> BaseModel:
@@ -156,12 +494,25 @@ def validate(model: type[BaseModel], data: Any, path: Path, lines: dict) -> Base
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        # a bad role is reported at the role's own key
-        if loc == ("instruments",) and "unknown role" in msg:
-            role = re.search(r"role '([^']+)'", msg)
-            if role:
-                loc = ("instruments", role.group(1))
+        if loc and loc[-1] == "[key]":  # a mapping key of the wrong type (``1:`` for a role)
+            loc, msg = loc[:-1], f"key: {msg}"
+        if err["type"] == "hil_at":
+            loc = (*loc, *err["ctx"]["hil_at"].split("."))
+        elif err["type"].endswith("_type") or err["type"] in _BOUND_ERRORS:
+            # name what was given: "'false'" in quotes is a string, not a boolean
+            msg = f"{msg}, got {_describe(err.get('input'))}"
         raise ConfigError(error_line(path, lines, loc, msg)) from None
+
+
+_BOUND_ERRORS = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "finite_number",
+    "string_too_short",
+    "string_too_long",
+}
 
 
 # ----------------------------------------------------------------------------- bench files
@@ -174,7 +525,11 @@ def builtin_bench_dir() -> Path:
 def resolve_bench(name_or_path: str) -> Path:
     """A bench name (``emulated``) names a shipped bench file; anything else is a path."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_path:
+    try:
+        exists = p.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        exists = False
+    if p.suffix in (".yaml", ".yml") or exists or "/" in name_or_path:
         return p
     candidate = builtin_bench_dir() / f"{name_or_path}.yaml"
     if candidate.exists():
