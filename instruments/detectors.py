@@ -73,11 +73,6 @@ class DetectorUnit(Instrument):
         super().__init__(resource, name, **kw)
         self.channels = [DetectorChannel(self, i + 1) for i in range(self.N_CHANNELS)]
 
-    def set_checked(self, command: str) -> None:
-        self.write(command)
-        if self.check_errors:
-            self.raise_errors(command)
-
     @property
     def integration_s(self) -> float:
         """Control the counter integration time in s (float, 1e-3 to 60)."""

@@ -38,8 +38,9 @@ class OpticalSwitch(Instrument):
     def position(self, value: int) -> None:
         if value not in (1, 2):
             raise ValueError(f"{self.name}.position: {value!r} is not 1 or 2")
-        self.write(f"S {value}")
-        got = self.position  # the protocol has no acknowledgement: read back
+        with self.exchange(f"S {value}"):  # no other thread's command between the two
+            self.write(f"S {value}")
+            got = self.position  # the protocol has no acknowledgement: read back
         if got != value:
             raise InstrumentError(self.name, f"S {value}", f"position reads {got} afterwards")
 
