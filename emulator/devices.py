@@ -19,7 +19,7 @@ from collections import deque
 import numpy as np
 
 from .link import LONG_CHUNK_PS, PS, Link
-from .physics import dark_count_rate_hz, pulse_choices, validate
+from .physics import dark_count_rate_hz, validate
 from .scpi import Block, Bool, Choice, Num, Optional, ScpiDevice, ScpiError, Str, block
 
 N_DETECTORS = 4
@@ -177,7 +177,14 @@ def _wait_link_pending(dev: LinkDevice, timeout_s: float = 600.0) -> None:
 
 
 class Source(LinkDevice):
-    """Pulsed decoy-state BB84 transmitter (command set of this project; see README)."""
+    """Pulsed decoy-state BB84 transmitter (command set of this project; see README).
+
+    Key material never leaves it: the pattern seed is write-only, and the sifting exchange
+    answers each pulse from the settings it was emitted with. A disclosure *block* is the
+    pulses emitted from ``OUTP ON`` to ``OUTP OFF`` (or ``*RST``): its Z-basis sample is fixed
+    when it opens (a pseudo-random function of the pulse index under the secret pattern seed,
+    with the disclosure fraction of that moment), so it cannot depend on the receiver's
+    detections, and neither the fraction nor the seed can change while it is open."""
 
     IDN = ("qkd-hil", "QKD-TX-EMU", "EMU0002", "1.0")
 
@@ -185,7 +192,9 @@ class Source(LinkDevice):
         from .physics import LinkParams
 
         d = LinkParams()
-        for name in ("clock_hz", "mu", "p_mu", "p_z", "seed", "sync_divider", "disclose_fraction"):
+        self.block_open = False  # *RST closes the block (before the fraction is reset)
+        # not the pattern seed (the source's secret, kept) nor the channel seed (the emulator's)
+        for name in ("clock_hz", "mu", "p_mu", "p_z", "sync_divider", "disclose_fraction"):
             self.link.set(name, getattr(d, name))
         self.link.set("output_on", False)
         self.wavelength_m = 1550e-9
@@ -209,8 +218,8 @@ class Source(LinkDevice):
         )
         c("SOURce:BASis:PROBability", lambda s, v: self._set("p_z", v), Num(0.0, 1.0))
         c("SOURce:BASis:PROBability?", lambda s: float(self.link.get("p_z")))
-        c("SOURce:SEED", lambda s, v: self._set("seed", v), Num(0, 2**63 - 1, integer=True))
-        c("SOURce:SEED?", lambda s: int(self.link.get("seed")))
+        # write-only: a seed that could be read back would regenerate every key bit
+        c("SOURce:SEED", self._set_seed, Num(0, 2**63 - 1, integer=True))
         c(
             "SOURce:SYNC:DIVider",
             lambda s, v: self._set("sync_divider", v),
@@ -219,14 +228,26 @@ class Source(LinkDevice):
         c("SOURce:SYNC:DIVider?", lambda s: int(self.link.get("sync_divider")))
         c("OUTPut[:STATe]", self._set_output, Bool())
         c("OUTPut[:STATe]?", lambda s: bool(self.link.get("output_on")))
-        c("SIFT:DISClose:FRACtion", lambda s, v: self._set("disclose_fraction", v), Num(0.0, 1.0))
+        c("SIFT:DISClose:FRACtion", self._set_fraction, Num(0.0, 1.0))
         c("SIFT:DISClose:FRACtion?", lambda s: float(self.link.get("disclose_fraction")))
-        c("SIFT:QUERy?", self._sift, Block())
+        c("SIFT:BLOCk[:STATe]?", lambda s: self.block_open)
+        c("SIFT:QUERy?", self._sift, Block(max_bytes=8 * MAX_SIFT_INDICES))
 
     def _set(self, name, v) -> None:
-        if self.link.get("output_on") and name in ("seed", "sync_divider", "clock_hz"):
+        if self.link.get("output_on") and name in ("sync_divider", "clock_hz"):
             raise ScpiError(-221, f"{name} cannot change while the output is on")
         self.link.set(name, v)
+
+    def _set_seed(self, s, v) -> None:
+        if self.block_open or self.link.get("output_on"):
+            raise ScpiError(-221, "the pattern seed cannot change while a block is open")
+        self.link.set("pattern_seed", int(v))
+
+    def _set_fraction(self, s, v) -> None:
+        if self.block_open and v != self.link.get("disclose_fraction"):
+            # the block's sample was announced when it opened: it must not widen (or shrink)
+            raise ScpiError(-221, "the disclosure fraction is fixed while a block is open")
+        self.link.set("disclose_fraction", v)
 
     def _set_mu(self, s, v) -> None:
         self.link.set("mu", v, s[0] - 1)
@@ -241,11 +262,13 @@ class Source(LinkDevice):
                 raise ScpiError(-221, f"intensity probabilities sum to {sum(p):g}, not 1")
             if not (mu[0] > mu[1] + mu[2] and mu[1] > mu[2] >= 0):
                 raise ScpiError(-221, "intensities must satisfy mu1 > mu2 + mu3, mu2 > mu3 >= 0")
+        self.block_open = bool(on)
         self.link.set("output_on", bool(on))
 
     def _sift(self, s, payload: bytes) -> bytes:
         """Sifting exchange: int64 little-endian pulse indices in; out a block of
-        3*N bytes: N bases (0 Z, 1 X), N intensity classes (0..2), N bits (255 = undisclosed)."""
+        3*N bytes: N bases (0 Z, 1 X), N intensity classes (0..2), N bits (255 = undisclosed).
+        A pulse not emitted yet answers 255 in all three (its choices are still secret)."""
         if len(payload) % 8:
             raise ScpiError(-224, "index block length is not a multiple of 8")
         idx = np.frombuffer(payload, dtype="<i8")
@@ -253,13 +276,11 @@ class Source(LinkDevice):
             raise ScpiError(-222, f"at most {MAX_SIFT_INDICES} indices per query")
         if len(idx) and idx.min() < 0:
             raise ScpiError(-222, "negative pulse index")
-        p = self.link.params
-        basis, intensity, bit, disclosed = pulse_choices(
-            p.seed, p.p_mu, p.p_z, p.disclose_fraction, idx
-        )
-        shown = np.where(disclosed, bit, 255).astype(np.uint8)
-        out = np.concatenate([basis.astype(np.uint8), intensity.astype(np.uint8), shown]).tobytes()
-        return block(out)
+        basis, intensity, bit, disclosed, emitted = self.link.generator.source_answers(idx)
+        shown = np.where(disclosed & emitted, bit, 255).astype(np.uint8)
+        basis = np.where(emitted, basis, 255).astype(np.uint8)
+        intensity = np.where(emitted, intensity, 255).astype(np.uint8)
+        return block(np.concatenate([basis, intensity, shown]).tobytes())
 
 
 # ----------------------------------------------------------------------------- detectors
@@ -386,6 +407,7 @@ class Tagger(LinkDevice):
 
     IDN = ("qkd-hil", "TAGGER-EMU", "EMU0005", "1.0")
     BUFFER_TAGS = 50_000_000  # on-board memory: beyond this, tags are lost (loss flag set)
+    MAX_HOLDS = 1000  # hold points per acquisition (each costs the client a round trip or two)
 
     def reset(self) -> None:
         self.stop_acquisition()
@@ -402,6 +424,10 @@ class Tagger(LinkDevice):
         self._unsorted = False
         self.lost = False
         self.state = "IDLE"
+        self.holds_s: list[float] = []  # hold offsets for the next acquisition (s after start)
+        self.hold_timeout_s = 30.0  # wall-clock s a hold waits for ACQ:CONT before it ends
+        self.held_ps: int | None = None  # link time of the hold reached last
+        self.hold_expired = False  # the last acquisition ended because a hold timed out
 
     def __init__(self, link: Link):
         self._thread: threading.Thread | None = None
@@ -409,6 +435,7 @@ class Tagger(LinkDevice):
         self._buf_lock = threading.Lock()
         self._room = threading.Condition(self._buf_lock)
         self._marks_pending = 0
+        self._continue = False  # ACQ:CONT arrived for the hold in progress
         super().__init__(link)
         c = self.command
         r = {"suffix_range": (0, N_TAGGER_CHANNELS - 1)}
@@ -436,8 +463,20 @@ class Tagger(LinkDevice):
         c("ACQuire:STOP", lambda s: self.stop_acquisition())
         c("ACQuire:STATus?", lambda s: self.state)
         c("ACQuire:LOSS?", lambda s: self.lost)
-        c("ACQuire:TIME?", lambda s: self.link.now_ps * 1e-12)
+        c("ACQuire:TIME?", lambda s: _seconds(self.link.now_ps))
         c("ACQuire:MARKer", lambda s: self._mark())
+        c("ACQuire:HOLD", self._add_hold, Num(0.0, 86400.0, unit="S"))
+        c("ACQuire:HOLD?", lambda s: ",".join(f"{t:.12g}" for t in self.holds_s) or "NONE")
+        c("ACQuire:HOLD:CLEar", lambda s: self._clear_holds())
+        c("ACQuire:HOLD:TIME?", lambda s: self._held_time())
+        c(
+            "ACQuire:HOLD:TIMeout",
+            lambda s, v: setattr(self, "hold_timeout_s", v),
+            Num(0.01, 3600.0, unit="S"),
+        )
+        c("ACQuire:HOLD:TIMeout?", lambda s: float(self.hold_timeout_s))
+        c("ACQuire:HOLD:EXPired?", lambda s: self.hold_expired)
+        c("ACQuire:CONTinue", lambda s: self._continue_hold())
         c("FETCh:COUNt?", lambda s: self._buffered)
         c("FETCh:TAGS?", self._fetch, Optional(Num(1, MAX_FETCH_TAGS, integer=True)))
 
@@ -463,17 +502,69 @@ class Tagger(LinkDevice):
 
     # -- acquisition -------------------------------------------------------------------------
     def start_acquisition(self) -> None:
-        if self.state == "RUNNING":
+        if self.state in ("RUNNING", "HELD"):
             raise ScpiError(-221, "acquisition already running")
         with self._buf_lock:
             self._buf, self._buffered, self._unsorted = deque(), 0, False
             self._marks_pending = 0
         self.lost = False
+        self.hold_expired = False
+        self.held_ps = None
+        # the hold points belong to this acquisition: taken here, so none reaches a later one
+        holds, self.holds_s = sorted(set(self.holds_s)), []
         self._stop.clear()
         self.state = "RUNNING"
         self.link.acquiring = True
-        self._thread = threading.Thread(target=self._run, name="tagger-acquisition", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(holds,), name="tagger-acquisition", daemon=True
+        )
         self._thread.start()
+
+    # -- hold points: the link clock stops at an exact link time until ACQ:CONT --------------
+    def _add_hold(self, s, offset_s: float) -> None:
+        if self.state in ("RUNNING", "HELD"):
+            raise ScpiError(-221, "hold points are set before ACQ:STAR")
+        if len(self.holds_s) >= self.MAX_HOLDS:
+            raise ScpiError(-223, f"at most {self.MAX_HOLDS} hold points per acquisition")
+        self.holds_s.append(float(offset_s))
+
+    def _clear_holds(self) -> None:
+        if self.state in ("RUNNING", "HELD"):
+            raise ScpiError(-221, "hold points are set before ACQ:STAR")
+        self.holds_s = []
+
+    def _held_time(self) -> str:
+        if self.held_ps is None:
+            raise ScpiError(-200, "no hold point reached in this acquisition")
+        return _seconds(self.held_ps)
+
+    def _continue_hold(self) -> None:
+        with self._room:
+            if self.state != "HELD":
+                raise ScpiError(-200, f"acquisition is {self.state}, not HELD")
+            self._continue = True
+            self._room.notify_all()
+
+    def _hold(self, t_ps: int) -> bool:
+        """Stop the link clock at ``t_ps`` (it is there: the chunk before ended on it) until
+        ACQ:CONT, ACQ:STOP or the wall-clock hold timeout; False when the acquisition must end
+        (stopped, or the client never continued: a dead client must not hold the emulator)."""
+        with self._room:
+            self._place_marks(t_ps)  # markers asked for before the hold: in order, at t_ps
+            self.held_ps = t_ps
+            self._continue = False
+            self.state = "HELD"
+            deadline = time.monotonic() + self.hold_timeout_s
+            while not self._continue and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.hold_expired = True
+                    return False
+                self._room.wait(min(left, 0.5))
+            if self._stop.is_set():
+                return False
+            self.state = "RUNNING"
+            return True
 
     def stop_acquisition(self) -> None:
         t = getattr(self, "_thread", None)
@@ -487,11 +578,21 @@ class Tagger(LinkDevice):
             self.state = "DONE"
         self.link.acquiring = False
 
-    def _run(self) -> None:
+    def _run(self, holds_s: list[float]) -> None:
         t_stop = self.link.now_ps + int(self.duration_s * PS)
         wall0, link0 = time.monotonic(), self.link.now_ps
+        # hold points as link times; one at or beyond the end is never reached
+        holds = [link0 + int(round(h * PS)) for h in holds_s]
+        holds = [t for t in holds if t < t_stop]
         try:
             while self.link.now_ps < t_stop and not self._stop.is_set():
+                if holds and self.link.now_ps >= holds[0]:
+                    held_at = time.monotonic()
+                    holds.pop(0)
+                    if not self._hold(self.link.now_ps):
+                        break
+                    wall0 += time.monotonic() - held_at  # the pace resumes where it stopped
+                    continue
                 if self.pace > 0:  # hold link time to pace x wall time
                     ahead = (self.link.now_ps - link0) / PS - self.pace * (time.monotonic() - wall0)
                     if ahead > 0:
@@ -501,8 +602,10 @@ class Tagger(LinkDevice):
                         wall0 += -ahead / self.pace
                 # paced: 1 ms chunks, so that commands and markers land within 1 ms of link
                 # time of their wall-clock arrival; unpaced: longer chunks while nothing ramps
+                # a chunk ends exactly on the next hold point (link.step stops at its target)
                 ts, ch = self.link.step(
-                    t_stop, long_chunk_ps=None if self.pace > 0 else LONG_CHUNK_PS
+                    min(t_stop, holds[0]) if holds else t_stop,
+                    long_chunk_ps=None if self.pace > 0 else LONG_CHUNK_PS,
                 )
                 enabled = self.link.params.channel_enabled
                 if not all(enabled):  # tags computed before a channel was disabled
@@ -541,9 +644,13 @@ class Tagger(LinkDevice):
             self._buffered += len(ts)
 
     def _mark(self) -> None:
-        if self.state != "RUNNING":
-            raise ScpiError(-200, "no acquisition running")
         with self._room:
+            if self.state == "HELD":  # the clock stands still: the marker is at the held time
+                t = np.full(1, self.held_ps, dtype=np.int64)
+                self._append(t, np.full(1, MARKER_CHANNEL, dtype=np.uint8))
+                return
+            if self.state != "RUNNING":
+                raise ScpiError(-200, "no acquisition running")
             # placed by the acquisition thread at the end of the chunk in progress
             self._marks_pending += 1
 
@@ -615,6 +722,11 @@ class Tagger(LinkDevice):
 # One FETC:TAGS? unit alone in a message, short or long form, optional count in plain digits
 # (leading ':' allowed; SCPI headers are case-insensitive). Other forms take the generic path.
 _PLAIN_FETCH = re.compile(rb"[ \t]*:?FETCH?:TAGS\?(?:[ \t]+([0-9]{1,7}))?[ \t]*", re.IGNORECASE)
+
+
+def _seconds(t_ps: int) -> str:
+    """Link time in s as an exact decimal (``+.8E`` floats would round it to 10 ns at 1 s)."""
+    return f"{t_ps // PS}.{t_ps % PS:012d}"
 
 
 def _block_header(length: int) -> bytes:

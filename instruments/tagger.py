@@ -2,12 +2,18 @@
 
 Record layout of ``FETC:TAGS? <max>``: one definite-length block holding N little-endian int64
 timestamps (ps) followed by N uint8 channel numbers (9 bytes per tag).
+
+Hold points (emulated tagger, ``ACQ:HOLD``): the link clock stops at exact link times of an
+acquisition until ``ACQ:CONT``, so that a client can act at that link time whatever its own
+speed; :meth:`TimeTagger.stream` hands each hold to a callback once the tags before it are
+drained.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
@@ -26,6 +32,15 @@ def parse_tag_block(payload: bytes | memoryview) -> tuple[np.ndarray, np.ndarray
     ts = np.frombuffer(payload, dtype="<i8", count=n).astype(np.int64, copy=False)
     ch = np.frombuffer(payload, dtype=np.uint8, offset=8 * n, count=n)
     return ts, ch
+
+
+def parse_link_time_ps(text: str) -> int:
+    """Link time in s (exact decimal or any float notation) -> integer ps, without the float
+    rounding of ``float(text) * 1e12``."""
+    try:
+        return int((Decimal(text.strip()) * 10**12).to_integral_value())
+    except InvalidOperation:
+        raise ValueError(f"not a link time in s: {text[:40]!r}") from None
 
 
 class TimeTagger(Instrument):
@@ -79,6 +94,36 @@ class TimeTagger(Instrument):
         """Get the tagger's current time in s (link time)."""
         return float(self.query("ACQ:TIME?"))
 
+    def link_time_ps(self) -> int:
+        """Get the tagger's current time in ps (link time), exactly as the tagger gives it."""
+        return parse_link_time_ps(self.query("ACQ:TIME?"))
+
+    # -- hold points (emulated tagger) -----------------------------------------------------
+    def set_holds(self, offsets_s: Iterable[float], timeout_s: float | None = None) -> None:
+        """Set the hold points of the next acquisition: link-time offsets in s after its start
+        at which the link clock stops until :meth:`resume`. ``timeout_s``: wall-clock s a hold
+        waits for :meth:`resume` before the tagger ends the acquisition (a client that died
+        must not hold the bench)."""
+        self._checked("ACQ:HOLD:CLE")
+        if timeout_s is not None:
+            strict_range(timeout_s, (0.01, 3600.0))
+            self._checked(f"ACQ:HOLD:TIM {timeout_s:.6g}")
+        for offset in offsets_s:
+            strict_range(offset, (0.0, 86400.0))
+            self._checked(f"ACQ:HOLD {offset:.12g}")
+
+    def held_time_ps(self) -> int:
+        """Get the link time (ps) at which the clock stands: the hold point reached last."""
+        return parse_link_time_ps(self.query("ACQ:HOLD:TIME?"))
+
+    def resume(self) -> None:
+        """Let the link clock run on from a hold point."""
+        self._checked("ACQ:CONT")
+
+    def hold_expired(self) -> bool:
+        """Get whether the last acquisition ended because a hold waited too long."""
+        return to_bool(self.query("ACQ:HOLD:EXP?"))
+
     def start(self, duration_s: float, pace: float | None = None) -> None:
         """Start an acquisition of ``duration_s`` s. ``pace``: emulated benches only (link
         time per wall time; 0 = as fast as possible)."""
@@ -108,7 +153,10 @@ class TimeTagger(Instrument):
         return parse_tag_block(self.query_block(f"FETC:TAGS? {max_tags:d}", copy=False))
 
     def stream(
-        self, poll_s: float = 0.002, max_poll_s: float = 0.016
+        self,
+        poll_s: float = 0.002,
+        max_poll_s: float = 0.016,
+        on_hold: Callable[[], None] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield tag chunks of the running acquisition until it is done and drained.
 
@@ -116,9 +164,14 @@ class TimeTagger(Instrument):
         fetch (and, once the acquisition is over, one more fetch drains what arrived between
         the empty fetch and the status). Empty polls back off from ``poll_s`` to
         ``max_poll_s``: each costs both processes a round trip, and a consumer faster than
-        the acquisition otherwise spends more on them than on the tags."""
+        the acquisition otherwise spends more on them than on the tags.
+
+        ``on_hold()`` is called when the acquisition stands at a hold point and every tag
+        before it has been yielded; it is expected to :meth:`resume`. Without it a hold is
+        waited out like a running acquisition."""
         wait = poll_s
         stopped = False  # the last status said the acquisition is over
+        held = False  # the last status said HELD: the clock stands, nothing new is generated
         while True:
             ts, ch = self.fetch()
             if len(ts):
@@ -127,7 +180,15 @@ class TimeTagger(Instrument):
                 continue
             if stopped:
                 return  # empty after the acquisition was over: drained
-            if self.status() != "RUNNING":  # no tag is generated after this answer
+            if held:  # empty after HELD: every tag before the hold point is out
+                held, wait = False, poll_s
+                on_hold()
+                continue
+            status = self.status()
+            if status == "HELD" and on_hold is not None:
+                held = True  # one more fetch drains what arrived before the hold
+                continue
+            if status not in ("RUNNING", "HELD"):  # no tag is generated after this answer
                 stopped = True  # one more fetch drains what arrived before it
                 continue
             time.sleep(wait)
