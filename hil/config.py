@@ -85,7 +85,7 @@ class InstrumentSpec(BaseModel):
     )
     timeout_s: float = Field(5.0, gt=0, le=600, allow_inf_nan=False, description="I/O timeout in s")
     check_errors: bool = Field(True, description="read SYST:ERR? after every setter")
-    options: dict[str, bool | int | float | str] = Field(
+    options: dict[str, Any] = Field(
         default_factory=dict,
         description="pyvisa resource settings, e.g. baud_rate: one of " + ", ".join(VISA_OPTIONS),
     )
@@ -114,9 +114,11 @@ class InstrumentSpec(BaseModel):
     @field_validator("options")
     @classmethod
     def _options(cls, v: dict) -> dict:
-        for key in v:
+        for key, value in v.items():
             if key not in VISA_OPTIONS:
                 raise _at(key, f"unknown option {key!r}; options are {', '.join(VISA_OPTIONS)}")
+            if not isinstance(value, (bool, int, float, str)):
+                raise _at(key, f"an option is a number, string or boolean, not {_describe(value)}")
         return v
 
 
@@ -556,4 +558,12 @@ def load_bench(name_or_path: str | Path) -> tuple[BenchFile, Path]:
 
 
 def bench_json_schema() -> dict:
-    return BenchFile.model_json_schema()
+    """The JSON Schema of bench files, with the choices an editor can offer: roles, registered
+    drivers and pyvisa options (pydantic checks these in validators it cannot export)."""
+    schema = BenchFile.model_json_schema()
+    schema["properties"]["instruments"]["propertyNames"] = {"enum": list(ROLES)}
+    spec = schema["$defs"]["InstrumentSpec"]["properties"]
+    spec["driver"]["anyOf"] = [{"enum": sorted(DRIVERS)}, {"type": "null"}]
+    spec["options"]["propertyNames"] = {"enum": list(VISA_OPTIONS)}
+    spec["options"]["additionalProperties"] = {"type": ["boolean", "integer", "number", "string"]}
+    return schema

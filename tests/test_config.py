@@ -4,6 +4,7 @@ only from the registry in hil.roles."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -359,3 +360,19 @@ def test_driver_class_imports_nothing_outside_the_registry(name):
     assert str(info.value).startswith(f"unknown driver {name!r}")
     assert str(info.value).endswith(DRIVER_CHOICES)
     assert set(sys.modules) == before
+
+
+def test_hil_schema_bench_offers_the_roles_registered_drivers_and_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "schema", "bench"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["properties"]["instruments"]["propertyNames"] == {"enum": list(roles.ROLES)}
+    spec = schema["$defs"]["InstrumentSpec"]["properties"]
+    assert {"enum": sorted(roles.DRIVERS)} in spec["driver"]["anyOf"]
+    assert "baud_rate" in spec["options"]["propertyNames"]["enum"]
+    assert schema["$defs"]["InstrumentSpec"]["additionalProperties"] is False
