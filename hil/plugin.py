@@ -1,16 +1,23 @@
 """pytest plugin for qkd-hil: options, markers and hooks. Thin: the work is done in hil/.
 
-Options: ``--bench NAME|PATH`` (ini ``hil_bench``; default ``emulated``) and ``--results DIR``
-(ini ``hil_results``; default ``results``). Markers: ``emulator_only`` (needs the emulator's
-control instrument), ``needs(*roles)``.
+Options: ``--bench NAME|PATH`` (ini ``hil_bench``; default ``emulated``; a bench file or a bench
+pool file, see hil/pool.py) and ``--results DIR`` (ini ``hil_results``; default ``results``).
+Markers: ``emulator_only`` (needs the emulator's control instrument), ``needs(*roles)``.
+
+With pytest-xdist (``-n N``) the controller names the run folder and gives it to the workers;
+each worker opens its own bench (its own emulator, or one bench of a pool under a lock) and
+sends its verdicts, series and bench identity back on its test reports; the controller writes
+the one summary of the session. A session in which every test was skipped exits with
+:data:`EXIT_ALL_SKIPPED`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .config import ConfigError, load_bench
+from .config import EMULATOR, ConfigError, load_bench
 from .criteria import load_criteria
+from .pool import is_pool_file, load_pool
 from .report import (
     Run,
     allure_attach_test,
@@ -19,6 +26,11 @@ from .report import (
     terminal_lines,
     write_allure_environment,
 )
+from .roles import ROLES
+
+# Exit status of a session whose tests were all skipped (e.g. a bench without the instruments the
+# plan needs): pytest's own "no tests ran", so that CI treats it as it treats an empty selection.
+EXIT_ALL_SKIPPED = pytest.ExitCode.NO_TESTS_COLLECTED
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="hil_bench",
         default=None,
         metavar="NAME|PATH",
-        help="bench file, or the name of a shipped bench (default: emulated)",
+        help="bench file, bench pool file, or the name of a shipped bench (default: emulated)",
     )
     group.addoption(
         "--results",
@@ -48,43 +60,152 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line("markers", "needs(*roles): skip unless the bench has these roles")
     config._hil_state = {}
+    config._hil_run = None
     if config.option.help:
         return
     bench_name = config.getoption("hil_bench") or config.getini("hil_bench")
     try:
-        _, path = load_bench(bench_name)
+        if is_pool_file(bench_name):
+            pool, spec = load_pool(bench_name), None
+            path = pool.path
+        else:
+            pool = None
+            spec, path = load_bench(bench_name)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    config._hil_pool = pool
     config._hil_bench_path = path
-    config._hil_run = None
-    config._hil_results = config.getoption("hil_results") or config.getini("hil_results")
+    config._hil_criteria_files = None
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        _check_workers(config, pool, spec, path)
+        results = config.getoption("hil_results") or config.getini("hil_results")
+        config._hil_run = Run(results, create=False)
+    else:
+        # a pytest-xdist worker: the controller named the run folder every worker shares
+        config._hil_run = Run(
+            workerinput.get("hil_results")
+            or config.getoption("hil_results")
+            or config.getini("hil_results"),
+            workerinput.get("hil_run_id"),
+            create=False,
+        )
     # fixtures live in hil.fixtures (plugin -> fixtures, per DESIGN.md)
     from hil.fixtures import plugin_fixtures
 
     config.pluginmanager.register(plugin_fixtures, "hil-fixtures")
+    config.pluginmanager.register(_Session(config), "hil-session")
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    config = session.config
-    if hasattr(config, "_hil_bench_path") and getattr(config, "workerinput", None) is None:
-        config._hil_run = _LazyRun(config._hil_results)
+def _check_workers(config: pytest.Config, pool, spec, path) -> None:
+    """Refuse -n N that would give two workers one set of instruments, or wait for a bench that
+    no one will release during the session."""
+    n = getattr(config.option, "numprocesses", None)
+    if not isinstance(n, int) or n <= 1:
+        return
+    if pool is not None:
+        if n > len(pool.benches):
+            raise pytest.UsageError(
+                f"{path}: the pool lists {len(pool.benches)} benches for {n} workers (-n {n}): "
+                "each worker needs a bench of its own"
+            )
+    elif any(i.resource != EMULATOR for i in spec.instruments.values()):
+        raise pytest.UsageError(
+            f"{path}: a hardware bench serves one worker: run without -n, or name a bench pool "
+            f"of {n} benches with --bench (README: Parallel benches)"
+        )
 
 
-class _LazyRun:
-    """Creates the run folder on first use, so a session that uses no bench leaves none."""
+def _worker(config: pytest.Config) -> str:
+    """The pytest-xdist worker id (gw0, gw1, ...); "" in the controller or without xdist."""
+    return getattr(config, "workerinput", {}).get("workerid", "")
 
-    def __init__(self, results_dir: str):
-        self._results_dir = results_dir
-        self._run: Run | None = None
+
+def _outcome(report: pytest.TestReport) -> str:
+    """passed/failed/skipped/xfailed/xpassed for the call; error or skipped for setup and
+    teardown; "" for a setup or teardown that passed (it says nothing of the test)."""
+    if report.when == "call":
+        if hasattr(report, "wasxfail"):
+            return "xfailed" if report.skipped else "xpassed"
+        return report.outcome
+    if report.failed:
+        return "error"
+    return "skipped" if report.skipped else ""
+
+
+def _message(report: pytest.TestReport) -> str:
+    """The one-line reason of a failure, error or skip (the first line of the exception's or
+    pytest.fail's message, without pytest's "Failed: " prefix)."""
+    if report.passed and not hasattr(report, "wasxfail"):
+        return ""
+    if hasattr(report, "wasxfail") and report.passed:
+        text = f"xpassed: {report.wasxfail}"
+    elif isinstance(report.longrepr, tuple):  # a skip: (file, line, reason)
+        text = str(report.longrepr[2])
+    else:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        text = crash.message if crash is not None else report.longreprtext
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    for prefix in ("Failed: ", "Skipped: "):
+        first = first.removeprefix(prefix)
+    return first[:500]
+
+
+class _Session:
+    """Hooks that keep per-session state: test outcomes, interruption, pytest-xdist."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.worker = _worker(config)
+        self.running = ""
 
     @property
-    def created(self) -> bool:
-        return self._run is not None
+    def run(self) -> Run:
+        return self.config._hil_run
 
-    def __getattr__(self, name: str):
-        if self._run is None:
-            self._run = Run(self._results_dir)
-        return getattr(self._run, name)
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self.running = nodeid
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self.running = ""
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.worker:
+            return  # the controller records every report, its own summary is the one
+        data = getattr(report, "hil", None)  # what a worker's run gained (see makereport)
+        if data:
+            self.run.merge(data, worker=getattr(report, "worker_id", "") or "")
+        outcome = _outcome(report)
+        if outcome:
+            self.run.record_test(report.nodeid, outcome, _message(report))
+
+    def pytest_deselected(self, items) -> None:
+        self.run.deselected += len(items)
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        where = f" during {self.running}" if self.running else ""
+        self.run.interrupted = f"{excinfo.typename}{where}"
+
+    # -- pytest-xdist (optional hooks: defined only when xdist is installed) --------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        node.workerinput["hil_run_id"] = self.run.run_id
+        node.workerinput["hil_results"] = str(self.run.results_dir.resolve())
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        # the controller collects nothing itself: the workers' test ids name the plan's files
+        if self.config._hil_criteria_files is None:
+            root = self.config.rootpath
+            self.config._hil_criteria_files = plan_criteria_files(
+                (root / i.split("::")[0] for i in ids), base=self.config.invocation_params.dir
+            )
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        out = getattr(node, "workeroutput", None) or {}
+        self.run.deselected = max(self.run.deselected, int(out.get("hil_deselected", 0)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -97,6 +218,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("needs")
     state = getattr(item.config, "_hil_state", {})
+    if state.get("bench_error") and "bench" in item.fixturenames:
+        # reported once, by the first test that needed the bench; here a reference only
+        run = item.config._hil_run
+        pytest.skip(f"bench did not open: see the first error above and {run.dir}/summary.json")
     criteria_file = item.path.with_name("criteria.yaml")
     state["criteria_file"] = criteria_file if criteria_file.exists() else None
     bench = state.get("bench")
@@ -108,9 +233,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         for role in marker.args:
             if not bench.has(role):
                 pytest.skip(f"the bench has no {role!r} instrument")
-
-
-ROLES = ("source", "attenuator", "switch", "detectors", "tagger", "powermeter", "control")
 
 
 def _needed_roles(item: pytest.Item) -> set[str]:
@@ -151,8 +273,12 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if report.failed:
         _check_health(item, call)
     run = getattr(item.config, "_hil_run", None)
-    if run is not None and run.created and (report.when == "call" or report.outcome != "passed"):
-        run.outcomes[item.nodeid] = report.outcome
+    if run is not None and _worker(item.config):
+        # pytest-xdist carries a report's attributes to the controller: the verdicts, series
+        # and bench identity this worker gained ride on the report of the phase that made them
+        data = run.export_new()
+        if data:
+            report.hil = data
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -171,29 +297,48 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     run = getattr(item.config, "_hil_run", None)
-    uses_run = run is not None and (run.created or "run" in getattr(item, "fixturenames", ()))
-    if uses_run:
+    if run is not None:
         run.set_current_test(item.nodeid)  # series and verdicts belong to the running test
     yield
-    if uses_run:
+    if run is not None:
         run.set_current_test("")
-        if allure_dir(item.config):
+        if allure_dir(item.config) and (run.verdicts or run.series):
             allure_attach_test(run, item.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    run = getattr(session.config, "_hil_run", None)
-    if run is not None and run.created:
-        for path in getattr(session.config, "_hil_criteria_files", []):
-            run.add_criteria_file(path)
-        run.finish()
-        if allure_dir(session.config):
-            write_allure_environment(allure_dir(session.config), run)
+    config = session.config
+    run = getattr(config, "_hil_run", None)
+    if run is None:
+        return
+    if _worker(config):
+        config.workeroutput["hil_deselected"] = run.deselected
+        return
+    files = getattr(config, "_hil_criteria_files", None) or []
+    # a session that used no bench, judged nothing and ran no plan leaves no run folder
+    if not (run.created or run.has_data or files):
+        return
+    run.selected = session.testscollected
+    if exitstatus == pytest.ExitCode.INTERRUPTED and not run.interrupted:
+        run.interrupted = "the session was interrupted"
+    stop = session.shouldfail or session.shouldstop
+    if stop and not run.interrupted and len(run.outcomes) < run.selected:
+        run.interrupted = stop if isinstance(stop, str) else "the session stopped early"
+    for path in files:
+        run.add_criteria_file(path)
+    run.finish()
+    if allure_dir(config):
+        write_allure_environment(allure_dir(config), run)
+    if run.all_skipped() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = EXIT_ALL_SKIPPED
+        config._hil_state["exit_note"] = (
+            f"exit status {int(EXIT_ALL_SKIPPED)}: every test was skipped, nothing was tested"
+        )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     run = getattr(config, "_hil_run", None)
-    if run is None or not run.created:
+    if run is None or not run.created or _worker(config):
         return
     tr = terminalreporter
     tr.section("qkd-hil verdicts")
@@ -202,6 +347,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             "PASS": {"green": True},
             "MARGINAL": {"yellow": True, "bold": True},
             "FAIL": {"red": True, "bold": True},
+            "NOT RUN": {"red": True, "bold": True},
+            "INCOMPLETE": {"yellow": True},
         }.get(outcome, {})
         tr.write_line(text, **markup)
+    note = config._hil_state.get("exit_note")
+    if note:
+        tr.write_line(note, yellow=True)
     tr.write_line(f"run folder: {run.dir}  (summary.html, summary.json, manifest.sha256)")

@@ -57,6 +57,12 @@ from .criteria import QUANTITIES, Verdict, load_criteria
 NOT_MEASURED = "NOT MEASURED"
 # worst first: a criterion measured by several tests takes its worst verdict
 _RANK = {"FAIL": 0, "MARGINAL": 1, "PASS": 2, NOT_MEASURED: 3}
+# overall status of a run, besides the verdicts: nothing measured because the bench did not open;
+# something of the plan was not measured (a -k selection, an interrupted run, every test skipped)
+NOT_RUN = "NOT RUN"
+INCOMPLETE = "INCOMPLETE"
+_BAD = ("failed", "error")  # test outcomes that make a run FAIL
+_MAX_LISTED = 10  # failed tests named one by one in the reasons; the rest counted
 
 
 def new_run_id() -> str:
@@ -82,20 +88,59 @@ class Series:
 
 
 class Run:
-    """One run of a test plan: its folder, verdicts, criteria, plot series and summary."""
+    """One run of a test plan: its folder, verdicts, criteria, plot series and summary.
 
-    def __init__(self, results_dir: str | Path, run_id: str | None = None):
+    With ``create=False`` the folder is made on first use (:attr:`dir`, :meth:`path`,
+    :meth:`finish`), and may already exist: the pytest-xdist workers of one session share it.
+    """
+
+    def __init__(self, results_dir: str | Path, run_id: str | None = None, *, create=True):
         self.run_id = run_id or new_run_id()
-        self.dir = Path(results_dir) / self.run_id
-        self.dir.mkdir(parents=True, exist_ok=False)
+        self.results_dir = Path(results_dir)
+        self._dir = self.results_dir / self.run_id
+        self.created = False
+        if create:
+            self._dir.mkdir(parents=True, exist_ok=False)
+            self.created = True
         self.started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.verdicts: list[Verdict] = []
         self.bench_info: dict = {}
-        self.outcomes: dict[str, str] = {}  # test nodeid -> passed/failed/skipped
+        self.benches: dict[str, dict] = {}  # pytest-xdist worker -> the bench it used
+        self.bench_error: dict | None = None  # the bench did not open: file, failures, message
+        # test nodeid -> passed/failed/error/skipped/xfailed/xpassed, and the one-line reason of
+        # every outcome but a pass
+        self.outcomes: dict[str, str] = {}
+        self.messages: dict[str, str] = {}
+        self.selected: int | None = None  # tests selected to run (after -k/-m), when known
+        self.deselected = 0  # tests left out by -k/-m
+        self.interrupted = ""  # why the session stopped before every selected test ran
         self.series: list[Series] = []
         self.criteria: dict[str, dict] = {}  # requirement id -> criterion (from its file)
         self.criteria_errors: list[str] = []
         self.current_test: str = ""  # set by the plugin while a test runs
+        self._sent = {"verdicts": 0, "series": 0, "bench": False, "bench_error": False}
+
+    @property
+    def dir(self) -> Path:
+        """The run folder (created on first use)."""
+        if not self.created:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self.created = True
+        return self._dir
+
+    @property
+    def has_data(self) -> bool:
+        """Something of this run must be reported (a verdict, a series, a bench, its error)."""
+        return bool(self.verdicts or self.series or self.bench_info or self.bench_error)
+
+    def record_test(self, nodeid: str, outcome: str, message: str = "") -> None:
+        """The outcome of one phase of a test (pytest's setup, call, teardown): a failure or
+        error is kept over a later phase's result, with its first message."""
+        if self.outcomes.get(nodeid) in _BAD:
+            return
+        self.outcomes[nodeid] = outcome
+        if message:
+            self.messages[nodeid] = message
 
     def set_current_test(self, nodeid: str) -> None:
         """The test now running (pytest nodeid): verdicts and series added belong to it."""
@@ -107,8 +152,8 @@ class Run:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def bench_opened(self, bench) -> None:
-        self.bench_info = {
+    def bench_opened(self, bench, worker: str = "") -> None:
+        info = {
             "name": bench.spec.name,
             "file": str(bench.path),
             "emulated": bench.emulated,
@@ -116,6 +161,59 @@ class Run:
             "resources": {r: i.resource_name for r, i in bench.instruments.items()},
             "control_plane_latency_s": dict(bench.latency_s),
         }
+        self._add_bench(info, worker)
+
+    def _add_bench(self, info: dict, worker: str) -> None:
+        if not self.bench_info:
+            self.bench_info = info
+        if worker:
+            self.benches[worker] = info
+
+    def bench_failed(self, bench_file: str | Path, failures: dict, message: str) -> None:
+        """The bench did not open: why, per instrument (``{role: cause}``), and the message.
+        Creates the run folder: a run that could not start leaves its record."""
+        if self.bench_error is None:
+            self.bench_error = {
+                "bench_file": str(bench_file),
+                "failures": {str(k): str(v) for k, v in failures.items()},
+                "message": message,
+            }
+        self.dir  # noqa: B018 - the folder is the record, even if nothing else is written
+
+    # -- pytest-xdist: a worker's results travel to the controller, which writes the summary ----
+    def export_new(self) -> dict | None:
+        """What this (worker's) run gained since the last call, as plain data for the
+        controller's :meth:`merge`; None when nothing is new."""
+        out: dict[str, Any] = {}
+        if len(self.verdicts) > self._sent["verdicts"]:
+            out["verdicts"] = [v.to_dict() for v in self.verdicts[self._sent["verdicts"] :]]
+            self._sent["verdicts"] = len(self.verdicts)
+        if len(self.series) > self._sent["series"]:
+            out["series"] = [asdict(s) for s in self.series[self._sent["series"] :]]
+            self._sent["series"] = len(self.series)
+        if self.bench_info and not self._sent["bench"]:
+            out["bench"] = self.bench_info
+            self._sent["bench"] = True
+        if self.bench_error and not self._sent["bench_error"]:
+            out["bench_error"] = self.bench_error
+            self._sent["bench_error"] = True
+        # execnet carries only plain types: numpy scalars in conditions become floats
+        return json.loads(json.dumps(out, default=_plain)) if out else None
+
+    def merge(self, data: dict, worker: str = "") -> None:
+        """Add what a worker's :meth:`export_new` sent (evidence paths are already relative to
+        the shared run folder)."""
+        for d in data.get("verdicts", []):
+            self.verdicts.append(Verdict(**d))
+        for d in data.get("series", []):
+            d = dict(d)
+            d["ref_lines"] = [tuple(r) for r in d.get("ref_lines") or []]
+            self.series.append(Series(**d))
+        if data.get("bench"):
+            self._add_bench(data["bench"], worker)
+        if data.get("bench_error") and self.bench_error is None:
+            self.bench_error = data["bench_error"]
+            self.bench_error.setdefault("worker", worker)
 
     def add_verdict(self, verdict: Verdict) -> None:
         verdict.evidence = [self._evidence_path(e) for e in verdict.evidence]
@@ -127,7 +225,7 @@ class Run:
         """Evidence inside the run folder is named relative to it (the summary's links work from
         the folder, wherever it is moved); anything else is kept as given."""
         p = Path(e).resolve()
-        here = self.dir.resolve()
+        here = self._dir.resolve()
         return os.path.relpath(p, here) if p.is_relative_to(here) else str(e)
 
     def add_series(
@@ -225,6 +323,7 @@ class Run:
                     "outcome": v.outcome,
                     "conditions": v.conditions,
                     "evidence": v.evidence,
+                    "uncertainty": v.uncertainty,  # one sigma, in unit (I5)
                 }
             )
         for entry in table.values():
@@ -232,9 +331,36 @@ class Run:
             entry["status"] = min(outcomes, key=_RANK.__getitem__)
         return sorted(table.values(), key=lambda e: (e["plan"], e["id"]))
 
+    def test_counts(self) -> dict[str, int]:
+        counts = {k: 0 for k in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")}
+        for outcome in self.outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        if self.selected is not None:
+            counts["not run"] = max(0, self.selected - len(self.outcomes))
+        return counts
+
+    def all_skipped(self) -> bool:
+        """Every test that reported was skipped (and at least one did): nothing was tested."""
+        return bool(self.outcomes) and set(self.outcomes.values()) == {"skipped"}
+
+    def assess(self, criteria: list[dict] | None = None) -> tuple[str, list[str]]:
+        """The run's overall status and the one-line reasons for it (see :func:`assess`)."""
+        return assess(
+            self.criteria_table() if criteria is None else criteria,
+            self.outcomes,
+            self.messages,
+            selected=self.selected,
+            deselected=self.deselected,
+            interrupted=self.interrupted,
+            bench_error=self.bench_error,
+            bench_opened=bool(self.bench_info),
+            criteria_errors=self.criteria_errors,
+        )
+
     def summary(self) -> dict:
         criteria = self.criteria_table()
         counts = {k: sum(c["status"] == k for c in criteria) for k in _RANK}
+        overall, reasons = self.assess(criteria)
         return _clean(
             {
                 "run_id": self.run_id,
@@ -243,9 +369,16 @@ class Run:
                 "host": socket.gethostname(),
                 "qkd_hil_version": hil.__version__,
                 "bench": self.bench_info,
-                "overall": overall_status(criteria, self.outcomes),
+                "benches": self.benches,
+                "bench_error": self.bench_error,
+                "overall": overall,
+                "reasons": reasons,
                 "verdict_counts": counts,
-                "tests": self.outcomes,
+                "test_counts": self.test_counts(),
+                "tests": [
+                    {"nodeid": n, "outcome": o, "message": self.messages.get(n, "")}
+                    for n, o in self.outcomes.items()
+                ],
                 "criteria": criteria,
                 "criteria_errors": self.criteria_errors,
                 "verdicts": [v.to_dict() for v in self.verdicts],
@@ -274,15 +407,98 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _plain(obj: Any) -> Any:
+    """json.dumps default: numpy scalars and arrays as numbers and lists, anything else as text."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def assess(
+    criteria: list[dict],
+    tests: dict[str, str],
+    messages: dict[str, str] | None = None,
+    *,
+    selected: int | None = None,
+    deselected: int = 0,
+    interrupted: str = "",
+    bench_error: dict | None = None,
+    bench_opened: bool = True,
+    criteria_errors: list[str] = (),
+) -> tuple[str, list[str]]:
+    """A run's overall status and the one-line reasons for it, worst first.
+
+    NOT RUN: the bench did not open and no bench did. FAIL: a criterion failed, or a test failed
+    or errored, or a criteria file could not be read. INCOMPLETE: not everything the plan asks was
+    measured — a criterion without a verdict, tests left out (-k/-m) or not run (interrupted,
+    -x), every test skipped, or no test at all. MARGINAL: complete, nothing failed, a criterion is
+    near its limit. PASS: every criterion of the plan measured, none failed, no test failed.
+    """
+    messages = messages or {}
+    fail, incomplete = [], []
+    if bench_error is not None:
+        failures = bench_error.get("failures") or {}
+        head = (bench_error.get("message") or "").splitlines()
+        fail.append(f"the bench did not open: {head[0] if head else bench_error.get('bench_file')}")
+        fail += [f"  {role}: {cause}" for role, cause in failures.items()]
+    bad = [n for n, o in tests.items() if o in _BAD]
+    if bad:
+        n_failed = sum(tests[n] == "failed" for n in bad)
+        n_err = len(bad) - n_failed
+        if n_failed and n_err:
+            fail.append(f"{len(bad)} tests failed or errored ({n_failed} failed, {n_err} errored):")
+        else:
+            noun = "tests" if len(bad) > 1 else "test"
+            fail.append(f"{len(bad)} {noun} {'failed' if n_failed else 'errored'}:")
+        # the bench's own failure is listed above; its tests need no second copy
+        listed = [n for n in bad if not messages.get(n, "").startswith("bench did not open")]
+        if not listed:
+            fail[-1] = fail[-1].rstrip(":") + " (the bench did not open)"
+        fail += [f"  {n}: {messages.get(n) or tests[n]}" for n in listed[:_MAX_LISTED]]
+        if len(listed) > _MAX_LISTED:
+            fail.append(f"  ... and {len(listed) - _MAX_LISTED} more (see tests)")
+    failed_criteria = [c["id"] for c in criteria if c["status"] == "FAIL"]
+    if failed_criteria:
+        fail.append(f"{len(failed_criteria)} criteria FAIL: {', '.join(failed_criteria)}")
+    fail += [f"criteria file error: {e}" for e in criteria_errors]
+
+    if interrupted:
+        incomplete.append(f"interrupted: {interrupted}")
+    not_run = 0 if selected is None else max(0, selected - len(tests))
+    if not_run:
+        incomplete.append(f"{not_run} of {selected} selected tests did not run")
+    if deselected:
+        incomplete.append(f"{deselected} tests of the plan were left out (-k/-m selection)")
+    unmeasured = [c["id"] for c in criteria if c["status"] == NOT_MEASURED]
+    if unmeasured:
+        incomplete.append(
+            f"{len(unmeasured)} of {len(criteria)} criteria not measured: {', '.join(unmeasured)}"
+        )
+    if tests and set(tests.values()) == {"skipped"}:
+        first = next(iter(messages.values()), "")
+        incomplete.append(
+            f"every test was skipped ({len(tests)})" + (f", e.g. {first}" if first else "")
+        )
+    if not tests and not interrupted and not not_run:
+        incomplete.append("no test ran")
+
+    if bench_error is not None and not bench_opened:
+        return NOT_RUN, fail + incomplete
+    if fail:
+        return "FAIL", fail + incomplete
+    if incomplete:
+        return INCOMPLETE, incomplete
+    marginal = [c["id"] for c in criteria if c["status"] == "MARGINAL"]
+    if marginal:
+        return "MARGINAL", [
+            f"{len(marginal)} criteria MARGINAL (near the limit): {', '.join(marginal)}"
+        ]
+    return "PASS", []
+
+
 def overall_status(criteria: list[dict], tests: dict[str, str]) -> str:
-    """FAIL if a criterion failed or a test failed; else MARGINAL if one is marginal; else
-    PASS (criteria not measured are counted separately, they do not make a run fail)."""
-    statuses = {c["status"] for c in criteria}
-    if "FAIL" in statuses or "failed" in tests.values():
-        return "FAIL"
-    if "MARGINAL" in statuses:
-        return "MARGINAL"
-    return "PASS"
+    """The overall status of :func:`assess`, from the criteria and test outcomes alone."""
+    return assess(criteria, tests)[0]
 
 
 def plan_criteria_files(test_paths, base: str | Path | None = None) -> list[Path]:
@@ -321,8 +537,13 @@ def terminal_lines(run: Run) -> list[tuple[str, str]]:
     else:  # a partial run (-k, -x): one line rather than a screenful
         ids = ", ".join(c["id"] for c in unmeasured)
         out.append((f"not measured ({len(unmeasured)}): {ids}", NOT_MEASURED))
-    for err in run.criteria_errors:
-        out.append((f"criteria file error: {err}", "FAIL"))
+    tc = run.test_counts()
+    out.append(("tests: " + (", ".join(f"{n} {k}" for k, n in tc.items() if n) or "none"), ""))
+    overall, reasons = run.assess(table)
+    # the criteria lines above already name the unmeasured and marginal ones
+    shown = [r for r in reasons if "not measured:" not in r and "MARGINAL (near" not in r]
+    out.append((f"overall: {overall}" + (":" if shown else ""), overall))
+    out += [("  " + r, overall) for r in shown]
     return out
 
 
@@ -440,7 +661,9 @@ tr.NOT-MEASURED td { color: #777; font-style: italic; }
 td.outcome { font-weight: bold; }
 .banner { padding: 0.6em 1em; font-size: 1.3em; font-weight: bold; border-radius: 4px; }
 .banner.PASS { background: #c8e6c9; } .banner.MARGINAL { background: #ffb300; }
-.banner.FAIL { background: #e53935; color: #fff; }
+.banner.FAIL, .banner.NOT-RUN { background: #e53935; color: #fff; }
+.banner.INCOMPLETE { background: #90a4ae; color: #fff; }
+ul.reasons { margin: 0.4em 0 0 0; font-size: 0.75em; font-weight: normal; }
 .attention { border: 3px solid #ffb300; padding: 0.5em 1em; background: #fff8e1; }
 img.plot { display: block; margin: 0.8em 0; border: 1px solid #ddd; }
 code { font-size: 0.95em; }
@@ -524,15 +747,21 @@ def render_html(summary: dict) -> str:
     criteria = summary.get("criteria", [])
     counts = summary.get("verdict_counts", {})
     overall = summary.get("overall", "PASS")
+    tc = summary.get("test_counts") or {}
+    test_text = ", ".join(f"{n} {k}" for k, n in tc.items() if n) or "no test ran"
+    reasons = "".join(f"<li>{_e(r.strip())}</li>" for r in summary.get("reasons", []))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>qkd-hil run {_e(summary['run_id'])}: {_e(overall)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>qkd-hil run {_e(summary['run_id'])}</h1>",
-        f'<div class="banner {_e(overall)}">Overall: {_e(overall)} &mdash; '
-        f"{counts.get('PASS', 0)} PASS, {counts.get('MARGINAL', 0)} MARGINAL, "
-        f"{counts.get('FAIL', 0)} FAIL, {counts.get(NOT_MEASURED, 0)} not measured</div>",
+        f'<div class="banner {_e(overall).replace(" ", "-")}">Overall: {_e(overall)} &mdash; '
+        f"criteria: {counts.get('PASS', 0)} PASS, {counts.get('MARGINAL', 0)} MARGINAL, "
+        f"{counts.get('FAIL', 0)} FAIL, {counts.get(NOT_MEASURED, 0)} not measured; "
+        f"tests: {_e(test_text)}"
+        + (f'<ul class="reasons">{reasons}</ul>' if reasons else "")
+        + "</div>",
         f"<p>Started {_e(summary.get('started_utc'))}, finished "
         f"{_e(summary.get('finished_utc'))} on {_e(summary.get('host'))}, qkd-hil "
         f"{_e(summary.get('qkd_hil_version'))}.</p>",
@@ -554,6 +783,26 @@ def render_html(summary: dict) -> str:
 
     bench = summary.get("bench") or {}
     parts.append("<h2>Bench</h2>")
+    error = summary.get("bench_error")
+    if error:
+        parts.append(
+            f"<p><b>The bench did not open</b> (bench file <code>{_e(error.get('bench_file'))}"
+            f"</code>):</p><pre>{_e(error.get('message'))}</pre>"
+        )
+        if error.get("failures"):
+            parts.append("<table><tr><th>role</th><th>cause</th></tr>")
+            for role, cause in error["failures"].items():
+                parts.append(f"<tr><td>{_e(role)}</td><td>{_e(cause)}</td></tr>")
+            parts.append("</table>")
+    if summary.get("benches"):
+        parts.append("<p>Benches by pytest-xdist worker: ")
+        parts.append(
+            ", ".join(
+                f"{_e(w)}: {_e(b.get('name'))} (<code>{_e(b.get('file'))}</code>)"
+                for w, b in sorted(summary["benches"].items())
+            )
+            + "</p>"
+        )
     if bench:
         kind = "emulated" if bench.get("emulated") else "hardware"
         parts.append(
@@ -571,7 +820,7 @@ def render_html(summary: dict) -> str:
                 f"<td>{rt_text}</td></tr>"
             )
         parts.append("</table>")
-    else:
+    elif not error:
         parts.append("<p>No bench was opened in this run.</p>")
 
     parts.append("<h2>Plots</h2>")
@@ -585,12 +834,14 @@ def render_html(summary: dict) -> str:
     if not figures:
         parts.append("<p>No plot data in this run.</p>")
 
-    parts.append("<h2>Tests</h2><table><tr><th>test</th><th>outcome</th></tr>")
-    for nodeid, outcome in summary.get("tests", {}).items():
-        cls = {"failed": "FAIL", "passed": "PASS"}.get(outcome, "NOT-MEASURED")
+    parts.append("<h2>Tests</h2><table><tr><th>test</th><th>outcome</th><th>message</th></tr>")
+    for t in summary.get("tests", []):
+        cls = {"failed": "FAIL", "error": "FAIL", "passed": "PASS"}.get(
+            t["outcome"], "NOT-MEASURED"
+        )
         parts.append(
-            f'<tr class="{cls}"><td><code>{_e(nodeid)}</code></td>'
-            f'<td class="outcome">{_e(outcome)}</td></tr>'
+            f'<tr class="{cls}"><td><code>{_e(t["nodeid"])}</code></td>'
+            f'<td class="outcome">{_e(t["outcome"])}</td><td>{_e(t.get("message"))}</td></tr>'
         )
     parts.append("</table>")
     measured = sum(c["status"] != NOT_MEASURED for c in criteria)
@@ -696,11 +947,14 @@ def write_allure_environment(alluredir: str | Path, run: Run) -> Path:
 
 
 __all__ = [
+    "INCOMPLETE",
     "NOT_MEASURED",
+    "NOT_RUN",
     "Run",
     "Series",
     "allure_attach_test",
     "allure_dir",
+    "assess",
     "instrument_steps",
     "plan_criteria_files",
     "render_html",
