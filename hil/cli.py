@@ -47,13 +47,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hil.store import open_capture
+    from hil.store import open_capture, repair_capture, writer_state
 
+    if args.repair:  # the one step that lets other HDF5 tools open a killed writer's file
+        try:
+            done = repair_capture(args.file)
+        except OSError as exc:  # FileNotFoundError included; messages name the file
+            print(f"hil inspect --repair: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"{args.file}: repaired ({', '.join(done)}): any HDF5 reader opens it now"
+            if done
+            else f"{args.file}: nothing to repair (any HDF5 reader opens it)"
+        )
+        return 0
     try:
         cap = open_capture(args.file)
     except (FileNotFoundError, OSError) as exc:
         print(f"hil inspect: {args.file}: {exc}", file=sys.stderr)
         return 2
+    try:
+        writer = writer_state(args.file)
+    except OSError:  # a superblock this tool does not parse: no advice about the writer
+        writer = None
     with cap:
         n = cap.n_tags
         counts = cap.counts()  # recorded by the writer at every flush
@@ -69,6 +85,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         info = {
             "file": str(args.file),
             "complete": cap.complete,
+            "writer": writer,  # closed, running, died (needs --repair for other tools), unknown
             "duration_s": dur,
             "tags": n,
             "channels": {
@@ -94,7 +111,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     state = "complete" if info["complete"] else "INCOMPLETE (writer did not finish)"
+    if writer == "running":
+        state = "INCOMPLETE (still being written)"
     print(f"{info['file']}: {state}")
+    if writer == "died":
+        print(
+            f"  written by a process that died: run `hil inspect --repair {args.file}` "
+            "to let other HDF5 tools open it"
+        )
+    elif writer == "unknown":  # file locks unsupported: --repair would refuse in place
+        print(
+            "  left open for writing, and file locks cannot tell here whether its writer runs: "
+            "copy it to a local disk and run `hil inspect --repair COPY`"
+        )
     print(f"  duration {dur:.6g} s, {n} tags, bench {info['bench']}")
     print(
         f"  written {info['start_time_utc']} .. {info['stop_time_utc'] or '?'} on {info['host']}"
@@ -266,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     insp = sub.add_parser("inspect", help="summarise a capture file")
     insp.add_argument("file", type=Path)
     insp.add_argument("--json", action="store_true", help="print JSON")
+    insp.add_argument(
+        "--repair",
+        action="store_true",
+        help="clear the consistency flags a killed writer left, so that h5py, phconvert and "
+        "HDFView open the file (refused while a capture writes it)",
+    )
     insp.set_defaults(func=_cmd_inspect)
 
     imp = sub.add_parser("import", help="convert a PicoQuant PTU file (T2/T3) into a capture")

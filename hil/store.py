@@ -22,7 +22,9 @@ Crash safety: the file is written at ``<name>.partial`` and renamed to its final
 SWMR mode is on, so a file at the final path is always in a state an HDF5 reader can open. In
 SWMR mode HDF5 orders its metadata writes so that a reader (or the file left behind by a killed
 writer) sees the state of the last flush; ``complete`` is written last by ``close``, so a file
-whose writer died reports itself incomplete with everything flushed before the kill.
+whose writer died reports itself incomplete with everything flushed before the kill. Readers
+other than the SWMR one (plain h5py, phconvert, HDFView) refuse such a file until
+``repair_capture`` (``hil inspect --repair``) has cleared what the writer left "open for write".
 
 Compression, measured by ``benchmarks/bench_store.py`` (2**25 tags shaped like the emulated
 bench: 100 kHz sync + detectors at 0.7, 0.7, 0.08, 0.08 MHz, 1 ps resolution; shared 2-core VM,
@@ -375,14 +377,20 @@ class CaptureWriter:
             self._chunk_ts = np.zeros(self._chunk_tags, "<i8")
             self._chunk_det = np.zeros(self._chunk_tags, "u1")
         partial = self.path.with_name(self.path.name + ".partial")
+        self._lock_fd = -1
         self.f = h5py.File(partial, "w", libver=LIBVER)
         try:
             self._create(description, snapshot, _filters(compression), chunk_tags, provenance)
             self.f.swmr_mode = True  # readers may open the file while it grows (link monitor)
             self.f.flush()
+            # libhdf5 has just dropped its own lock (SWMR): ours says "alive" until close or
+            # death, before the file has its final name (see repair_capture)
+            self._lock_fd = _writer_lock(partial)
             os.replace(partial, self.path)
         except BaseException:
             self.f.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
             partial.unlink(missing_ok=True)
             raise
         self._write_behind = _WriteBehind(self.path) if write_behind else None
@@ -642,16 +650,7 @@ class CaptureWriter:
         self._results[name] = value
 
     def _write_counts(self) -> None:
-        ids = [int(i) for i in self.det_id[:]]
-        new = [int(c) for c in np.flatnonzero(self._counts) if int(c) not in ids]
-        if new:
-            m = len(ids) + len(new)
-            for ds in (self.det_id, self.det_label, self.det_counts):
-                ds.resize((m,))
-            self.det_id[len(ids) :] = np.asarray(new, "u1")
-            self.det_label[len(ids) :] = np.array([_text(f"input {c}") for c in new], "S16")
-            ids += new
-        self.det_counts[:] = self._counts[ids]
+        _write_detector_counts(self.det_id, self.det_label, self.det_counts, self._counts)
 
     def flush(self) -> None:
         """Make everything appended so far visible to readers and durable against a crash."""
@@ -686,6 +685,9 @@ class CaptureWriter:
                 self.f.flush()
         finally:
             self.f.close()
+            if self._lock_fd >= 0:  # after the close has cleared the consistency flags
+                os.close(self._lock_fd)
+                self._lock_fd = -1
             if self._write_behind is not None:
                 self._write_behind.close()
 
@@ -694,6 +696,24 @@ class CaptureWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(complete=exc_type is None)
+
+
+def _write_detector_counts(det_id, det_label, det_counts, counts: np.ndarray) -> bool:
+    """Store tags per channel (length 256) in /setup/detectors, adding an entry for a channel
+    outside the layout; True if anything changed (the writer at every flush, the repair)."""
+    ids = [int(i) for i in det_id[:]]
+    new = [int(c) for c in np.flatnonzero(counts) if int(c) not in ids]
+    if new:
+        m = len(ids) + len(new)
+        for ds in (det_id, det_label, det_counts):
+            ds.resize((m,))
+        det_id[len(ids) :] = np.asarray(new, "u1")
+        det_label[len(ids) :] = np.array([_text(f"input {c}") for c in new], "S16")
+        ids += new
+    if not new and np.array_equal(det_counts[:], counts[ids]):
+        return False
+    det_counts[:] = counts[ids]
+    return True
 
 
 def _write_result(grp: h5py.Group, name: str, value: Any) -> None:
@@ -871,3 +891,298 @@ def open_capture(path: str | Path) -> CaptureReader:
         return CaptureReader(Path(path))
     except KeyError as exc:
         raise OSError(f"{path}: not a qkd-hil capture (missing {exc.args[0]})") from None
+
+
+# -- a capture whose writer died -----------------------------------------------------------------
+# A writer in SWMR mode sets the superblock's "file consistency flags" (write access, SWMR write)
+# and clears them only as the last act of a normal close. A killed writer leaves them set, and
+# libhdf5 then refuses every open but an SWMR read ("file is already open for write"): our own
+# reader copes, plain h5py, PyTables (phconvert), HDFView and h5ls do not. ``repair_capture`` is
+# the one documented step (``hil inspect --repair``): it clears the flags, as ``h5clear -s`` of
+# hdf5-tools does, without needing hdf5-tools. An explicit step rather than our reader clearing
+# them on the fly: reading must not change a file (read-only media, the run folder's manifest).
+# h5py offers no way to it: libhdf5 clears them only under a private file-access property
+# ("clear_status_flags") that h5py does not expose. So the superblock is patched in place: the
+# flags byte, the end-of-file address when tags lie past it, and the checksum; the rest of the
+# file is what the SWMR reader already reads (and the summaries step of ``repair_capture``).
+#
+# Superblock versions 2 and 3 (HDF5 File Format Specification 3.0, II.A "Disk Format: Level 0A -
+# Format Signature and Superblock"): signature (8 bytes), version, size of offsets (O), size of
+# lengths, file consistency flags (1 byte each), then four addresses of O bytes (base, superblock
+# extension, end of file, root group object header), then a 4-byte checksum of all the bytes
+# before it: Jenkins' lookup3 ``hashlittle`` with initial value 0 (the specification's appendix on
+# checksums; libhdf5 H5checksum.c, H5_checksum_lookup3). The flags are bit 0 "open for write",
+# bit 2 "open for SWMR write" (bit 1 was used by 1.8); libhdf5 clears all three (0x07).
+#
+# Only a dead writer's file may be patched: a live writer rewrites the superblock (its end-of-
+# file address) at every flush, and a read-modify-write racing it could store a stale one. libhdf5
+# drops its own file lock once SWMR writing starts, so the writer holds a shared lock of its own
+# for as long as it writes (``_writer_lock``); the kernel releases it when the process ends,
+# however it ends. The repair takes the lock exclusively (non-blocking) and patches under it.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_CONSISTENCY_FLAGS = 0x07  # libhdf5's H5F_SUPER_ALL_FLAGS: write access, (1.8's) file ok, SWMR
+# The writer's lock: an open-file-description lock (fcntl F_OFD_SETLK, Linux) on one byte far
+# past any data. Not flock(2): libhdf5 flocks the file itself, and its SWMR readers keep a shared
+# flock (seen with HDF5 2.0), which would look like a writer. Not a POSIX (lockf) lock: those
+# vanish when the process closes any descriptor of the file, e.g. a reader of its own capture.
+_LOCK_BYTE = 1 << 62
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & 0xFFFFFFFF
+
+
+def lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle`` (public domain, burtleburtle.net/bob/c/lookup3.c):
+    the checksum of HDF5 metadata. Bytes are read little-endian in 12-byte blocks; the last,
+    short block is zero-padded (lookup3's fall-through ``switch`` adds nothing for the missing
+    bytes); an empty tail returns ``c`` without the final mix, as lookup3 does."""
+    m = 0xFFFFFFFF
+    n = len(data)
+    a = b = c = (0xDEADBEEF + n + initval) & m
+    i = 0
+    while n - i > 12:
+        a = (a + int.from_bytes(data[i : i + 4], "little")) & m
+        b = (b + int.from_bytes(data[i + 4 : i + 8], "little")) & m
+        c = (c + int.from_bytes(data[i + 8 : i + 12], "little")) & m
+        a = ((a - c) & m) ^ _rot(c, 4)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ _rot(a, 6)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ _rot(b, 8)
+        b = (b + a) & m
+        a = ((a - c) & m) ^ _rot(c, 16)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ _rot(a, 19)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ _rot(b, 4)
+        b = (b + a) & m
+        i += 12
+    if n == i:
+        return c
+    tail = bytes(data[i:]) + bytes(12 - (n - i))
+    a = (a + int.from_bytes(tail[0:4], "little")) & m
+    b = (b + int.from_bytes(tail[4:8], "little")) & m
+    c = (c + int.from_bytes(tail[8:12], "little")) & m
+    c = ((c ^ b) - _rot(b, 14)) & m
+    a = ((a ^ c) - _rot(c, 11)) & m
+    b = ((b ^ a) - _rot(a, 25)) & m
+    c = ((c ^ b) - _rot(b, 16)) & m
+    a = ((a ^ c) - _rot(c, 4)) & m
+    b = ((b ^ a) - _rot(a, 14)) & m
+    c = ((c ^ b) - _rot(b, 24)) & m
+    return c
+
+
+@dataclass
+class _Superblock:
+    offset: int  # where the superblock starts (0, or past a user block: 512, 1024, ...)
+    version: int
+    body: bytes  # every byte the checksum covers (v2/v3); empty for v0/v1
+    checksum: int
+
+    @property
+    def flags(self) -> int:
+        return self.body[11] if self.body else 0
+
+
+def _read_superblock(fd: int, path: str | Path) -> _Superblock:
+    """The superblock, searched where the specification allows it (0, 512, 1024, 2048 ...);
+    OSError naming the file when there is none or its checksum is wrong."""
+    size = os.fstat(fd).st_size
+    offset = 0
+    while offset + 8 <= size:
+        if os.pread(fd, 8, offset) == _HDF5_SIGNATURE:
+            break
+        offset = 512 if offset == 0 else offset * 2
+    else:
+        raise OSError(f"{path}: not an HDF5 file (no HDF5 signature)")
+    head = os.pread(fd, 12, offset)
+    version = head[8] if len(head) > 8 else -1
+    if version in (0, 1):  # no consistency flags to clear (written without SWMR)
+        return _Superblock(offset, version, b"", 0)
+    if version not in (2, 3) or len(head) < 12 or head[9] not in (2, 4, 8):
+        raise OSError(f"{path}: HDF5 superblock version {version} is not one this tool knows")
+    n = 12 + 4 * head[9]
+    raw = os.pread(fd, n + 4, offset)
+    if len(raw) < n + 4:
+        raise OSError(f"{path}: HDF5 superblock is cut short (the file is truncated)")
+    body, stored = raw[:n], int.from_bytes(raw[n:], "little")
+    if lookup3(body) != stored:
+        raise OSError(f"{path}: HDF5 superblock checksum does not match (the file is damaged)")
+    return _Superblock(offset, version, body, stored)
+
+
+def _ofd_lock(fd: int, kind: int, cmd_name: str = "F_OFD_SETLK") -> int:
+    """Apply (F_OFD_SETLK) or test (F_OFD_GETLK) an open-file-description lock of ``kind`` on
+    ``_LOCK_BYTE``; returns the l_type the kernel hands back (F_UNLCK from a test: no conflict).
+    OSError where OFD locks do not exist (not Linux 3.15+)."""
+    import fcntl
+    import struct
+
+    cmd = getattr(fcntl, cmd_name, None)
+    if cmd is None:
+        raise OSError(0, "no open-file-description locks on this system")
+    # struct flock (Linux, 64-bit off_t): l_type, l_whence, l_start, l_len, l_pid (0 for OFD)
+    arg = struct.pack("hhqqi4x", kind, os.SEEK_SET, _LOCK_BYTE, 1, 0)
+    return struct.unpack("hhqqi4x", fcntl.fcntl(fd, cmd, arg))[0]
+
+
+def _writer_lock(path: Path) -> int:
+    """Hold a shared lock on ``path`` while a writer streams into it: the sign, for
+    ``repair_capture`` and ``hil inspect``, that the writer is alive. -1 where such locks are
+    not supported (the repair then refuses, as it cannot tell)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)  # not inherited by child processes (PEP 446)
+    except (ImportError, OSError):
+        return -1
+    try:
+        _ofd_lock(fd, fcntl.F_RDLCK)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
+
+
+def _writer_alive(fd: int, *, take: bool) -> bool | None:
+    """Whether a running writer holds ``path``'s lock (None: this file system cannot tell).
+    With ``take`` the lock is taken exclusively (``fd`` open for writing) and kept until ``fd``
+    is closed, so that no writer can hold it meanwhile."""
+    import errno
+    import fcntl
+
+    try:
+        if take:
+            _ofd_lock(fd, fcntl.F_WRLCK)
+            return False
+        return _ofd_lock(fd, fcntl.F_WRLCK, "F_OFD_GETLK") != fcntl.F_UNLCK
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        return None
+
+
+def writer_state(path: str | Path) -> str:
+    """How the file's last writer left it: "closed" (consistency flags clear: any HDF5 reader
+    opens it), "running" (a capture is writing it now), "died" (flags left set by a writer that
+    is gone: ``repair_capture`` lets other tools open it) or "unknown" (flags set, and no file
+    locks here to tell). OSError for a non-HDF5 file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if not _read_superblock(fd, path).flags & _CONSISTENCY_FLAGS:
+            return "closed"
+        alive = _writer_alive(fd, take=False)
+        return "unknown" if alive is None else "running" if alive else "died"
+    finally:
+        os.close(fd)
+
+
+def repair_capture(path: str | Path) -> list[str]:
+    """Let any HDF5 reader open a capture whose writer was killed: plain h5py, PyTables and
+    phconvert (whose validator then accepts it), HDFView, h5ls. Returns what was done, one
+    phrase each; empty when there was nothing to do (a file closed normally is not touched).
+
+    1. The superblock: the consistency flags cleared and, as ``h5clear -s --increment=0`` does,
+       its end-of-file address raised to the file's size when tags were written past it (the
+       library writes of step 2 must not land on them); one write, under the writer's lock
+       taken exclusively, so a file still being written is refused.
+    2. An incomplete capture's summaries, through libhdf5: detector counts (and ids of channels
+       outside the layout) and the acquisition duration recomputed from the tags the file holds,
+       which the last flush before the kill may not have reached (phconvert checks the counts);
+       timestamps, detectors and nanotimes cut to their common length when the kill fell
+       between their writes. The tags, events, snapshot and the INCOMPLETE mark are untouched.
+
+    One-line OSError: missing, not HDF5, damaged superblock, still written, no write access.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such capture file")
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except PermissionError:
+        raise OSError(
+            f"{path}: no write permission (the repair rewrites the file's header)"
+        ) from None
+    done = []
+    try:
+        sb = _read_superblock(fd, path)
+        if sb.flags & _CONSISTENCY_FLAGS:
+            alive = _writer_alive(fd, take=True)  # held until os.close below
+            if alive:
+                raise OSError(
+                    f"{path}: still being written by a running capture (it holds the file's "
+                    "lock); wait for it to end, or stop it, then repair"
+                )
+            if alive is None:
+                raise OSError(
+                    f"{path}: cannot tell whether a writer is still running (no file locks "
+                    "here); copy the file to a local disk and repair the copy"
+                )
+            body = bytearray(sb.body)
+            body[11] &= ~_CONSISTENCY_FLAGS & 0xFF
+            o = body[9]  # size of offsets: base, extension, end-of-file, root addresses follow
+            base = int.from_bytes(body[12 : 12 + o], "little")
+            eof = int.from_bytes(body[12 + 2 * o : 12 + 3 * o], "little")
+            size = os.fstat(fd).st_size
+            if sb.offset == 0 and base == 0 and size > eof:
+                body[12 + 2 * o : 12 + 3 * o] = size.to_bytes(o, "little")
+            # flags, address and checksum in one write of the whole superblock (48 bytes, one
+            # disk sector: no moment where they disagree)
+            os.pwrite(fd, bytes(body) + lookup3(bytes(body)).to_bytes(4, "little"), sb.offset)
+            os.fsync(fd)
+            done.append("consistency flags cleared")
+    finally:
+        os.close(fd)  # drops the lock: a dead writer does not come back, libhdf5 locks next
+    try:
+        done += _mend_summaries(path)
+    except OSError as exc:  # e.g. another program holds the file open (HDF5's own lock)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OSError(
+            f"{path}: {', '.join(done) or 'superblock fine'}, but the detector counts could "
+            f"not be updated ({first}); close other programs reading it and run the repair again"
+        ) from None
+    return done
+
+
+def _mend_summaries(path: str | Path) -> list[str]:
+    """Step 2 of ``repair_capture``: an incomplete capture's summaries brought in line with its
+    tags. Looked at read-only first: nothing is written to a complete capture, to a file that is
+    not a capture, or when the summaries already agree."""
+    need = ("user/qkd/complete", "photon_data/timestamps", "photon_data/detectors",
+            "setup/detectors/counts", "setup/detectors/id", "acquisition_duration")  # fmt: skip
+    with h5py.File(path, "r") as f:
+        if any(k not in f for k in need) or f["user/qkd/complete"][()]:
+            return []
+        pd = f["photon_data"]
+        names = [k for k in ("timestamps", "detectors", "nanotimes") if k in pd]
+        lengths = {pd[k].shape[0] for k in names}
+        n = min(lengths)
+        counts = np.zeros(N_CHANNEL_IDS, dtype=np.int64)
+        for i in range(0, n, CHUNK_TAGS):
+            chunk = pd["detectors"][i : i + CHUNK_TAGS]
+            counts += count_channels(np.ascontiguousarray(chunk, "u1"))
+        ts = pd["timestamps"]
+        duration = float((int(ts[n - 1]) - int(ts[0])) * 1e-12) if n else 0.0
+        d = f["setup/detectors"]
+        ids = [int(i) for i in d["id"][:]]
+        stale_counts = any(counts[c] and c not in ids for c in range(N_CHANNEL_IDS)) or not (
+            np.array_equal(d["counts"][:], counts[ids])
+        )
+        stale_duration = f["acquisition_duration"][()] != duration
+    done = []
+    if len(lengths) == 1 and not stale_counts and not stale_duration:
+        return done
+    with h5py.File(path, "r+", libver=LIBVER) as f:
+        pd = f["photon_data"]
+        if len(lengths) > 1:
+            for k in names:
+                pd[k].resize((n,))
+            done.append(f"tag arrays cut to their common {n} tags")
+        d = f["setup/detectors"]
+        if _write_detector_counts(d["id"], d["label"], d["counts"], counts):
+            done.append(f"detector counts recomputed from the {n} tags")
+        if stale_duration:
+            f["acquisition_duration"][()] = duration
+            done.append("duration recomputed")
+    return done
