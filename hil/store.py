@@ -1035,7 +1035,9 @@ def _writer_lock(path: Path) -> int:
     try:
         import fcntl
 
-        fd = os.open(path, os.O_RDONLY)  # not inherited by child processes (PEP 446)
+        # closed in exec'd children (PEP 446); a child forked without exec shares the lock, and
+        # the file counts as written until that child ends too
+        fd = os.open(path, os.O_RDONLY)
     except (ImportError, OSError):
         return -1
     try:
@@ -1047,12 +1049,15 @@ def _writer_lock(path: Path) -> int:
 
 
 def _writer_alive(fd: int, *, take: bool) -> bool | None:
-    """Whether a running writer holds ``path``'s lock (None: this file system cannot tell).
+    """Whether a running writer holds the file's lock (None: this file system cannot tell).
     With ``take`` the lock is taken exclusively (``fd`` open for writing) and kept until ``fd``
     is closed, so that no writer can hold it meanwhile."""
     import errno
-    import fcntl
 
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no such locks
+        return None
     try:
         if take:
             _ofd_lock(fd, fcntl.F_WRLCK)
