@@ -11,9 +11,14 @@ bits), a secure-key-rate estimate and a state:
   below ``key_rate_floor_bps``;
 - UP: otherwise.
 
-The monitor only knows a window's state when the window has closed, so a transition is dated
-at the end of the window that first shows it (the conservative choice for detection latency).
-Usable from tests (``feed`` chunks, e.g. ``acquire(..., on_chunk=monitor.feed)``), over a
+The monitor only knows a window's state when the window has closed, so a transition is
+reported at the end of the window that first shows it (``Transition.time_s``). When the count
+rate of the detectors or of the sync channel stepped between that window and the one before,
+the transition is also dated inside them from the tags themselves (``Transition.estimate_s``,
+with its standard uncertainty ``uncertainty_s``): the maximum-likelihood change point of a
+Poisson process (:func:`rate_change_point`), finer than the window by orders of magnitude.
+A change that shows only in the QBER keeps the window's resolution (``uncertainty_s`` = one
+window). Usable from tests (``feed`` chunks, e.g. ``acquire(..., on_chunk=monitor.feed)``), over a
 finished or growing capture file (``watch_file``), and from ``hil monitor`` on a terminal.
 """
 
@@ -27,7 +32,7 @@ from enum import Enum
 import numpy as np
 
 from .analysis.keyrate import two_decoy_estimate
-from .analysis.timing import recover_clock
+from .analysis.timing import SYNC_CHANNEL, recover_clock
 from .postprocess import (
     DETECTOR_CHANNELS,
     KeyParameters,
@@ -80,10 +85,167 @@ class WindowStatus:
 
 @dataclass
 class Transition:
+    """A change of state: reported at ``time_s`` (the close of the window that first shows
+    it); ``estimate_s`` +- ``uncertainty_s`` is when it happened in the tag stream."""
+
     time_s: float
     old: LinkState | None
     new: LinkState
     reason: str
+    estimate_s: float | None = None  # change point in the count stream (None: window only)
+    uncertainty_s: float | None = None  # standard uncertainty of estimate_s (s)
+    stream: str = "window"  # what dated it: "detectors", "sync" or "window" (the close time)
+    window_s: float = 0.0  # the monitor window (the resolution without an estimate)
+
+    @property
+    def best_s(self) -> float:
+        """The transition time to measure latencies from: the estimate inside the window when
+        there is one, else the window's close (the conservative bound)."""
+        return self.time_s if self.estimate_s is None else self.estimate_s
+
+    @property
+    def best_uncertainty_s(self) -> float:
+        """Standard uncertainty of ``best_s``; without an estimate, one window (the change
+        happened at most one window before the close that shows it)."""
+        return self.uncertainty_s if self.uncertainty_s is not None else self.window_s
+
+
+# -- change point of a Poisson rate: when the count rate stepped --------------------------------
+# A single step of the rate of a Poisson process observed on [a, b), rates unknown: for a
+# step at tau with n1 events before and n2 after, the profile log-likelihood is
+#     l(tau) = n1 ln(n1 / (tau - a)) + n2 ln(n2 / (b - tau))        (+ constants)
+# (the rates' maximum-likelihood values n1/(tau-a), n2/(b-tau) put back in). Between two
+# events n1 is fixed and l is convex in tau, so its maximum lies on an event time: the MLE is
+# found by evaluating l at every event (Raftery & Akman, Biometrika 73, 85 (1986), Poisson
+# process with a change point; Worsley, Biometrika 73, 91 (1986), the MLE and its spread for
+# exponential families).
+#
+# Its error: with the rates known, moving tau by d from the true step t0 changes l by a
+# compound-Poisson random walk. Past t0 (into the rate-l2 region) each event adds
+# L = ln(l1/l2) and time subtracts D = l1 - l2 per s; before t0 each event (rate l1) subtracts
+# L and time adds D. The MLE error is the argmax of this two-sided walk: its drifts per s,
+# -(l2 (r - 1 - ln r)) and -(l1 (ln r - 1 + 1/r)) with r = l1/l2, are the Kullback-Leibler
+# rates, and its spread is ~1/|l1 - l2| when one rate dominates (a cut: the MLE is the last
+# event before it, an Exp(l1) gap early) and ~4 l / (l1 - l2)^2 for a small step (the
+# Brownian limit, Hinkley, Biometrika 57, 1 (1970)). No closed form covers every ratio, so
+# change_point_spread simulates that walk with the estimated rates (a parametric bootstrap,
+# Efron & Tibshirani 1993, ch. 6 and 10): the estimate is corrected by the walk's mean error
+# (the bias, e.g. 1/l1 early for a cut) and its standard uncertainty is the walk's standard
+# deviation.
+
+
+def _xlogy_ratio(n: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """n ln(n / length), 0 where n = 0 (the limit)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, n * np.log(n / length), 0.0)
+
+
+def rate_change_point(times_s: np.ndarray, a_s: float, b_s: float) -> tuple[float, float, float]:
+    """Maximum-likelihood time of a single step in the rate of the events ``times_s`` (sorted,
+    within [a_s, b_s)), and the rates before and after it (Hz). Plain numpy, O(n)."""
+    t = np.asarray(times_s, dtype=np.float64) - a_s
+    span = b_s - a_s
+    n = len(t)
+    if n == 0 or span <= 0:
+        raise ValueError("a change point needs events in a non-empty interval")
+    # n1 = k events before tau, for tau on [t[k-1], t[k]] (t[-1] = a, t[n] = b): both ends
+    k = np.arange(n + 1, dtype=np.float64)
+    left = np.concatenate(([0.0], t))  # t[k-1]
+    right = np.concatenate((t, [span]))  # t[k]
+    tiny = 1e-12  # 1 ps: an event exactly on a bound must not give an infinite likelihood
+    best_l, best_tau, best_k = -np.inf, 0.0, 0
+    for tau in (left, right):
+        l1 = np.maximum(tau, tiny)
+        l2 = np.maximum(span - tau, tiny)
+        ll = _xlogy_ratio(k, l1) + _xlogy_ratio(n - k, l2)
+        # tau on a bound with events beyond it is not a change point inside the interval
+        ll[(k > 0) & (tau <= 0)] = -np.inf
+        ll[(k < n) & (tau >= span)] = -np.inf
+        i = int(np.argmax(ll))
+        if ll[i] > best_l:
+            best_l, best_tau, best_k = float(ll[i]), float(tau[i]), i
+    before = best_k / max(best_tau, tiny)
+    after = (n - best_k) / max(span - best_tau, tiny)
+    return a_s + best_tau, before, after
+
+
+def change_point_spread(
+    rate_before_hz: float, rate_after_hz: float, n_walks: int = 400, seed: int = 0
+) -> tuple[float, float]:
+    """(mean, standard deviation) in s of the change-point MLE's error for a step between
+    these rates: the argmax of the two-sided random walk described above, simulated
+    ``n_walks`` times (seeded: the same rates give the same answer)."""
+    l1, l2 = float(rate_before_hz), float(rate_after_hz)
+    if l1 < 0 or l2 < 0 or l1 == l2:
+        raise ValueError(f"a step needs two different rates, got {l1:g} and {l2:g} Hz")
+    rng = np.random.default_rng(seed)
+    d = l1 - l2
+    log_r = math.log(l1 / l2) if l1 > 0 and l2 > 0 else math.copysign(math.inf, d)
+    # time each side of the walk must cover: many times its spread, so the argmax is inside
+    scales = [1.0 / abs(d)]
+    if math.isfinite(log_r) and log_r:
+        for lam, drift in ((l2, l2 * log_r - d), (l1, d - l1 * log_r)):
+            if drift < 0:
+                scales.append(lam * log_r**2 / drift**2)
+                scales.append(1.0 / -drift)
+    horizon = 40.0 * max(scales)
+    best = np.zeros(n_walks)
+    best_val = np.zeros(n_walks)
+    for lam, sign in ((l2, 1.0), (l1, -1.0)):  # after t0 (events at l2), before it (l1)
+        if lam == 0:
+            continue  # no event on this side: the walk only drifts down from 0
+        n_ev = int(lam * horizon + 6 * math.sqrt(lam * horizon) + 10)
+        if n_ev > MAX_WALK_EVENTS:
+            raise ValueError(
+                f"rates {l1:g} and {l2:g} Hz are too close for a change point to be dated"
+            )
+        e = np.cumsum(rng.exponential(1.0 / lam, size=(n_walks, n_ev)), axis=1)
+        j = np.arange(n_ev + 1, dtype=np.float64)  # events passed: 0 .. n_ev
+        # passing an event adds +log_r after t0 and -log_r before it (an infinite log_r: a
+        # side with no events at all, whose events cannot be passed); 0 passed adds nothing
+        per_event = sign * log_r
+        if math.isfinite(log_r):
+            jumps = j * per_event
+        else:
+            jumps = np.where(j == 0, 0.0, per_event)
+        drift = -sign * d * e  # after t0: -d per s; before it: +d per s
+        # the walk just before event i has passed i - 1 events, just after it i
+        vals = np.maximum(jumps[None, :-1] + drift, jumps[None, 1:] + drift)
+        i = np.argmax(vals, axis=1)
+        v = vals[np.arange(n_walks), i]
+        take = v > best_val
+        best = np.where(take, sign * e[np.arange(n_walks), i], best)
+        best_val = np.where(take, v, best_val)
+    return float(best.mean()), float(best.std())
+
+
+MAX_WALK_EVENTS = 20_000  # per walk and side: beyond this the step is too small to date
+MIN_STEP_SIGMAS = 5.0  # a rate step is dated only when the windows' rates differ this clearly
+
+
+def date_rate_step(
+    times_s: np.ndarray, a_s: float, split_s: float, b_s: float
+) -> tuple[float, float] | None:
+    """Date a step of the event rate on [a_s, b_s) whose two windows [a_s, split_s) and
+    [split_s, b_s) differ in rate by more than ``MIN_STEP_SIGMAS`` (counting statistics);
+    returns (bias-corrected change point, standard uncertainty) in s, or None."""
+    t = np.asarray(times_s, dtype=np.float64)
+    n_a = int(np.searchsorted(t, split_s))
+    n_b = len(t) - n_a
+    d_a, d_b = split_s - a_s, b_s - split_s
+    if d_a <= 0 or d_b <= 0 or not len(t):
+        return None
+    sigma = math.sqrt(n_a / d_a**2 + n_b / d_b**2)
+    if abs(n_a / d_a - n_b / d_b) <= MIN_STEP_SIGMAS * sigma:
+        return None
+    tau, before, after = rate_change_point(t, a_s, b_s)
+    if before == after:
+        return None
+    try:
+        bias, spread = change_point_spread(before, after)
+    except ValueError:
+        return None
+    return tau - bias, spread
 
 
 def key_rate_estimate(counts, link: LinkSettings, duration_s: float, f_ec: float) -> float:
@@ -143,6 +305,26 @@ class LinkMonitor:
         self._ch: list[np.ndarray] = []
         self._w0 = None if t0_s is None else int(t0_s * 1e12)
         self.frame_shift: int | None = None  # found in the previous window, tried first
+        # the last window's bounds (ps) and its detector and sync tag times (s): a transition
+        # is dated on the tags of the window that shows it and of this one
+        self._last_streams: tuple[int, int, np.ndarray, np.ndarray] | None = None
+
+    _warm = False  # the analysis kernels are compiled or loaded in this process
+
+    @classmethod
+    def warm(cls, link: LinkSettings | None = None) -> None:
+        """Compile (or load from numba's cache) every analysis kernel a window needs, on a
+        tiny synthetic window, before a capture's clock starts: a cold compile takes ~10 s
+        (more on a busy machine) and would otherwise happen in the first window, mid-capture.
+        The synthetic tags and the source's answers are made up here and consistent with each
+        other; only the array types matter to the compiler. Once per process."""
+        if cls._warm:
+            return
+        link = link or LinkSettings(1e9, 10_000, (0.5, 0.1, 2e-4), (0.7, 0.2, 0.1), 0.5)
+        ts, ch, sifter = _synthetic_window(link)
+        mon = cls(link, sifter, window_s=1.0)
+        mon.analyse_window(ts, ch, int(ts[0]), int(ts[-1]) + 1)
+        cls._warm = True
 
     # -- input -----------------------------------------------------------------------------
     def feed(self, timestamps_ps: np.ndarray, channels: np.ndarray) -> list[WindowStatus]:
@@ -184,8 +366,30 @@ class LinkMonitor:
         ts, ch = self._take(w1)
         self._w0 = w1
         status = self.analyse_window(ts, ch, w0, w1)
-        self._record(status)
+        streams = (
+            w0,
+            w1,
+            ts[np.isin(ch, DETECTOR_CHANNELS)] * 1e-12,
+            ts[ch == SYNC_CHANNEL] * 1e-12,
+        )
+        prev, self._last_streams = self._last_streams, streams
+        self._record(status, prev, streams)
         return status
+
+    @staticmethod
+    def _date(prev, cur) -> tuple[float, float, str] | None:
+        """Date a transition between the windows ``prev`` and ``cur`` by the stream whose
+        rate stepped most clearly (detectors: cut, laser off, loss; sync: sync lost)."""
+        if prev is None or prev[1] != cur[0]:
+            return None
+        a, split, b = prev[0] * 1e-12, cur[0] * 1e-12, cur[1] * 1e-12
+        best = None
+        for name, i in (("detectors", 2), ("sync", 3)):
+            t = np.concatenate((prev[i], cur[i]))
+            dated = date_rate_step(t, a, split, b)
+            if dated is not None and (best is None or dated[1] < best[1]):
+                best = (dated[0], dated[1], name)
+        return best
 
     def analyse_window(self, ts: np.ndarray, ch: np.ndarray, w0: int, w1: int) -> WindowStatus:
         dur = (w1 - w0) * 1e-12
@@ -287,11 +491,15 @@ class LinkMonitor:
             finite_key_bits=res.key.key_length,
         )
 
-    def _record(self, w: WindowStatus) -> None:
+    def _record(self, w: WindowStatus, prev_streams=None, streams=None) -> None:
         prev = self.windows[-1].state if self.windows else None
         self.windows.append(w)
         if w.state is not prev:
-            self.transitions.append(Transition(w.t_stop_s, prev, w.state, w.reason))
+            t = Transition(w.t_stop_s, prev, w.state, w.reason, window_s=self.window_ps * 1e-12)
+            dated = self._date(prev_streams, streams) if prev is not None and streams else None
+            if dated is not None:
+                t.estimate_s, t.uncertainty_s, t.stream = dated
+            self.transitions.append(t)
         if self.on_window is not None:
             self.on_window(w)
 
@@ -316,6 +524,9 @@ class LinkMonitor:
                     "from": t.old.value if t.old else None,
                     "to": t.new.value,
                     "reason": t.reason,
+                    "estimate_s": t.estimate_s,
+                    "uncertainty_s": t.uncertainty_s,
+                    "dated_by": t.stream,
                 }
                 for t in self.transitions
             ],
@@ -324,6 +535,32 @@ class LinkMonitor:
                 for w in self.windows
             ],
         }
+
+
+def _synthetic_window(link: LinkSettings, n_syncs: int = 40, n_det: int = 3000, seed: int = 0):
+    """A short window of made-up tags (sync every ``sync_divider`` pulses, single clicks in
+    random bases) and a sifter answering consistently for them: input for :meth:`warm`."""
+    rng = np.random.default_rng(seed)
+    period_ps = 1e12 / link.clock_hz
+    div = link.sync_divider
+    sync_pulse = np.arange(1, n_syncs + 1, dtype=np.int64) * div
+    det_pulse = np.sort(rng.choice(np.arange(div, n_syncs * div), n_det, replace=False))
+    basis = rng.integers(0, 2, n_det).astype(np.uint8)
+    bit = rng.integers(0, 2, n_det).astype(np.uint8)
+    det = (1 + 2 * basis + bit).astype(np.uint8)  # H, V (Z) and D, A (X): channels 1..4
+    ts = np.concatenate(
+        (np.round(sync_pulse * period_ps), np.round((det_pulse + 0.1) * period_ps))
+    ).astype(np.int64)
+    ch = np.concatenate((np.full(n_syncs, SYNC_CHANNEL, np.uint8), det))
+    order = np.argsort(ts, kind="stable")
+
+    def sifter(idx: np.ndarray):
+        pos = np.clip(np.searchsorted(det_pulse, idx), 0, n_det - 1)
+        b, bt = basis[pos].copy(), bit[pos].copy()
+        bt[1::2] = 255  # every other bit kept back, as the source does with its sample
+        return b, (np.arange(len(idx)) % 3).astype(np.uint8), bt
+
+    return ts[order], ch[order], sifter
 
 
 def follow_capture(
