@@ -33,7 +33,7 @@ from typing import Any
 import hil
 
 from .config import DEFAULT_DRIVERS, EMULATOR, BenchFile, load_bench
-from .instruments.base import Instrument, InstrumentError
+from .instruments.base import Instrument, InstrumentError, wait_event
 from .roles import driver_class
 
 log = logging.getLogger("hil.bench")
@@ -285,7 +285,7 @@ class Bench:
         late = {}
         for role, probe in self._probes.items():
             left = probe.bound_s - (time.monotonic() - probe.started)
-            if not probe.done.wait(max(left, 0.0)):
+            if not wait_event(probe.done, max(left, 0.0)):
                 probe.cancel()
                 late[role] = f"did not answer its identification query within {probe.bound_s:g} s"
         for role, probe in self._probes.items():
@@ -356,7 +356,7 @@ class Bench:
         bench was opened, is not waited for again; the others act at once, each in a thread of
         its own, within its timeout or ``budget_s``, whichever is shorter."""
         problems: dict[str, str] = {}
-        jobs: dict[str, tuple[threading.Thread, dict]] = {}
+        jobs: dict[str, dict] = {}
         for role in SAFE_STATE_ROLES:
             if role not in self.spec.instruments:
                 continue
@@ -367,26 +367,25 @@ class Bench:
             if why is not None:
                 problems[role] = f"not applied: {why}"
                 continue
-            budget = inst._timeout_s() or 5.0
+            budget = inst.timeout_s or 5.0
             if budget_s is not None:
                 budget = min(budget, budget_s)
-            box: dict = {"budget": budget}
+            box: dict = {"budget": budget, "done": threading.Event()}
             thread = threading.Thread(
                 target=_apply_safe_state, args=(inst, budget, box), name=f"safe {role}", daemon=True
             )
             thread.start()
-            jobs[role] = (thread, box)
+            jobs[role] = box
         try:
-            for role, (thread, box) in jobs.items():
+            for role, box in jobs.items():
                 # the deadline inside ends the job; the margin covers the CPU work around it
-                thread.join(box["budget"] + 1.0)
-                if thread.is_alive():
+                if not wait_event(box["done"], box["budget"] + 1.0):
                     problems[role] = f"not applied: did not finish within {box['budget']:g} s"
                 elif box.get("error"):
                     problems[role] = f"not applied: {box['error']}"
         except KeyboardInterrupt:
             for role in jobs:
-                if role not in problems and jobs[role][0].is_alive():
+                if role not in problems and not jobs[role]["done"].is_set():
                     problems[role] = "not applied: interrupted again"
             self._log_safe_state(jobs, problems)
             raise
@@ -451,6 +450,8 @@ def _apply_safe_state(inst: Instrument, budget_s: float, box: dict) -> None:
             inst.safe_state()
     except Exception as exc:  # noqa: BLE001 - reported, one line per instrument
         box["error"] = getattr(exc, "cause", None) or f"{type(exc).__name__}: {exc}"
+    finally:
+        box["done"].set()
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------

@@ -356,6 +356,19 @@ def _open_resource(resource: str, timeout_s: float, kwargs: dict) -> Any:
     return session
 
 
+def wait_event(event: threading.Event, seconds: float) -> bool:
+    """``event.wait(seconds)`` in slices. A wait on a lock ends at a signal only in the thread
+    the signal was delivered to; slices let the main thread's Ctrl-C (KeyboardInterrupt) stop
+    the wait within one slice wherever the signal landed."""
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if event.wait(max(0.0, min(left, _WAIT_SLICE_S))):
+            return True
+        if left <= _WAIT_SLICE_S:
+            return event.is_set()
+
+
 def _run_bounded(fn: Callable[[], Any], seconds: float, name: str) -> bool:
     """Run ``fn`` in a helper thread and wait at most ``seconds``: for library calls that take
     no timeout of their own (a device clear, a close of a non-socket session). True when it
@@ -372,7 +385,7 @@ def _run_bounded(fn: Callable[[], Any], seconds: float, name: str) -> bool:
             done.set()
 
     threading.Thread(target=work, name=name, daemon=True).start()
-    return done.wait(seconds)
+    return wait_event(done, seconds)
 
 
 # ----------------------------------------------------------------------------- instrument
@@ -445,7 +458,7 @@ class Instrument:
         threading.Thread(target=work, name=f"open {self.name}", daemon=True).start()
         finished = False
         try:
-            finished = done.wait(timeout_s)
+            finished = wait_event(done, timeout_s)
         finally:
             if not finished:  # timed out, or interrupted (KeyboardInterrupt goes on up)
                 with gate:
@@ -466,6 +479,11 @@ class Instrument:
         """Why the connection can no longer be used (closed or reset by the instrument, or
         closed here), else None. Every operation then fails at once with this cause."""
         return self._lost
+
+    @property
+    def timeout_s(self) -> float | None:
+        """Get the I/O timeout in s (None: no limit)."""
+        return self._timeout_s()
 
     def _timeout_s(self) -> float | None:
         t = self.session.timeout
