@@ -13,7 +13,14 @@ A criteria file maps requirement ids to criteria::
         conditions: {attenuation_db: 10, duration_s: 1}
 
 A MARGINAL verdict passes; FAIL fails the test that measured it. Values are stored in the
-criterion's unit; ``judge`` takes values in the quantity's SI base unit.
+criterion's unit; ``judge`` takes values in the quantity's SI base unit, and optionally the
+measurement's standard uncertainty (same unit), kept in the verdict so that ``hil report`` can
+tell a real change from counting noise.
+
+Conditions: each quantity accepts the condition keys listed in :data:`CONDITIONS` (each checked
+for its type and range); any other key is refused at load with one line ``file:line: key:``, so a
+condition the measurement would not honour (a typo, or a setting no plan applies) cannot sit in
+a criteria file looking as if it did. A plan reads every condition of the criteria it judges.
 """
 
 from __future__ import annotations
@@ -61,6 +68,153 @@ QUANTITIES: dict[str, tuple[str, dict[str, float], str]] = {
     "sync_residual": ("s", _TIME, "max residual of the recovered clock"),
     "key_rate_ratio": ("1", _RATIO, "key rate relative to a reference"),
     "secure_key_length": ("bit", {"bit": 1.0, "kbit": 1e3, "Mbit": 1e6}, "finite-key length"),
+}
+
+
+# -- conditions: the keys each quantity's measurement honours, with their checks -----------------
+# A check returns None when the value is acceptable, else what is wrong with it.
+_Check = Any
+
+
+def _number(lo: float = -math.inf, hi: float = math.inf, *, lo_open=False, hi_open=False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return "must be a finite number"
+        if v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi):
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            return f"{v!r} is outside {left}{lo:g}, {hi:g}{right}"
+        return None
+
+    return check
+
+
+def _numbers(lo: float = -math.inf, hi: float = math.inf):
+    """A number or a non-empty list of numbers within [lo, hi] (a sweep)."""
+    one = _number(lo, hi)
+
+    def check(v):
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            return "an empty list measures nothing"
+        return next((f"{e}" for e in map(one, items) if e), None)
+
+    return check
+
+
+def _choice(*allowed: str):
+    def check(v):
+        return None if v in allowed else f"{v!r} is not one of {', '.join(map(repr, allowed))}"
+
+    return check
+
+
+def _detectors(v):
+    """Detector names H, V, D, A as a list or a comma-separated string."""
+    names = v if isinstance(v, list) else str(v).split(",")
+    names = [str(n).strip() for n in names]
+    bad = [n for n in names if n not in DETECTOR_NAMES]
+    if bad or not names:
+        return f"{v!r}: name detectors among {', '.join(DETECTOR_NAMES)}"
+    return None
+
+
+DETECTOR_NAMES = ("H", "V", "D", "A")  # tagger inputs 1..4 (DESIGN.md, Conventions)
+
+_POS = _number(0.0, lo_open=True)
+_TIME_AT = _number(0.0)
+_ATT = _numbers(0.0, 100.0)
+# Security parameters of the finite-key bound (Lim et al., PRA 89, 022307 (2014)): failure
+# probabilities in (0, 1); the error-correction efficiency f_EC >= 1 (1 is the Shannon limit,
+# below it a code would leak less than the conditional entropy allows).
+_KEY = {
+    "eps_sec": ("secrecy failure probability", _number(0.0, 1.0, lo_open=True, hi_open=True)),
+    "eps_cor": ("correctness failure probability", _number(0.0, 1.0, lo_open=True, hi_open=True)),
+    "f_ec": ("error-correction efficiency (leak / n h(QBER))", _number(1.0, 10.0)),
+}
+_LINK = {
+    "attenuation_db": ("attenuator setting (dB); a list is a sweep", _ATT),
+    "duration_s": ("acquisition length in link time", _POS),
+}
+_WINDOW = {"window_s": ("monitor or analysis window", _POS)}
+# fault injections (testplans/pilot/faults): when and how much
+_FAULTS = {
+    "cut_at_s": ("fiber cut, link-time offset", _TIME_AT),
+    "restore_at_s": ("fiber restored, link-time offset", _TIME_AT),
+    "step_db": ("loss step", _POS),
+    "step_at_s": ("step, link-time offset", _TIME_AT),
+    "key_rate_floor_kbps": ("monitor key-rate floor (kbit/s)", _number(0.0)),
+    "drift_at_s": ("drift start, link-time offset", _TIME_AT),
+    "e_mis_final": ("misalignment error reached", _number(0.0, 0.5)),
+    "e_mis_rate_per_s": ("misalignment growth per s", _POS),
+    "runaway_at_s": ("temperature runaway start", _TIME_AT),
+    "rate_c_per_s": ("temperature ramp (degC/s)", _POS),
+    "target_c": ("temperature the runaway heads for (degC)", _number(-60.0, 60.0)),
+    "poll_s": ("temperature poll interval", _POS),
+    "attack_at_s": ("attack start, link-time offset", _TIME_AT),
+    "fraction": ("share of pulses attacked", _number(0.0, 1.0)),
+    "lost_at_s": ("sync lost, link-time offset", _TIME_AT),
+    "back_at_s": ("sync back, link-time offset", _TIME_AT),
+    "off_at_s": ("laser off, link-time offset", _TIME_AT),
+}
+_TEMPS = {"temperatures_c": ("detector temperature sweep (degC)", _numbers(-60.0, 25.0))}
+
+# quantity -> condition key -> (description, check)
+CONDITIONS: dict[str, dict[str, tuple[str, _Check]]] = {
+    "count_rate": {**_LINK, "channels": ("detectors counted (H, V, D, A)", _detectors)},
+    "sync_rate": dict(_LINK),
+    "secure_key_rate": {
+        **_LINK,
+        **_KEY,
+        **_TEMPS,
+        **_WINDOW,
+        "drift_db": ("slow loss drift added", _POS),
+        "drift_s": ("length of the drift", _POS),
+    },
+    "asymptotic_key_rate": {**_LINK, "f_ec": _KEY["f_ec"]},
+    "sifted_key_rate": dict(_LINK),
+    "qber": {
+        **_LINK,
+        **_TEMPS,
+        "basis": ("basis of the sifted bits", _choice("Z", "X")),
+        "intensity": ("intensity class", _choice("signal", "decoy", "vacuum")),
+    },
+    "uptime": {
+        "attenuation_db": _LINK["attenuation_db"],
+        **_WINDOW,
+        "soak_s": ("soak length in link time", _POS),
+        "key_rate_floor_kbps": _FAULTS["key_rate_floor_kbps"],
+    },
+    "integration_time": {
+        **_LINK,
+        **_KEY,
+        **_WINDOW,
+        "source_on_at_s": ("source output on, link-time offset", _TIME_AT),
+    },
+    "detection_latency": {"attenuation_db": _LINK["attenuation_db"], **_WINDOW, **_FAULTS},
+    "recovery_time": {"attenuation_db": _LINK["attenuation_db"], **_WINDOW, **_FAULTS},
+    "dark_count_rate": {
+        "integration_s": ("counter integration time", _number(1e-3, 60.0)),
+        # the procedure measures with the source off and the shutter closed, nothing else
+        "source": ("source output during the count", _choice("off")),
+        "shutter": ("attenuator shutter during the count", _choice("closed")),
+    },
+    "detection_efficiency": {
+        **_LINK,
+        "channel_loss_db": ("calibrated loss besides the attenuator (dB)", _number(0.0, 100.0)),
+    },
+    "control_latency": {"queries": ("round trips whose median is taken", _number(1, 100_000))},
+    "clock_drift": {
+        **_LINK,
+        "drift_ppm": ("injected clock drift step", _number(-1000.0, 1000.0)),
+        "step_at_s": _FAULTS["step_at_s"],
+    },
+    "sync_residual": dict(_LINK),
+    "key_rate_ratio": dict(_LINK),
+    "secure_key_length": {
+        **_LINK,
+        **_KEY,
+        "attack_fraction": ("share of pulses intercepted and resent", _number(0.0, 1.0)),
+    },
 }
 
 
@@ -133,6 +287,21 @@ class Criterion(BaseModel):
                         f"marginal.{side} {mv:g} lies outside limits.{side} {lv:g} "
                         "(the marginal band is the passing edge inside the limit)",
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _known_conditions(self) -> Criterion:
+        accepted = CONDITIONS.get(self.quantity, {})
+        for key, value in self.conditions.items():
+            if key not in accepted:
+                raise _at(
+                    f"conditions.{key}",
+                    f"unknown condition {key!r} for {self.quantity} (no measurement would honour "
+                    f"it); accepted: {', '.join(sorted(accepted)) or 'none'}",
+                )
+            problem = accepted[key][1](value)
+            if problem:
+                raise _at(f"conditions.{key}", problem)
         return self
 
     @field_validator("conditions")
@@ -293,6 +462,8 @@ class Verdict:
     test: str = ""
     evidence: list[str] = field(default_factory=list)
     criteria_file: str = ""
+    # standard uncertainty of ``value`` (one sigma, in ``unit``), when the measurement states it
+    uncertainty: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -307,8 +478,9 @@ class Verdict:
         return " and ".join(parts)
 
     def line(self) -> str:
+        pm = f" +- {self.uncertainty:.2g}" if self.uncertainty is not None else ""
         return (
-            f"{self.criterion_id} {self.quantity} = {self.value:.6g} {self.unit}, limit "
+            f"{self.criterion_id} {self.quantity} = {self.value:.6g}{pm} {self.unit}, limit "
             f"{self.limit_text()}: {self.outcome} (margin {self.margin:+.4g} {self.unit})"
         )
 
@@ -326,10 +498,20 @@ def judge(
     evidence: list[str] | None = None,
     criteria_file: str = "",
     conditions: dict | None = None,
+    uncertainty: float | None = None,
 ) -> Verdict:
-    """Judge ``value_si`` (in the quantity's SI base unit) against ``criterion``."""
+    """Judge ``value_si`` (in the quantity's SI base unit) against ``criterion``.
+
+    ``uncertainty``: the measurement's standard uncertainty (one sigma) in the same SI unit,
+    or None when the measurement does not state one. It does not change the outcome (a limit
+    is judged on the value); ``hil report`` uses it to tell a change from noise."""
     factor = QUANTITIES[criterion.quantity][1][criterion.unit]
     value = float(value_si) / factor
+    u = None
+    if uncertainty is not None:
+        u = float(uncertainty) / factor
+        if not (u >= 0 and math.isfinite(u)):  # NaN or negative: nothing stated
+            u = None
     lim, mar = criterion.limits, criterion.marginal
     margins = []
     if lim.min is not None:
@@ -362,4 +544,5 @@ def judge(
         test=test,
         evidence=list(evidence or []),
         criteria_file=criteria_file,
+        uncertainty=u,
     )

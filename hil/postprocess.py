@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .analysis.finitekey import FiniteKeyResult, finite_key_three_intensity
+from .analysis.finitekey import FiniteKeyResult, finite_key_three_intensity, lim_bounds_core
 from .analysis.sifting import SiftCounts, sift
 from .analysis.timing import (
     SYNC_CHANNEL,
@@ -59,6 +59,21 @@ class KeyParameters:
     eps_cor: float = 1e-15
     f_ec: float = 1.16
 
+    @classmethod
+    def from_conditions(cls, conditions: dict) -> KeyParameters:
+        """The parameters a criterion's conditions state (``eps_sec``, ``eps_cor``, ``f_ec``);
+        the defaults above for those it leaves out."""
+        d = cls()
+        return cls(
+            float(conditions.get("eps_sec", d.eps_sec)),
+            float(conditions.get("eps_cor", d.eps_cor)),
+            float(conditions.get("f_ec", d.f_ec)),
+        )
+
+    def as_conditions(self) -> dict:
+        """The parameters as verdict conditions (a report shows the ones actually used)."""
+        return asdict(self)
+
 
 @dataclass
 class WindowResult:
@@ -70,6 +85,9 @@ class WindowResult:
     key: FiniteKeyResult
     detections: int
     outside_gate: int
+    # what the key was computed with (for its uncertainty); None on results built by hand
+    link: LinkSettings | None = field(default=None, repr=False)
+    key_params: KeyParameters | None = field(default=None, repr=False)
 
     @property
     def duration_s(self) -> float:
@@ -79,6 +97,14 @@ class WindowResult:
     def secure_key_rate(self) -> float:
         """Finite-key secure key rate in bit/s (0 when the bound aborts)."""
         return self.key.key_length / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def secure_key_rate_uncertainty(self) -> float:
+        """Standard uncertainty of :attr:`secure_key_rate` from counting statistics (bit/s),
+        see :func:`key_length_uncertainty`; NaN when the bound is not finite."""
+        if self.duration_s <= 0 or self.link is None:
+            return float("nan")
+        return key_length_uncertainty(self.counts, self.link, self.key_params) / self.duration_s
 
     @property
     def qber_z(self) -> float:
@@ -239,6 +265,52 @@ def _key(counts: SiftCounts, link: LinkSettings, kp: KeyParameters) -> FiniteKey
     )
 
 
+def key_length_uncertainty(
+    counts: SiftCounts, link: LinkSettings, kp: KeyParameters | None = None
+) -> float:
+    """Standard uncertainty (bits) of the finite-key length bound of ``counts`` from counting
+    statistics, by first-order propagation (the delta method).
+
+    The counts that enter the bound are sums of independent Poisson counts: per intensity class
+    the undisclosed Z detections (n_Z - d_Z), the X detections without and with an error
+    (n_X - m_X, m_X), and over all classes the disclosed Z bits without and with an error (they
+    set the QBER of the error-correction leak). Each count c has variance c; the bound's
+    variance is sum_c (d ell / d c)^2 c, the derivative taken as the central difference
+    (ell(c + sqrt c) - ell(c - sqrt c)) / (2 sqrt c) on the continuous bound (before flooring).
+    The derivative is the bound's own, so the uncertainty says how far the same link would
+    move the bound between runs, not how far the bound is from the true key length."""
+    kp = kp or KeyParameters()
+    n, d, m = (np.asarray(a, dtype=float) for a in (counts.n, counts.d, counts.m))
+    # independent components: 3 undisclosed Z, 3 X correct, 3 X errors, Z disclosed ok/errors
+    base = np.concatenate([n[0] - d[0], n[1] - m[1], m[1], [d[0].sum() - m[0].sum(), m[0].sum()]])
+    steps = np.sqrt(base)
+    live = np.flatnonzero(steps > 0)  # a zero count has zero variance
+    rows = np.repeat(base[None, :], 1 + 2 * len(live), axis=0)
+    rows[1 + np.arange(len(live)), live] += steps[live]
+    rows[1 + len(live) + np.arange(len(live)), live] -= steps[live]
+    n_z, n_x_ok, m_x = rows[:, 0:3], rows[:, 3:6], rows[:, 6:9]
+    d_ok, d_err = rows[:, 9], rows[:, 10]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qber = np.where(d_ok + d_err > 0, d_err / (d_ok + d_err), 0.5)  # as _key: none -> worst
+    bounds = lim_bounds_core(
+        n_z,
+        n_x_ok + m_x,
+        m_x,
+        qber,
+        np.asarray(link.mu, dtype=float),
+        np.asarray(link.p_mu, dtype=float),
+        kp.eps_sec,
+        kp.eps_cor,
+        kp.f_ec,
+    )
+    ell = np.asarray(bounds["length_bound"], dtype=float)
+    if not np.all(np.isfinite(ell)):
+        return float("nan")
+    k = len(live)
+    slope = (ell[1 : 1 + k] - ell[1 + k :]) / (2 * steps[live])
+    return float(np.sqrt(np.sum(slope**2 * base[live])))
+
+
 def analyse_tags(
     timestamps_ps: np.ndarray,
     channels: np.ndarray,
@@ -300,6 +372,8 @@ def analyse_tags(
         _key(total_counts, link, kp),
         int(len(pulse)),
         int(pa.n_outside.sum()),
+        link,
+        kp,
     )
     windows = []
     if window_s:
@@ -313,7 +387,14 @@ def analyse_tags(
             c = _window_counts(pulse[sel_in], det[sel_in], answers, idx_sorted, seed)
             windows.append(
                 WindowResult(
-                    w0, w1, c, _key(c, link, kp), int(sel.sum()), int((sel & ~inside).sum())
+                    w0,
+                    w1,
+                    c,
+                    _key(c, link, kp),
+                    int(sel.sum()),
+                    int((sel & ~inside).sum()),
+                    link,
+                    kp,
                 )
             )
     return KeyAnalysis(clock, np.asarray(delays_ps), total, windows, frame_shift=shift)
@@ -386,6 +467,8 @@ def analyse_capture(
         _key(counts, link, kp),
         sum(p.total.detections for p in parts),
         sum(p.total.outside_gate for p in parts),
+        link,
+        kp,
     )
     result = KeyAnalysis(
         parts[0].clock,
@@ -398,7 +481,11 @@ def analyse_capture(
     if store_result:
         from .store import store_result as _store
 
-        _store(path, "key_analysis", {"link": asdict(link), **result.summary()})
+        _store(
+            path,
+            "key_analysis",
+            {"link": asdict(link), "key_params": asdict(kp), **result.summary()},
+        )
     return result
 
 

@@ -4,10 +4,18 @@ import pytest
 
 from hil.fixtures.procedures import link_up, measure_key, monitor_capture
 from hil.monitor import Thresholds
+from hil.postprocess import KeyParameters
+
+SWEEP = ("attenuation_db", "temperatures_c", "duration_s")
 
 
 def test_detector_temperature_sweep(bench, pilot_source, detectors, run, conditions, judge_value):
     cond = conditions("PIL-ENV-001")
+    # PIL-ENV-002 is judged on the same captures: its sweep must be the one measured
+    cond_qber = conditions("PIL-ENV-002")
+    differ = [k for k in SWEEP if cond_qber[k] != cond[k]]
+    assert not differ, f"PIL-ENV-002 and PIL-ENV-001 share the sweep; they differ in {differ}"
+    kp = KeyParameters.from_conditions(cond)
     original = [ch.temperature_setpoint_c for ch in detectors.channels]
     results = []
     try:
@@ -15,7 +23,12 @@ def test_detector_temperature_sweep(bench, pilot_source, detectors, run, conditi
             for ch in detectors.channels:
                 ch.temperature_setpoint_c = temp
             m = measure_key(
-                bench, run, cond["attenuation_db"], cond["duration_s"], f"temperature_{temp:+g}C"
+                bench,
+                run,
+                cond["attenuation_db"],
+                cond["duration_s"],
+                f"temperature_{temp:+g}C",
+                key_params=kp,
             )
             results.append((temp, m))
     finally:
@@ -26,12 +39,18 @@ def test_detector_temperature_sweep(bench, pilot_source, detectors, run, conditi
     judge_value(
         "PIL-ENV-001",
         worst_rate[1].secure_key_rate_bps,
+        uncertainty=worst_rate[1].secure_key_rate_uncertainty_bps,
         evidence=[m.evidence for _, m in results],
-        conditions={"worst_at_temperature_c": worst_rate[0]},
+        conditions={"worst_at_temperature_c": worst_rate[0], **kp.as_conditions()},
     )
+    counts = worst_qber[1].analysis.total.counts
+    d = int(counts.d[0].sum())
+    q = worst_qber[1].analysis.total.qber_z
     judge_value(
         "PIL-ENV-002",
-        worst_qber[1].analysis.total.qber_z,
+        q,
+        # binomial counting statistics of the Z errors among d disclosed bits
+        uncertainty=(q * (1 - q) / d) ** 0.5 if d else None,
         evidence=[m.evidence for _, m in results],
         conditions={"worst_at_temperature_c": worst_qber[0]},
     )

@@ -1,48 +1,82 @@
-"""Pilot: secure key rate and QBER at the nominal loss, and key rate against loss."""
+"""Pilot: secure key rate and QBER at the nominal loss, and key rate against loss.
+
+Every criterion's conditions drive its measurement: attenuation and duration set the capture,
+eps_sec, eps_cor and f_ec the finite-key bound. Criteria whose conditions agree share one
+capture (measured inside the first test that needs it, after the plan's settings were applied).
+"""
 
 import json
 
 import pytest
 
-from hil.fixtures.procedures import measure_key
+from hil.fixtures.procedures import KeyMeasurement, measure_key
+from hil.postprocess import KeyParameters
 
 BASES = {"Z": 0, "X": 1}
 CLASSES = {"signal": 0, "decoy": 1, "vacuum": 2}
 
 
 @pytest.fixture(scope="module")
-def nominal(bench, pilot_source, run, conditions):
+def key_at(bench, run):
+    """``key_at(attenuation_db, duration_s, key_params=None)`` -> KeyMeasurement, captured once
+    per distinct conditions in this module; ``key_params`` None takes any analysis of that
+    capture (QBER does not depend on the finite-key parameters)."""
+    done: list[tuple[float, float, KeyMeasurement]] = []
+
+    def measure(attenuation_db, duration_s, key_params: KeyParameters | None = None):
+        for att, dur, m in done:
+            if (att, dur) == (attenuation_db, duration_s) and key_params in (None, m.key_params):
+                return m
+        name = f"nominal_loss_{len(done)}" if done else "nominal_loss"
+        m = measure_key(bench, run, attenuation_db, duration_s, name, key_params=key_params)
+        done.append((attenuation_db, duration_s, m))
+        return m
+
+    return measure
+
+
+def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, conditions, judge_value):
     cond = conditions("PIL-SKR-001")
-    return measure_key(bench, run, cond["attenuation_db"], cond["duration_s"], "nominal_loss")
-
-
-def test_secure_key_rate_at_nominal_loss(nominal, judge_value):
-    total = nominal.analysis.total
+    kp = KeyParameters.from_conditions(cond)
+    m = key_at(cond["attenuation_db"], cond["duration_s"], kp)
+    total = m.analysis.total
     assert total.key.key_length > 0, f"no key: {total.key.abort_reason}"
-    judge_value("PIL-SKR-001", nominal.secure_key_rate_bps, evidence=[nominal.evidence])
+    judge_value(
+        "PIL-SKR-001",
+        m.secure_key_rate_bps,
+        uncertainty=m.secure_key_rate_uncertainty_bps,
+        evidence=[m.evidence],
+        conditions=kp.as_conditions(),
+    )
 
 
 @pytest.mark.parametrize(
     "criterion_id", ["PIL-QBER-001", "PIL-QBER-002", "PIL-QBER-003", "PIL-QBER-004"]
 )
-def test_qber_per_basis_and_intensity(nominal, conditions, judge_value, criterion_id):
+def test_qber_per_basis_and_intensity(pilot_source, key_at, conditions, judge_value, criterion_id):
     cond = conditions(criterion_id)
-    counts = nominal.analysis.total.counts
+    m = key_at(cond["attenuation_db"], cond["duration_s"])
+    counts = m.analysis.total.counts
     b, k = BASES[cond["basis"]], CLASSES[cond["intensity"]]
-    assert counts.d[b, k] > 0, "no disclosed bits in this basis and intensity"
-    judge_value(criterion_id, counts.m[b, k] / counts.d[b, k], evidence=[nominal.evidence])
+    d = int(counts.d[b, k])
+    assert d > 0, "no disclosed bits in this basis and intensity"
+    q = counts.m[b, k] / d
+    # binomial counting statistics of m errors among d disclosed bits: sqrt(q (1 - q) / d)
+    judge_value(criterion_id, q, uncertainty=(q * (1 - q) / d) ** 0.5, evidence=[m.evidence])
 
 
 def test_key_rate_against_loss(bench, pilot_source, run, conditions, judge_value):
     cond = conditions("PIL-SKR-002")
+    kp = KeyParameters.from_conditions(cond)
     points = []
     for att in cond["attenuation_db"]:
-        m = measure_key(bench, run, att, cond["duration_s"], f"sweep_{att:g}dB")
+        m = measure_key(bench, run, att, cond["duration_s"], f"sweep_{att:g}dB", key_params=kp)
         t = m.analysis.total
         points.append(
             {
                 "attenuation_db": att,
                 "secure_key_rate_bps": m.secure_key_rate_bps,
+                "secure_key_rate_uncertainty_bps": m.secure_key_rate_uncertainty_bps,
                 "qber_z": t.qber_z,
                 "qber_x": t.qber_x,
                 "evidence": m.evidence.name,
@@ -64,6 +98,7 @@ def test_key_rate_against_loss(bench, pilot_source, run, conditions, judge_value
     judge_value(
         "PIL-SKR-002",
         worst["secure_key_rate_bps"],
+        uncertainty=worst["secure_key_rate_uncertainty_bps"],
         evidence=[table],
-        conditions={"worst_at_attenuation_db": worst["attenuation_db"]},
+        conditions={"worst_at_attenuation_db": worst["attenuation_db"], **kp.as_conditions()},
     )

@@ -10,6 +10,10 @@ from hil.store import open_capture
 
 def test_synchronisation(bench, pilot_source, run, conditions, judge_value):
     cond = conditions("PIL-SYNC-001")
+    # PIL-SYNC-002 is judged on the same capture: its conditions must be the ones measured
+    other = conditions("PIL-SYNC-002")
+    differ = [k for k in ("attenuation_db", "duration_s") if other[k] != cond[k]]
+    assert not differ, f"PIL-SYNC-002 and PIL-SYNC-001 share one capture; they differ in {differ}"
     link_up(bench, cond["attenuation_db"])
     cap = acquire(bench, run.path("sync.h5"), cond["duration_s"])
     with open_capture(cap.path) as f:
@@ -23,11 +27,12 @@ def test_synchronisation(bench, pilot_source, run, conditions, judge_value):
 @pytest.mark.parametrize(
     "role", ["source", "attenuator", "switch", "detectors", "tagger", "powermeter"]
 )
-def test_control_plane_latency(bench, judge_value, role):
+def test_control_plane_latency(bench, conditions, judge_value, role):
     if not bench.has(role):
         pytest.skip(f"the bench has no {role}")
+    n = int(conditions("PIL-LAT-001")["queries"])
     judge_value(
         "PIL-LAT-001",
-        bench.latency_s[role],
+        bench.get(role).round_trip_s(n),  # median of n round trips
         conditions={"instrument": role, "idn": bench.idn[role]},
     )
