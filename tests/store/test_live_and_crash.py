@@ -201,6 +201,8 @@ def test_sigkill_at_20_random_moments_then_repair_opens_with_plain_h5py(tmp_path
         repaired.append(path)
     assert len(repaired) >= 17 and not_created <= 3
     validate(repaired)  # phconvert's Photon-HDF5 validator (PyTables, plain HDF5 open)
+    for p in tmp_path.iterdir():  # ~400 MB that pytest would keep for three runs
+        p.unlink()
 
 
 def test_repair_mends_the_counts_a_kill_left_behind(tmp_path):
