@@ -442,6 +442,7 @@ def _judge_batch(out, n_out, cand, n, w_cm, w_cs, w_x, w_acc, w_q, w_multi, keys
 def signal_detections(
     out,
     seed,
+    pattern_seed,
     i_lo,
     i_hi,
     tables,
@@ -463,7 +464,8 @@ def signal_detections(
     Non-Uniform Random Variate Generation, 1986); a candidate of class c and state s is kept with
     probability P_any(c, s) / p_c (thinning), so kept pulses are exactly Bernoulli(P_any). The
     same uniform, rescaled, picks the click pattern from the tables of click_pattern_tables
-    (`tables`: their signal_tables form).
+    (`tables`: their signal_tables form). Each pulse's class, basis and bit are keyed on
+    `pattern_seed` (the source's secret), every channel decision on `seed`.
     Fills `out` and returns (n written, next pulse index): if `out` fills up, call again from
     that index (the caller's buffer keeps this loop free of reallocation)."""
     order2, cum2, cum_any, guide, p_c = tables
@@ -472,7 +474,8 @@ def signal_detections(
     # skip = floor(E / -ln(1 - p_c)), E exponential: the number of failures before a success
     inv_neg_log_q = -1.0 / math.log1p(-p_c) if p_c < 1.0 else 0.0
     keys = np.empty(7, np.uint64)
-    keys[0] = stream_key(seed, STREAM_SOURCE)
+    # the source's choices come from its own secret pattern seed, the channel's from `seed`
+    keys[0] = stream_key(pattern_seed, STREAM_SOURCE)
     keys[1] = stream_key(seed, STREAM_ACCEPT)
     keys[2] = stream_key(seed, STREAM_EVE)
     for j in range(4):

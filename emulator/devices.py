@@ -9,6 +9,7 @@ emulator's control instrument have command sets of this project's own.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import math
 import re
@@ -40,9 +41,9 @@ class LinkDevice(ScpiDevice):
         super().__init__()
         self.reset()
 
-    def execute(self, message: bytes) -> bytes | None:
+    def execute(self, message: bytes, session=None) -> bytes | None:
         with self.lock:
-            return super().execute(message)
+            return super().execute(message, session)
 
 
 # ----------------------------------------------------------------------------- attenuator
@@ -466,7 +467,7 @@ class Tagger(LinkDevice):
         c("ACQuire:TIME?", lambda s: _seconds(self.link.now_ps))
         c("ACQuire:MARKer", lambda s: self._mark())
         c("ACQuire:HOLD", self._add_hold, Num(0.0, 86400.0, unit="S"))
-        c("ACQuire:HOLD?", lambda s: ",".join(f"{t:.12g}" for t in self.holds_s) or "NONE")
+        c("ACQuire:HOLD?", lambda s: ",".join(f"{t:.12g}" for t in sorted(self.holds_s)) or "NONE")
         c("ACQuire:HOLD:CLEar", lambda s: self._clear_holds())
         c("ACQuire:HOLD:TIME?", lambda s: self._held_time())
         c(
@@ -740,19 +741,28 @@ def _block_header(length: int) -> bytes:
 
 class Control(LinkDevice):
     """The emulator's own control instrument: link clock and fault injection (emulated bench
-    only). Faults act on the same link parameters the physics model reads."""
+    only). Faults act on the same link parameters the physics model reads.
+
+    With a ``token``, a connection must send ``SYST:AUTH "<token>"`` before any command other
+    than the common ones and ``SYST:...`` runs (-203 otherwise): the token is in the ready file
+    only its owner can read, so no other local process injects faults."""
 
     IDN = ("qkd-hil", "EMULATOR-CONTROL", "EMU0000", "1.0")
+    MAX_SCHEDULED = 1000  # pending FAUL:SCH actions; beyond, -225
+    SECRET = ("pattern_seed",)  # link parameters no query reports
 
     def reset(self) -> None:
         self.base_insertion_db = self.link.get("insertion_loss_db")
         self.extra_loss_db = 0.0
 
-    def __init__(self, link: Link, instruments: dict | None = None):
+    def __init__(self, link: Link, instruments: dict | None = None, token: str | None = None):
+        self.token = token
+        self.scheduled = 0  # FAUL:SCH actions not run yet
         super().__init__(link)
         self.instruments = instruments if instruments is not None else {}
         c = self.command
         d = {"suffix_range": (1, N_DETECTORS)}
+        c("SYSTem:AUTHenticate", self._auth, Str())
         c("LINK:TIME?", lambda s: self.link.now_ps * 1e-12)
         c("LINK:PARameter?", self._param, Str())
         c("LINK:PARameter", self._set_param, Str(), Num())
@@ -794,8 +804,23 @@ class Control(LinkDevice):
         c("FAULt:SYNC:LOSS", lambda s, v: self.link.set("sync_enabled", not v), Bool())
         c("FAULt:SCHedule", self._schedule, Num(0.0, 1e6, unit="S"), Str())
 
+    def _auth(self, s, token: str) -> None:
+        if self.session is None:
+            return  # the emulator's own (scheduled) commands
+        if self.token is None or hmac.compare_digest(token.encode(), self.token.encode()):
+            self.session.authenticated = True
+        else:
+            raise ScpiError(-203, "wrong token (see control_token in the ready file)")
+
+    def _dispatch(self, cmd, suffixes, params, is_query) -> None:
+        if self.token is not None and self.session is not None and not self.session.authenticated:
+            first = cmd.nodes[0].long.upper() if cmd.nodes else ""
+            if not (first.startswith("*") or first == "SYSTEM"):
+                raise ScpiError(-203, "send SYST:AUTH with the ready file's control_token first")
+        super()._dispatch(cmd, suffixes, params, is_query)
+
     def _param(self, s, name: str) -> str:
-        if not hasattr(self.link.params, name):
+        if not hasattr(self.link.params, name) or name in self.SECRET:
             raise ScpiError(-224, f"no link parameter {name!r}")
         return repr(self.link.get(name))
 
@@ -827,17 +852,23 @@ class Control(LinkDevice):
             raise ScpiError(-222, str(exc)) from None
 
     def _all_params(self, s) -> str:
-        """Every link parameter as one JSON object (for verification against the model)."""
-        return json.dumps(dataclasses.asdict(self.link.params))
+        """Every link parameter but the secret ones as one JSON object (for verification
+        against the model)."""
+        fields = dataclasses.asdict(self.link.params)
+        return json.dumps({k: v for k, v in fields.items() if k not in self.SECRET})
 
     def _schedule(self, s, t_s: float, command: str) -> None:
         """Run a control command at link time ``t_s`` (a fault at an exact link time)."""
         if "FAUL" not in command.upper() or "SCH" in command.upper():
             raise ScpiError(-224, "only FAULt commands (not SCHedule) may be scheduled")
+        if self.scheduled >= self.MAX_SCHEDULED:
+            raise ScpiError(-225, f"{self.MAX_SCHEDULED} scheduled actions pending already")
 
         def action() -> None:
+            self.scheduled -= 1
             self.execute(command.encode("ascii"))
 
+        self.scheduled += 1
         self.link.at(int(round(t_s * PS)), action)
 
 

@@ -43,6 +43,7 @@ class LinkParams:
     p_mu: tuple[float, float, float] = (0.7, 0.2, 0.1)
     p_z: float = 0.6
     disclose_fraction: float = 0.1
+    # seed of every random decision of the channel and receiver (the bench file's emulator seed)
     seed: int = 1
     sync_divider: int = 10000
     output_on: bool = True
@@ -78,6 +79,10 @@ class LinkParams:
     sync_enabled: bool = True
     # faults
     eve_fraction: float = 0.0  # intercept-resend on this fraction of pulses
+    # The source's secret pattern seed: every pulse's class, basis and bit and the disclosed
+    # sample (so it regenerates the key). The Emulator draws it from os.urandom unless given in
+    # process; no query reports it. None (in-process physics only): `seed` keys the pattern too.
+    pattern_seed: int | None = field(default=None, repr=False)
 
     def replace(self, **changes) -> LinkParams:
         """Return a copy with the given fields changed."""
@@ -118,6 +123,10 @@ def validate(params: LinkParams) -> None:
         _fail("afterpulse_prob", p.afterpulse_prob, "must lie in [0, 1)")
     if not (isinstance(p.seed, (int, np.integer)) and 0 <= p.seed < 2**63):
         _fail("seed", p.seed, "must be an integer in [0, 2**63)")
+    ps = p.pattern_seed
+    if ps is not None and not (isinstance(ps, (int, np.integer)) and 0 <= ps < 2**63):
+        # the value is not repeated: it is the source's secret
+        raise ValueError("LinkParams.pattern_seed: must be an integer in [0, 2**63) or None")
     if not (isinstance(p.sync_divider, (int, np.integer)) and p.sync_divider >= 1):
         _fail("sync_divider", p.sync_divider, "must be an integer >= 1")
     for name in (
@@ -422,6 +431,7 @@ class _Derived:
 
     snapshot: dict
     seed: int
+    pattern_seed: int
     c0: float
     c1: float
     p_z: float
@@ -466,6 +476,7 @@ def _derive(p: LinkParams) -> _Derived:
     return _Derived(
         snapshot=dict(vars(p)),
         seed=int(p.seed),
+        pattern_seed=int(p.seed if p.pattern_seed is None else p.pattern_seed),
         c0=float(p.p_mu[0]),
         c1=float(p.p_mu[0] + p.p_mu[1]),
         p_z=float(p.p_z),
@@ -566,6 +577,7 @@ def _sample_range(
         m, i = _k.signal_detections(
             buf[n:],
             dv.seed,
+            dv.pattern_seed,
             i,
             i_hi,
             dv.tables,
@@ -720,6 +732,15 @@ class LinkGenerator:
         validate(self.params)
         self._state: _State | None = None
         self._derived: _Derived | None = None
+        # The source settings each pulse was emitted with, as runs (first pulse, settings):
+        # the source answers the sifting exchange from these, never from its current settings,
+        # so no later change (a higher disclosure fraction, another basis probability) alters
+        # the answer for a pulse already emitted. Pulses at or after _emitted_to are not
+        # emitted yet; a run starts at or after it, so an answer once given never changes.
+        self._emission_starts: list[int] = []
+        self._emission_settings: list[tuple] = []
+        self._emitted_to = 0
+        self._emission_lock = threading.Lock()
         self._ahead: _Lookahead | None = None
         self._n_ahead = 0  # look-aheads started (they alternate between two work arrays)
         self.ahead_share = 0.75  # of the next span's pulses sampled ahead (adapts)
@@ -783,6 +804,48 @@ class LinkGenerator:
         future = _sampling_pool().submit(_sample_range, dv, st, key, i_lo, end, timing)
         self._ahead = _Lookahead(future, key, st, dv, timing, i_lo, end)
 
+    def _note_emission(self, p: LinkParams, dv: _Derived, i_lo: int, i_hi: int) -> None:
+        """Record that pulses [i_lo, i_hi) are emitted with the source settings of ``p``."""
+        settings = (dv.pattern_seed, tuple(p.p_mu), float(p.p_z), float(p.disclose_fraction))
+        with self._emission_lock:
+            start = max(int(i_lo), self._emitted_to)
+            if i_hi <= start:
+                return
+            if not self._emission_settings or self._emission_settings[-1] != settings:
+                self._emission_starts.append(start)
+                self._emission_settings.append(settings)
+            self._emitted_to = int(i_hi)
+
+    @property
+    def emitted_to(self) -> int:
+        """Pulses with a smaller index have been emitted."""
+        return self._emitted_to
+
+    def source_answers(self, indices: np.ndarray):
+        """The source's side of the sifting exchange for pulse ``indices``: (basis, intensity,
+        bit, disclosed, emitted), each per index, from the settings the pulse was emitted with
+        (its class, basis and bit; disclosed: X basis, or Z in the sample the disclosure
+        fraction of its emission selects). Pulses not emitted yet have emitted False (their
+        other fields are meaningless)."""
+        idx = np.ascontiguousarray(indices, dtype=np.int64)
+        n = len(idx)
+        basis = np.zeros(n, np.uint8)
+        intensity = np.zeros(n, np.uint8)
+        bit = np.zeros(n, np.uint8)
+        disclosed = np.zeros(n, bool)
+        with self._emission_lock:
+            starts = np.array(self._emission_starts, dtype=np.int64)
+            settings = list(self._emission_settings)
+            frontier = self._emitted_to
+        run = np.searchsorted(starts, idx, side="right") - 1
+        emitted = (run >= 0) & (idx < frontier)
+        for r in np.unique(run[emitted]):
+            sel = emitted & (run == r)
+            pattern_seed, p_mu, p_z, fraction = settings[r]
+            b, k, v, d = pulse_choices(pattern_seed, p_mu, p_z, fraction, idx[sel])
+            basis[sel], intensity[sel], bit[sel], disclosed[sel] = b, k, v, d
+        return basis, intensity, bit, disclosed, emitted
+
     def _derived_for(self, p: LinkParams) -> _Derived:
         dv = self._derived
         if dv is None or dv.snapshot != vars(p):
@@ -841,6 +904,7 @@ class LinkGenerator:
         # the horizon join the heap that stage merges in (it holds them until their time).
         clicks = np.empty(0, np.int64)
         if i_hi > st.next_pulse:
+            self._note_emission(p, dv, st.next_pulse, i_hi)
             i_next = i_hi
             if self.sampling_threads == 2:
                 # the next call's pulses, guessed for a span as long as this one: their first

@@ -36,9 +36,11 @@ ERROR_TEXT = {
     -141: "Invalid character data",
     -151: "Invalid string data",
     -200: "Execution error",
+    -203: "Command protected",
     -221: "Settings conflict",
     -222: "Data out of range",
     -224: "Illegal parameter value",
+    -225: "Out of memory",
     -241: "Hardware missing",
     -300: "Device-specific error",
     -350: "Queue overflow",
@@ -118,7 +120,9 @@ class ErrorQueue:
 
 # ----------------------------------------------------------------------------- parameters
 
-_NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE]\s*[+-]?\d+)?)\s*([A-Za-z%/]*)$")
+# Linear time on any input: `\d+\.?\d*` would backtrack quadratically on a long run of
+# digits that does not end as a number (155 s for 60 kB).
+_NUMBER = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE]\s*[+-]?\d+)?)\s*([A-Za-z%/]*)$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _NONDECIMAL = {"H": (16, "0123456789ABCDEF"), "Q": (8, "01234567"), "B": (2, "01")}
 # SCPI-1999 vol. 1, 7.7.3: suffix multipliers. "M" is milli; "MA" is mega (except MHZ, MOHM).
@@ -147,6 +151,20 @@ def _unit_factor(suffix: str, unit: str | None) -> float:
 
 def _value(x):
     return x() if callable(x) else x
+
+
+# An integer parameter's digits beyond leading zeros: 2**63 has 19; more is out of any range.
+MAX_INTEGER_DIGITS = 40
+
+
+def _g(x) -> str:
+    """``x`` for an error detail: ``%g``, or the first digits of an integer too large for a
+    float (a hexadecimal parameter may hold thousands of digits)."""
+    try:
+        return f"{x:g}"
+    except OverflowError:
+        text = str(x) if abs(x).bit_length() < 4000 else f"{x:x}"
+        return text[:12] + "..."
 
 
 def _nondecimal(tok: str) -> int | None:
@@ -196,6 +214,10 @@ class Num:
                 raise ScpiError(-104, tok[:20])
             mantissa, suffix = m.group(1).replace(" ", ""), m.group(2)
             if self.integer and not suffix and _INTEGER.match(mantissa):
+                if len(mantissa.lstrip("+-").lstrip("0")) > MAX_INTEGER_DIGITS:
+                    # far beyond any integer parameter's range (and int() of thousands of
+                    # digits is slow, or refused by Python)
+                    raise ScpiError(-222, f"{tok[:20]}... has too many digits")
                 value = int(mantissa)  # exact: a 63-bit seed must survive
             else:
                 factor = _unit_factor(suffix, self.unit) if suffix else self.bare
@@ -205,7 +227,7 @@ class Num:
         if self.integer:
             value = round(value)
         if not (lo <= value <= hi):
-            raise ScpiError(-222, f"{value:g} not in [{lo:g}, {hi:g}]")
+            raise ScpiError(-222, f"{_g(value)} not in [{_g(lo)}, {_g(hi)}]")
         return self._typed(value)
 
     def _typed(self, value: float) -> float | int:
@@ -264,7 +286,10 @@ class Str:
 
 @dataclass
 class Block:
-    """An IEEE 488.2 arbitrary block (raw bytes)."""
+    """An IEEE 488.2 arbitrary block (raw bytes) of at most ``max_bytes`` (the server refuses
+    a longer declared block before its bytes arrive, see :class:`MessageFramer`)."""
+
+    max_bytes: int = 0
 
     def parse(self, tok: bytes | str) -> bytes:
         if isinstance(tok, bytes):
@@ -409,6 +434,156 @@ def scan_message(buf: bytes | bytearray, start: int = 0) -> tuple[int, int]:
     return -1, 0
 
 
+class MessageFramer:
+    """Frames the program messages of one connection's byte stream with bounded memory and
+    work, so that no client can stall the others.
+
+    The bytes of a message outside its blocks are bounded by ``max_text``; a definite-length
+    block by what its command takes (``block_limit(header)``; 0: the block counts as text).
+    A message beyond its bound is refused (-100) as soon as the bound is passed, or as soon as
+    a block declares a length beyond its command's, and its rest up to the next ``\\n`` is
+    dropped without being buffered. Each byte is examined once: runs without ``\\n`` or
+    ``#`` are skipped by ``bytes.find``, and only a ``#`` makes the framer follow the quotes and
+    parameter starts before it (the only place a block can begin, as in the parser)."""
+
+    def __init__(self, max_text: int, block_limit: Callable[[str], int] = lambda h: 0):
+        self.max_text = max_text
+        self.block_limit = block_limit
+        self.buf = bytearray()
+        self.discarding = False  # dropping a refused message's rest up to its '\n'
+        self._new_message()
+
+    def _new_message(self) -> None:
+        self.i = 0  # buf[:i] has been followed by the state below
+        self.seen = 0  # buf[i:seen] holds neither '\n' nor '#'
+        self.in_params = False  # False: in a header; True: in the parameters of a unit
+        self.at_param_start = False
+        self.quote = 0
+        self.h0 = 0  # start of the header being read
+        self.header = ""  # header of the unit whose parameters are being read
+        self.block_end = 0  # inside a definite-length block: the index after it
+        self.exempt = 0  # bytes of blocks that do not count against max_text
+
+    def feed(self, data: bytes) -> list:
+        """The messages ``data`` completes (bytes, terminator removed) and the refusals
+        (ScpiError), in stream order."""
+        out: list = []
+        if self.discarding:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return out
+            data = data[nl + 1 :]
+            self.discarding = False
+        self.buf += data
+        while (item := self._frame()) is not None:
+            out.append(item)
+        return out
+
+    def _too_long(self) -> str:
+        return f"program message longer than {self.max_text} bytes"
+
+    def _refuse(self, at: int, detail: str) -> ScpiError:
+        nl = self.buf.find(b"\n", at)
+        if nl < 0:
+            self.buf.clear()
+            self.discarding = True
+        else:
+            del self.buf[: nl + 1]
+        self._new_message()
+        return ScpiError(-100, detail)
+
+    def _frame(self):
+        buf = self.buf
+        while True:
+            n = len(buf)
+            if self.block_end:
+                if n < self.block_end:
+                    return None  # the block's bytes are still coming (bounded by its limit)
+                self.i = self.seen = self.block_end
+                self.block_end = 0
+            start = max(self.i, self.seen)
+            nl = buf.find(b"\n", start)
+            stop = nl if nl >= 0 else n
+            h = buf.find(b"#", start, stop)
+            if h < 0:
+                if nl >= 0:
+                    if nl - self.exempt > self.max_text:
+                        return self._refuse(nl, self._too_long())
+                    message = bytes(buf[:nl])
+                    del buf[: nl + 1]
+                    self._new_message()
+                    return message
+                self.seen = n
+                if n - self.exempt > self.max_text:
+                    return self._refuse(self.i, self._too_long())
+                return None
+            self._follow(h)
+            if h + 1 >= n:
+                self.seen = h
+                return None  # what follows the '#' decides; it has not arrived
+            if not (
+                not self.quote
+                and self.in_params
+                and self.at_param_start
+                and 0x31 <= buf[h + 1] <= 0x39
+            ):
+                self._follow(h + 1)
+                continue
+            nd = buf[h + 1] - 0x30
+            digits = bytes(buf[h + 2 : h + 2 + nd])
+            if len(digits) < nd and b"\n" not in digits:
+                self.seen = h
+                if n - self.exempt > self.max_text:
+                    return self._refuse(h, self._too_long())
+                return None  # the block header is incomplete
+            if not digits.isdigit():
+                self._follow(h + 1)  # not a block: the parser reports it
+                continue
+            length = int(digits)
+            end = h + 2 + nd + length
+            limit = self.block_limit(self.header)
+            if limit:
+                if length > limit:
+                    return self._refuse(
+                        h, f"block of {length} bytes, at most {limit} for {self.header[:30]}"
+                    )
+                self.exempt += length
+            elif end - self.exempt > self.max_text:
+                return self._refuse(h, self._too_long())
+            self.block_end = end
+            self.at_param_start = False
+
+    def _follow(self, stop: int) -> None:
+        """Advance the quote/header/parameter state over buf[i:stop] (no '\n' in it)."""
+        buf, i = self.buf, self.i
+        in_params, at_start, quote, h0 = self.in_params, self.at_param_start, self.quote, self.h0
+        while i < stop:
+            c = buf[i]
+            if quote:
+                if c == quote:
+                    quote = 0
+            elif not in_params:
+                if c in _WS or c == 0x3B:
+                    if c != 0x3B and i > h0:
+                        in_params = at_start = True
+                        self.header = buf[h0:i].decode("ascii", "replace")
+                    else:
+                        h0 = i + 1
+            else:
+                if c in (0x22, 0x27):
+                    quote, at_start = c, False
+                elif c == 0x3B:
+                    in_params = at_start = False
+                    h0 = i + 1
+                elif c == 0x2C:
+                    at_start = True
+                elif c not in _WS:
+                    at_start = False
+            i += 1
+        self.i = i
+        self.in_params, self.at_param_start, self.quote, self.h0 = in_params, at_start, quote, h0
+
+
 def split_message(data: bytes) -> list[tuple[str, list]]:
     """Split one program message (terminator removed) into ``(header, [params])`` units.
 
@@ -505,6 +680,13 @@ def _parse_params(data: bytes, i: int, params: list) -> int:
 # ----------------------------------------------------------------------------- device
 
 
+class Session:
+    """The state of one client connection (whether it has authenticated)."""
+
+    def __init__(self) -> None:
+        self.authenticated = False
+
+
 class ScpiDevice:
     """An emulated SCPI instrument: command tree, IEEE 488.2 status model, error queue.
 
@@ -524,6 +706,7 @@ class ScpiDevice:
         self.pending: list = []
         self.internal_errors = 0  # handler bugs caught by execute (the fuzz test wants 0)
         self._responses: list[bytes] = []
+        self.session: Session | None = None  # of the message being executed
         self._register_common()
 
     # -- registration -----------------------------------------------------------------------
@@ -615,10 +798,27 @@ class ScpiDevice:
             self.esr |= ESR_DDE
         self.esr |= esr_bit(code)
 
+    def max_block_bytes(self, header: str) -> int:
+        """The longest block a unit with ``header`` may carry, from the Block parameter of the
+        command it names (0: none; the block then counts against the message's bound). A
+        relative header of a compound message is matched by its tail."""
+        is_query = header.endswith("?")
+        tokens = (header[:-1] if is_query else header).lstrip(":").split(":")
+        for cmd in self._commands:
+            specs = [p.inner if isinstance(p, Optional) else p for p in cmd.params]
+            limit = max((p.max_bytes for p in specs if isinstance(p, Block)), default=0)
+            if limit and cmd.query == is_query:
+                for k in range(len(cmd.nodes)):
+                    if _match_nodes(cmd.nodes[k:], tokens) is not None:
+                        return limit
+        return 0
+
     # -- execution ---------------------------------------------------------------------------
-    def execute(self, message: bytes) -> bytes | None:
+    def execute(self, message: bytes, session: Session | None = None) -> bytes | None:
         """Execute one program message (terminator removed). Returns the response message
-        with its ``\\n``, or None when the message asked nothing (no unrequested output)."""
+        with its ``\\n``, or None when the message asked nothing (no unrequested output).
+        ``session``: the client connection's state (None: the emulator itself)."""
+        self.session = session
         try:
             units = split_message(message)
         except ScpiError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 from .devices import Attenuator, Control, Detectors, PowerMeter, Source, Switch, Tagger
 from .link import Link
 from .physics import LinkGenerator, LinkParams
-from .scpi import scan_message
+from .scpi import MessageFramer, Session
 
 SCPI_ROLES = {
     "source": Source,
@@ -30,8 +31,12 @@ SCPI_ROLES = {
     "tagger": Tagger,
     "powermeter": PowerMeter,
 }
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a program message larger than this is refused (-100)
+# A program message's bytes outside blocks beyond this are refused (-100) as they arrive; a
+# block may be as long as its command takes (SIFT:QUER?: 8 MB of indices).
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_CONNECTIONS = 16  # per instrument; a further client is closed at once
 MAX_SERIAL_LINE = 4096  # a serial line longer than this is dropped
+RECV_BYTES = 1 << 20
 
 
 class _ScpiHandler(socketserver.BaseRequestHandler):
@@ -40,54 +45,34 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         device = self.server.device
+        session = Session()  # per connection: the control port's authentication
         # a device that can answer in pieces (the tagger's tag blocks) is sent them as they are
         parts = getattr(device, "execute_parts", None)
-        execute = parts if parts is not None else (lambda m: _one(device.execute(m)))
-        limit = self.server.max_message_bytes
+        execute = parts if parts is not None else (lambda m: _one(device.execute(m, session)))
+        framer = MessageFramer(self.server.max_message_bytes, device.max_block_bytes)
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = bytearray()
-        discarding = False  # dropping the rest of an oversized message up to its '\n'
         while True:
-            data = b""
-            end = -1
-            if discarding:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    buf.clear()
-                else:
-                    del buf[: nl + 1]
-                    discarding = False
-            if not discarding:
-                end, needed = scan_message(buf)
-                if end < 0 and max(len(buf), needed) > limit:
-                    device.error(-100, f"program message longer than {limit} bytes")
-                    discarding = True
+            try:
+                data = sock.recv(RECV_BYTES)
+            except OSError:
+                return
+            if not data:
+                return
+            for message in framer.feed(data):
+                if isinstance(message, Exception):
+                    device.error(message.code, message.detail)
                     continue
-            if end < 0:
-                try:
-                    data = sock.recv(1 << 20)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buf += data
-                continue
-            message = bytes(buf[:end])
-            del buf[: end + 1]
-            if len(message) > limit:
-                device.error(-100, f"program message longer than {limit} bytes")
-                continue
-            if message.endswith(b"\r"):
-                message = message[:-1]
-            if not message.strip(b" \t"):
-                continue
-            reply = execute(message)
-            if reply is not None:
-                try:
-                    _send_parts(sock, reply)
-                except OSError:
-                    return
+                if message.endswith(b"\r"):
+                    message = message[:-1]
+                if not message.strip(b" \t"):
+                    continue
+                reply = execute(message)
+                if reply is not None:
+                    try:
+                        _send_parts(sock, reply)
+                    except OSError:
+                        return
 
 
 def _one(reply: bytes | None) -> list | None:
@@ -117,8 +102,32 @@ def _send_parts(sock: socket.socket, parts: list) -> None:
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
     max_message_bytes = MAX_MESSAGE_BYTES
+    max_connections = MAX_CONNECTIONS
     crashes = 0  # connection handlers that died of an exception (the fuzz test wants 0)
+    refused = 0  # connections closed at once because max_connections were open
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    def verify_request(self, request, client_address) -> bool:
+        # called before a handler thread exists: a refused client costs one accept and close
+        with self._open_lock:
+            if self._open >= self.max_connections:
+                self.refused += 1
+                return False
+            self._open += 1
+            return True
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open -= 1
 
     def handle_error(self, request, client_address) -> None:
         self.crashes += 1
@@ -134,16 +143,26 @@ class Emulator:
         host: str = "127.0.0.1",
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         sampling_threads: int | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ):
         """``sampling_threads``: threads sampling the link's signal clicks (1 or 2; default 2
-        on a machine with two cores or more: same tags, faster unpaced acquisitions)."""
+        on a machine with two cores or more: same tags, faster unpaced acquisitions).
+
+        ``params.pattern_seed`` None (the default) draws the source's secret pattern seed
+        from os.urandom; give one in process only (a test that needs the same pattern)."""
         if sampling_threads is None:
             sampling_threads = 2 if (os.cpu_count() or 1) >= 2 else 1
-        self.link = Link(params or LinkParams(), sampling_threads=sampling_threads)
+        params = params or LinkParams()
+        if params.pattern_seed is None:
+            params = params.replace(pattern_seed=secrets.randbits(63))
+        self.link = Link(params, sampling_threads=sampling_threads)
         self.host = host
         self.max_message_bytes = max_message_bytes
+        self.max_connections = max_connections
+        # the control port's token: written to the ready file (mode 0600) for the bench
+        self.control_token = secrets.token_hex(16)
         self.devices = {role: cls(self.link) for role, cls in SCPI_ROLES.items()}
-        self.devices["control"] = Control(self.link, self.devices)
+        self.devices["control"] = Control(self.link, self.devices, token=self.control_token)
         self.switch = Switch(self.link)
         self._servers: list[_Server] = []
         self._pty: tuple[int, int] | None = None
@@ -160,6 +179,7 @@ class Emulator:
             srv = _Server((self.host, ports.get(role, 0)), _ScpiHandler)
             srv.device = device
             srv.max_message_bytes = self.max_message_bytes
+            srv.max_connections = self.max_connections
             threading.Thread(
                 target=srv.serve_forever, args=(0.05,), name=f"scpi-{role}", daemon=True
             ).start()
@@ -234,10 +254,17 @@ def serve(
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
-    text = json.dumps({"pid": os.getpid(), "resources": resources}, indent=2)
+    text = json.dumps(
+        {"pid": os.getpid(), "resources": resources, "control_token": emu.control_token},
+        indent=2,
+    )
     if ready_file:
         tmp = Path(ready_file).with_suffix(".tmp")
-        tmp.write_text(text)
+        # owner-only from creation: the token lets its reader inject faults
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         tmp.replace(ready_file)  # atomic: a reader never sees half a file
     else:
         print(text, flush=True)

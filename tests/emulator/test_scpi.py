@@ -90,6 +90,8 @@ def client(emu):
 
     def make(role: str) -> RawClient:
         c = RawClient(emu.resources[role])
+        if role == "control":  # the control port wants the token of its ready file first
+            c.send(b'SYST:AUTH "%s"\n' % emu.control_token.encode())
         c.send(b"*CLS\n")
         opened.append(c)
         return c
