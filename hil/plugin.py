@@ -13,6 +13,8 @@ the one summary of the session. A session in which every test was skipped exits 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .config import EMULATOR, ConfigError, load_bench
@@ -145,7 +147,12 @@ def _message(report: pytest.TestReport) -> str:
     else:
         crash = getattr(report.longrepr, "reprcrash", None)
         text = crash.message if crash is not None else report.longreprtext
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    # pytest-xdist heads a crashed worker's report with "[gw0] linux -- Python ..."
+    lines = [
+        line.strip()
+        for line in str(text).splitlines()
+        if line.strip() and not re.match(r"\[gw\d+\] ", line)
+    ]
     first = lines[0] if lines else ""
     for prefix in ("Failed: ", "Skipped: "):
         first = first.removeprefix(prefix)
@@ -184,8 +191,10 @@ class _Session:
         self.run.deselected += len(items)
 
     def pytest_keyboard_interrupt(self, excinfo) -> None:
+        what = str(excinfo.value).strip()
+        what = f"{excinfo.typename}: {what}" if what else excinfo.typename
         where = f" during {self.running}" if self.running else ""
-        self.run.interrupted = f"{excinfo.typename}{where}"
+        self.run.interrupted = f"{what}{where}"
 
     # -- pytest-xdist (optional hooks: defined only when xdist is installed) --------------------
     @pytest.hookimpl(optionalhook=True)
@@ -198,9 +207,14 @@ class _Session:
         # the controller collects nothing itself: the workers' test ids name the plan's files
         if self.config._hil_criteria_files is None:
             root = self.config.rootpath
-            self.config._hil_criteria_files = plan_criteria_files(
+            files = plan_criteria_files(
                 (root / i.split("::")[0] for i in ids), base=self.config.invocation_params.dir
             )
+            self.config._hil_criteria_files = files
+            error = _bad_criteria(files)
+            if error:  # a UsageError here would be an xdist internal error: exit as one
+                self.config._hil_state["usage_error"] = error  # and leave no run folder
+                pytest.exit(error, returncode=pytest.ExitCode.USAGE_ERROR)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
@@ -281,17 +295,27 @@ def pytest_runtest_makereport(item: pytest.Item, call):
             report.hil = data
 
 
+def _bad_criteria(files) -> str:
+    """The one-line error of the first criteria file that does not load, or ""."""
+    for path in files:
+        try:
+            load_criteria(path)
+        except ConfigError as exc:
+            return str(exc)
+    return ""
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # the plan's criteria files, so that criteria no test measured are reported as such
     files = plan_criteria_files(
         (i.path for i in session.items), base=session.config.invocation_params.dir
     )
-    for path in files:  # a bad criteria file stops the plan with one line, as a bad bench file
-        try:
-            load_criteria(path)
-        except ConfigError as exc:
-            raise pytest.UsageError(str(exc)) from None
     session.config._hil_criteria_files = files
+    # a bad criteria file stops the plan with one line, as a bad bench file (the controller of
+    # pytest-xdist workers says it once, see pytest_xdist_node_collection_finished)
+    error = "" if _worker(session.config) else _bad_criteria(files)
+    if error:
+        raise pytest.UsageError(error)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -313,6 +337,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if _worker(config):
         config.workeroutput["hil_deselected"] = run.deselected
+        return
+    if config._hil_state.get("usage_error"):
         return
     files = getattr(config, "_hil_criteria_files", None) or []
     # a session that used no bench, judged nothing and ran no plan leaves no run folder
