@@ -13,6 +13,15 @@ run in the window that measured it, when
   did not change (a criterion without a marginal band on that side is judged on verdicts only), or
 - it was measured in the previous run and is listed as not measured in this one (evidence lost).
 
+A change of verdict or of margin counts only when it is also larger than the noise of the two
+measurements: when either verdict states its standard uncertainty (``uncertainty``, one sigma,
+from counting statistics or the measurement's own resolution), the margin must have shrunk by
+more than ``K_SIGMA`` = 3 combined standard uncertainties, sqrt(u_prev^2 + u_this^2). Two
+measurements of an unchanged link then differ by more than that once in about 740 comparisons
+(one-sided 3 sigma of a normal difference, 0.135 %), so a value that jitters across a marginal
+band edge is not called a regression; a measurement without a stated uncertainty is judged on
+verdicts and band widths alone, as before.
+
 Margins are compared in the quantity's SI unit, so a criterion file that changed its display
 unit between runs still compares. Every flagged run in the window counts for the exit status.
 """
@@ -28,6 +37,8 @@ from pathlib import Path
 from .criteria import QUANTITIES
 
 _RANK = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
+# a change is a regression only beyond this many combined standard uncertainties (see above)
+K_SIGMA = 3.0
 
 
 def load_runs(results_dir: Path) -> tuple[list[dict], list[str]]:
@@ -86,6 +97,8 @@ def _point(run: dict, entry: dict) -> dict:
         "margin_si": v["margin"] * f,
         "unit_si": f,
         "band_width_si": _band_width_si(entry, v["value"]),
+        "uncertainty": v.get("uncertainty"),
+        "uncertainty_si": None if v.get("uncertainty") is None else v["uncertainty"] * f,
         "test": v.get("test", ""),
     }
 
@@ -106,25 +119,50 @@ def trend(runs: list[dict], criterion: str | None = None) -> dict[str, dict]:
         prev = None
         for p in t["points"]:
             p["change_si"] = p["change"] = None
-            p["regression"] = None
+            p["regression"] = p["within_uncertainty"] = None
             measured = p["outcome"] in _RANK
             if prev is not None and not measured and p["outcome"] == "NOT MEASURED":
                 p["regression"] = f"not measured (was {prev['outcome']} in {prev['run_id']})"
             elif prev is not None and measured:
-                if _RANK[p["outcome"]] > _RANK[prev["outcome"]]:
-                    p["regression"] = f"verdict {prev['outcome']} -> {p['outcome']}"
-                if p.get("margin_si") is not None and prev.get("margin_si") is not None:
-                    p["change_si"] = p["margin_si"] - prev["margin_si"]
-                    p["change"] = p["change_si"] / p["unit_si"]  # in this run's unit
-                    w = p.get("band_width_si")
-                    if p["regression"] is None and w and -p["change_si"] > w:
-                        p["regression"] = (
-                            f"moved {-p['change']:.4g} {p['unit']} towards the limit, more than "
-                            f"the marginal band width {w / p['unit_si']:.4g} {p['unit']}"
-                        )
+                _compare(prev, p)
             if measured:
                 prev = p
     return out
+
+
+def _combined_uncertainty_si(a: dict, b: dict) -> float | None:
+    """sqrt(u_a^2 + u_b^2) over the stated uncertainties (SI); None when neither states one."""
+    us = [x.get("uncertainty_si") for x in (a, b) if x.get("uncertainty_si") is not None]
+    return math.sqrt(sum(u * u for u in us)) if us else None
+
+
+def _compare(prev: dict, p: dict) -> None:
+    """Set ``p``'s change against ``prev`` and its regression, if any (see the module doc)."""
+    worse = _RANK[p["outcome"]] > _RANK[prev["outcome"]]
+    moved = None
+    if p.get("margin_si") is not None and prev.get("margin_si") is not None:
+        p["change_si"] = p["margin_si"] - prev["margin_si"]
+        p["change"] = p["change_si"] / p["unit_si"]  # in this run's unit
+        w = p.get("band_width_si")
+        if w and -p["change_si"] > w:
+            moved = (
+                f"moved {-p['change']:.4g} {p['unit']} towards the limit, more than "
+                f"the marginal band width {w / p['unit_si']:.4g} {p['unit']}"
+            )
+    reason = f"verdict {prev['outcome']} -> {p['outcome']}" if worse else moved
+    if reason is None:
+        return
+    sigma = _combined_uncertainty_si(prev, p)
+    if sigma is not None and p["change_si"] is not None and -p["change_si"] <= K_SIGMA * sigma:
+        # the two measurements agree within their noise: jitter, not a regression
+        p["within_uncertainty"] = (
+            f"{reason}, but within {K_SIGMA:g} x the combined uncertainty "
+            f"{sigma / p['unit_si']:.3g} {p['unit']}"
+        )
+        return
+    p["regression"] = reason
+    if sigma is not None:
+        p["regression"] += f" (beyond {K_SIGMA:g} x {sigma / p['unit_si']:.3g} {p['unit']})"
 
 
 def _fmt(v) -> str:
@@ -137,7 +175,8 @@ def print_table(result: dict[str, dict], file=None) -> None:
         print(f"{cid}  {t['title']}  ({t['quantity']})", file=file)
         rows = [("run", "value", "verdict", "margin", "margin change", "regression")]
         for p in t["points"]:
-            value = "-" if p["value"] is None else f"{p['value']:.6g} {p['unit']}"
+            pm = f" +- {p['uncertainty']:.2g}" if p.get("uncertainty") is not None else ""
+            value = "-" if p["value"] is None else f"{p['value']:.6g}{pm} {p['unit']}"
             rows.append(
                 (
                     p["run_id"],
@@ -145,7 +184,9 @@ def print_table(result: dict[str, dict], file=None) -> None:
                     p["outcome"],
                     _fmt(p["margin"]),
                     _fmt(p["change"]),
-                    ("REGRESSION: " + p["regression"]) if p["regression"] else "",
+                    ("REGRESSION: " + p["regression"])
+                    if p["regression"]
+                    else (p.get("within_uncertainty") or ""),
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(5)]

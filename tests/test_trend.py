@@ -40,7 +40,10 @@ def _write_run(results, run_id, started, values, unit=("kbit/s", 1, 2)):
     crit.write_text(CRITERIA.format(skr_unit=skr_unit, skr_min=skr_min, skr_marginal=skr_marginal))
     spec, _ = load_criteria(crit)
     for cid, value in values.items():
-        run.add_verdict(judge(cid, spec.criteria[cid], value, plan="pilot", test=f"t::{cid}"))
+        value, u = value if isinstance(value, tuple) else (value, None)  # (value, 1 sigma), SI
+        run.add_verdict(
+            judge(cid, spec.criteria[cid], value, plan="pilot", test=f"t::{cid}", uncertainty=u)
+        )
     run.add_criteria_file(crit)
     run.finish()
 
@@ -162,3 +165,63 @@ def test_unreadable_summary_is_skipped_with_a_note(results, capsys):
     assert "skipped" in err and "z-broken/summary.json" in err
     assert "z-broken" not in json.loads(out)["runs"]
     assert status == 1  # night 3's lost measurement is still in the window
+
+
+# -- uncertainty (I5): a change is a regression only beyond 3 combined standard uncertainties ----
+
+
+def _skr_points(tmp_path, capsys, nights):
+    for i, values in enumerate(nights, 1):
+        _write_run(tmp_path, f"n{i}", f"2026-11-0{i}T00:00:00Z", {"PIL-SKR-001": values})
+    status, out, _ = _report(capsys, tmp_path, "--criterion", "PIL-SKR-001", "--json")
+    return status, json.loads(out)["criteria"]["PIL-SKR-001"]["points"]
+
+
+def test_jitter_across_the_marginal_edge_within_the_uncertainty_is_not_a_regression(
+    tmp_path, capsys
+):
+    # 2.05 +- 0.1 kbit/s (PASS) then 1.95 +- 0.1 (MARGINAL below 2): the margin shrank by
+    # 0.1 kbit/s, the combined uncertainty is sqrt(0.1^2 + 0.1^2) = 0.141 kbit/s, 3 x = 0.424
+    status, points = _skr_points(tmp_path, capsys, [(2050.0, 100.0), (1950.0, 100.0)])
+    assert [p["outcome"] for p in points] == ["PASS", "MARGINAL"]
+    assert points[1]["uncertainty"] == pytest.approx(0.1)  # kbit/s, from summary.json
+    assert points[1]["regression"] is None
+    assert points[1]["within_uncertainty"] == (
+        "verdict PASS -> MARGINAL, but within 3 x the combined uncertainty 0.141 kbit/s"
+    )
+    assert status == 0
+
+
+def test_a_band_sized_move_inside_the_uncertainty_is_not_a_regression(tmp_path, capsys):
+    # 10 +- 1 -> 8.7 +- 1 kbit/s: moved 1.3 kbit/s, more than the 1 kbit/s band, but less than
+    # 3 x sqrt(2) = 4.24 kbit/s
+    status, points = _skr_points(tmp_path, capsys, [(10e3, 1e3), (8.7e3, 1e3)])
+    assert points[1]["change"] == pytest.approx(-1.3)
+    assert points[1]["regression"] is None and status == 0
+
+
+def test_a_real_drop_beyond_the_band_and_the_uncertainty_is_flagged(tmp_path, capsys):
+    # 10 +- 0.1 -> 8.5 +- 0.1 kbit/s: moved 1.5 > band 1 and > 3 x 0.141 = 0.424 kbit/s
+    status, points = _skr_points(tmp_path, capsys, [(10e3, 100.0), (8.5e3, 100.0)])
+    assert points[1]["regression"] == (
+        "moved 1.5 kbit/s towards the limit, more than the marginal band width 1 kbit/s "
+        "(beyond 3 x 0.141 kbit/s)"
+    )
+    assert status == 1
+
+
+def test_a_verdict_change_beyond_the_uncertainty_is_flagged(tmp_path, capsys):
+    # 2.5 -> 1.5 kbit/s (PASS -> MARGINAL); only the second run states an uncertainty (0.05):
+    # the combined one is 0.05 kbit/s, and the 1 kbit/s move is far beyond 3 x 0.05
+    status, points = _skr_points(tmp_path, capsys, [2500.0, (1500.0, 50.0)])
+    assert points[0]["uncertainty"] is None
+    assert points[1]["regression"] == "verdict PASS -> MARGINAL (beyond 3 x 0.05 kbit/s)"
+    assert status == 1
+
+
+def test_the_table_shows_the_uncertainty_and_why_a_change_was_not_flagged(tmp_path, capsys):
+    _skr_points(tmp_path, capsys, [(2050.0, 100.0), (1950.0, 100.0)])
+    status, out, _ = _report(capsys, tmp_path, "--criterion", "PIL-SKR-001")
+    (line,) = [x for x in out.splitlines() if x.strip().startswith("n2")]
+    assert "1.95 +- 0.1 kbit/s" in line and "within 3 x the combined uncertainty" in line
+    assert "REGRESSION" not in out and status == 0
