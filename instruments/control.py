@@ -10,7 +10,27 @@ from .base import Instrument, strict_range
 
 class EmulatorControl(Instrument):
     """Fault injection into the emulated link (each call takes effect at the current link time,
-    or at ``at_s`` when given)."""
+    or at ``at_s`` when given).
+
+    ``auth_token``: the ``control_token`` of the emulator's ready file; the control port refuses
+    fault and link commands (-203) on a connection that has not sent it."""
+
+    def __init__(self, resource: str, name: str | None = None, *, auth_token=None, **kwargs):
+        super().__init__(resource, name, **kwargs)
+        if auth_token is not None:
+            try:
+                self.authenticate(auth_token)
+            except BaseException:
+                self.close()
+                raise
+
+    def authenticate(self, token: str) -> None:
+        """Send ``SYST:AUTH "<token>"`` (not through write(): its on_action hook records
+        commands, and the token is a credential)."""
+        data = (f'SYST:AUTH "{token}"' + (self.session.write_termination or "")).encode()
+        with self.exchange("SYST:AUTH"):
+            self._io("SYST:AUTH", lambda: self._send(data))
+            self.raise_errors("SYST:AUTH")
 
     def _do(self, command: str, at_s: float | None = None) -> None:
         if at_s is not None:

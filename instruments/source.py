@@ -2,7 +2,8 @@
 
 The sifting exchange sends the detected pulse indices as a binary block and gets back, per
 index, the basis, the intensity class and the bit where the source discloses it (all X-basis
-bits, a sample of Z-basis bits); undisclosed key bits never leave the source.
+bits, a sample of Z-basis bits); undisclosed key bits never leave the source. Nor does the
+pattern seed: it can be set (write-only, and never logged or snapshotted) but not read.
 """
 
 from __future__ import annotations
@@ -32,13 +33,25 @@ class QKDSource(Instrument):
         validator=strict_range,
         values=(0.0, 1.0),
     )
-    seed = control(
-        "SOUR:SEED?",
-        "SOUR:SEED {:d}",
-        "Control the pattern seed (int, 0 to 2**63-1).",
-        validator=strict_range,
-        values=(0, 2**63 - 1),
-        get_process=int,
+
+    def _set_seed(self, seed: int) -> None:
+        try:
+            seed = strict_range(seed, (0, 2**63 - 1))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.name}.seed: {exc}") from None
+        # Not through write(): its on_action hook records commands (bench log, snapshot), and
+        # a recorded seed regenerates every key bit. The error names the command, not the value.
+        data = (f"SOUR:SEED {int(seed):d}" + (self.session.write_termination or "")).encode()
+        with self.exchange("SOUR:SEED"):
+            self._io("SOUR:SEED", lambda: self._send(data))
+            if self.check_errors:
+                self.raise_errors("SOUR:SEED")
+
+    seed = property(
+        None,
+        _set_seed,
+        doc="Set the pattern seed (int, 0 to 2**63-1): write-only, the source never reports "
+        "it, and it is not recorded (it would regenerate every key bit).",
     )
     sync_divider = control(
         "SOUR:SYNC:DIV?",
@@ -67,7 +80,8 @@ class QKDSource(Instrument):
     @property
     def intensities(self) -> tuple[float, float, float]:
         """Control the mean photon numbers (signal, decoy, vacuum)."""
-        return tuple(float(self.query(f"SOUR:INT{k}?")) for k in (1, 2, 3))
+        with self.exchange("SOUR:INT?"):
+            return tuple(float(self.query(f"SOUR:INT{k}?")) for k in (1, 2, 3))
 
     @intensities.setter
     def intensities(self, mus) -> None:
@@ -76,15 +90,17 @@ class QKDSource(Instrument):
             raise ValueError(
                 f"{self.name}.intensities: need mu1 > mu2 + mu3, mu2 > mu3 >= 0, got {mus}"
             )
-        for k, m in enumerate(mus, 1):
-            self.write(f"SOUR:INT{k} {m:.6g}")
-        if self.check_errors:
-            self.raise_errors("SOUR:INT")
+        with self.exchange("SOUR:INT"):  # the three writes and their error check as one
+            for k, m in enumerate(mus, 1):
+                self.write(f"SOUR:INT{k} {m:.6g}")
+            if self.check_errors:
+                self.raise_errors("SOUR:INT")
 
     @property
     def probabilities(self) -> tuple[float, float, float]:
         """Control the probabilities of the three intensities (sum 1)."""
-        return tuple(float(self.query(f"SOUR:INT{k}:PROB?")) for k in (1, 2, 3))
+        with self.exchange("SOUR:INT:PROB?"):
+            return tuple(float(self.query(f"SOUR:INT{k}:PROB?")) for k in (1, 2, 3))
 
     @probabilities.setter
     def probabilities(self, ps) -> None:
@@ -93,10 +109,11 @@ class QKDSource(Instrument):
             raise ValueError(
                 f"{self.name}.probabilities: need three values >= 0 summing to 1, got {ps}"
             )
-        for k, p in enumerate(ps, 1):
-            self.write(f"SOUR:INT{k}:PROB {p:.9g}")
-        if self.check_errors:
-            self.raise_errors("SOUR:INT:PROB")
+        with self.exchange("SOUR:INT:PROB"):
+            for k, p in enumerate(ps, 1):
+                self.write(f"SOUR:INT{k}:PROB {p:.9g}")
+            if self.check_errors:
+                self.raise_errors("SOUR:INT:PROB")
 
     def sift(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Get (basis, intensity class, bit or 255) for each detected pulse index."""
@@ -104,8 +121,11 @@ class QKDSource(Instrument):
         parts = []
         for start in range(0, len(idx), MAX_SIFT_INDICES):
             chunk = idx[start : start + MAX_SIFT_INDICES]
-            self.write_block("SIFT:QUER?", chunk.tobytes())
-            raw = self.read_block("SIFT:QUER?")
+            # the block and its answer are one exchange: a setter from another thread (a
+            # plan while the monitor sifts) must not come between them on the connection
+            with self.exchange("SIFT:QUER?"):
+                self.write_block("SIFT:QUER?", chunk.tobytes())
+                raw = self.read_block("SIFT:QUER?")
             parts.append(np.frombuffer(raw, dtype=np.uint8).reshape(3, len(chunk)))
         if not parts:
             e = np.empty(0, np.uint8)
