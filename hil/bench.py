@@ -410,11 +410,14 @@ class Bench:
         the emulator. ``interrupted`` (also set when a Ctrl-C came after the bench was opened):
         the safe state gets at most INTERRUPTED_SAFE_STATE_S per instrument."""
         interrupted = interrupted or _sigint_since(self._opened_at)
-        for probe in list(self._probes.values()):  # Ctrl-C while opening: stop the probes
-            probe.cancel()
-            self.unreachable.setdefault(
-                probe.role, "interrupted before it answered its identification query"
-            )
+        for role, probe in self._probes.items():  # Ctrl-C while opening: stop the probes
+            if probe.answered and probe.inst is not None:
+                self.instruments[role] = probe.inst  # it answered: it gets its safe state
+            else:
+                probe.cancel()
+                self.unreachable.setdefault(
+                    role, "interrupted before it answered its identification query"
+                )
         self._probes = {}
         try:
             if self.spec.safe_state:

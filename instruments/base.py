@@ -102,8 +102,8 @@ def _socket_session(session) -> tuple[bytearray, socket.socket] | None:
     library, serial, VXI-11, USB) goes through the library's calls."""
     try:
         impl = session.visalib.sessions[session.session]
-    except (AttributeError, KeyError, TypeError):
-        return None
+    except (AttributeError, KeyError, TypeError, pyvisa.errors.InvalidSession):
+        return None  # InvalidSession: closed
     pending = getattr(impl, "_pending_buffer", None)
     sock = getattr(impl, "interface", None)
     if isinstance(pending, bytearray) and isinstance(sock, socket.socket):
@@ -665,12 +665,13 @@ class Instrument:
                 raise _Garbled(f"answer longer than {MAX_LINE_BYTES} bytes without a terminator")
             searched = max(0, len(pending) - len(term) + 1)
             self._wait(sock, False, start, end)
+            where = f"after {len(pending)} bytes of an answer" if pending else ""
             try:
                 chunk = sock.recv(65536)
             except OSError as exc:
-                raise _Lost(self._lost_cause(exc)) from None
+                raise _Lost(self._lost_cause(exc, where)) from None
             if not chunk:
-                raise _Lost(self._lost_cause(None))
+                raise _Lost(self._lost_cause(None, where))
             pending += chunk
 
     def _recover_after_timeout(self) -> None:
@@ -911,6 +912,8 @@ class Instrument:
     def close(self) -> None:
         """Close the connection, within about a second: a wait of another thread on it ends
         (within one wait slice) with InstrumentUnreachable."""
+        if self._closing:
+            return  # closed already (a cancelled probe and its thread may both close it)
         self._closing = True
         held = self._lock.acquire(timeout=3 * _WAIT_SLICE_S)
         try:
