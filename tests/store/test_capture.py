@@ -19,6 +19,7 @@ class FakeTagger:
         self.n_chunks, self.chunk, self.fail_after = n_chunks, chunk, fail_after
         self.now_ps = 0
         self.marks = 0
+        self.stopped = False
 
     def link_time_s(self):
         return self.now_ps * 1e-12
