@@ -163,7 +163,9 @@ def nominal_time(i, anchor_i, tau0_int, tau0_frac, p_int, p_rest):
     return tau0_int + d * p_int + fl, frac - fl
 
 
-def signal_detections(seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma_ps, timing):
+def signal_detections(
+    seed, pattern_seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma_ps, timing
+):
     """Same algorithm as the kernel, one pulse candidate at a time; returns the keys
     t * 4 + detector in pulse order, each pulse's clicks in time order."""
     order, cum = click_pattern_tables(mu, tj)
@@ -186,7 +188,7 @@ def signal_detections(seed, i_lo, i_hi, mu, c0, c1, p_z, eve_fraction, tj, sigma
             if pos < i_lo:
                 continue
             i = pos
-            cls, basis, bit = source_choice(hash_at(seed, S_SOURCE, i), c0, c1, p_z)
+            cls, basis, bit = source_choice(hash_at(pattern_seed, S_SOURCE, i), c0, c1, p_z)
             s = 2 * basis + bit
             he = hash_at(seed, S_EVE, i)
             if eve_fraction > 0 and u01(he) < eve_fraction:

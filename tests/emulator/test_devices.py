@@ -25,6 +25,8 @@ def open_(emu, rm):
 
     def make(role: str):
         s = rm.open_resource(emu.resources[role], read_termination="\n", timeout=10_000)
+        if role == "control":  # the control port wants the token of its ready file first
+            s.write(f'SYST:AUTH "{emu.control_token}"')
         s.write("*RST;*CLS")
         sessions.append(s)
         return s
@@ -101,16 +103,27 @@ def test_powermeter_power_units_and_wavelength(emu, open_):
     src.write("OUTP OFF")
 
 
-def test_source_settings_and_sift_exchange(emu, open_):
-    src = open_("source")
-    src.write("SOUR:CLOC 1GHZ;SEED 7;:SIFT:DISC:FRAC 0.1")
-    assert float(src.query("SOUR:CLOC?")) == 1e9 and src.query("SOUR:SEED?") == "7"
-    n = 100_000
-    idx = np.arange(n, dtype="<i8") * 3 + 11
+def sift(src, idx: np.ndarray) -> np.ndarray:
+    """The source's answers (3 x N: bases, classes, bits) for pulse indices ``idx``."""
     src.write_binary_values("SIFT:QUER? ", idx, datatype="q", is_big_endian=False)
     raw = src.read_binary_values(datatype="B", container=bytes, expect_termination=True)
-    assert len(raw) == 3 * n
-    basis, intensity, bit = np.frombuffer(raw, np.uint8).reshape(3, n)
+    assert len(raw) == 3 * len(idx)
+    return np.frombuffer(raw, np.uint8).reshape(3, len(idx))
+
+
+def test_source_settings_and_sift_exchange(emu, open_):
+    src, det = open_("source"), open_("detectors")
+    src.write("SOUR:CLOC 1GHZ;SEED 7;:SIFT:DISC:FRAC 0.1")
+    assert float(src.query("SOUR:CLOC?")) == 1e9
+    src.write("SOUR:SEED?")  # write-only: the pattern seed regenerates every key bit
+    assert src.query("SYST:ERR?").startswith("-113")
+    src.write("OUTP ON")
+    assert src.query("SIFT:BLOC?") == "1"
+    det.write("COUN:INT 1MS")
+    det.query("COUN:DATA?")  # 1 ms of link time: 1e6 pulses emitted
+    n = 100_000
+    idx = emu.link.generator.emitted_to - 400_000 + np.arange(n, dtype="<i8") * 3
+    basis, intensity, bit = sift(src, idx)
     assert set(np.unique(basis)) <= {0, 1} and set(np.unique(intensity)) <= {0, 1, 2}
     assert np.isin(bit[basis == 1], (0, 1)).all()  # every X-basis bit is disclosed
     z_bits = bit[basis == 0]
@@ -118,13 +131,17 @@ def test_source_settings_and_sift_exchange(emu, open_):
     # Binomial(n_z, 0.1): 5 sigma band
     mean, sd = 0.1 * len(z_bits), math.sqrt(len(z_bits) * 0.1 * 0.9)
     assert abs(disclosed - mean) < 5 * sd
-    # the same indices give the same answer (counter-based, seeded)
-    src.write_binary_values("SIFT:QUER? ", idx[:10], datatype="q", is_big_endian=False)
-    again = src.read_binary_values(datatype="B", container=bytes, expect_termination=True)
-    assert np.array_equal(
-        np.frombuffer(again, np.uint8).reshape(3, 10), np.stack([basis, intensity, bit])[:, :10]
-    )
-    src.write("SOUR:SEED 1")
+    # the same indices give the same answer, also after the block closed and the fraction
+    # was raised: a pulse is answered from the settings it was emitted with
+    src.write("SIFT:DISC:FRAC 0.1")  # the same value: not a change
+    src.write("SIFT:DISC:FRAC 1")  # a change while the block is open
+    assert src.query("SYST:ERR?").startswith('-221,"Settings conflict')
+    src.write("OUTP OFF;:SIFT:DISC:FRAC 1")
+    assert src.query("SIFT:BLOC?") == "0" and float(src.query("SIFT:DISC:FRAC?")) == 1.0
+    assert np.array_equal(sift(src, idx[:1000]), np.stack([basis, intensity, bit])[:, :1000])
+    # pulses not emitted yet tell nothing
+    ahead = emu.link.generator.emitted_to + np.arange(10, dtype="<i8")
+    assert (sift(src, ahead) == 255).all()
 
 
 def test_source_rejects_bad_intensities_and_running_changes(open_):

@@ -200,6 +200,8 @@ def block_messages(forms):
 def fuzz_scpi(emu, role: str) -> int:
     device = emu.devices[role]
     conn = Conn(emu.resources[role])
+    if role == "control":  # authenticated, so that the fuzz reaches the fault handlers
+        conn.sock.sendall(b'SYST:AUTH "%s"\n' % emu.control_token.encode())
     idn = ",".join(device.IDN)
     forms = header_forms(device)
     sent = 0

@@ -55,8 +55,9 @@ def detections_by_pulse(ts, ch, params: LinkParams, n_pulses: int):
 
 
 def choices(params: LinkParams, indices):
+    pattern = params.seed if params.pattern_seed is None else params.pattern_seed
     return physics.pulse_choices(
-        params.seed, params.p_mu, params.p_z, params.disclose_fraction, indices
+        pattern, params.p_mu, params.p_z, params.disclose_fraction, indices
     )
 
 
@@ -162,17 +163,17 @@ def test_signal_kernel_matches_reference(eve, p_rest, mu_signal):
     args = (k.signal_tables(order, cum), 0.5, 0.8, 0.7, eve, 30.0, *timing)
     for i_lo, i_hi in ((0, 20_000), (65_000, 66_000), (131_071, 131_073), (10, 10)):
         buf = np.empty(4 * (i_hi - i_lo) + 8, np.int64)
-        n, nxt = k.signal_detections(buf, 9, i_lo, i_hi, *args)
-        expected = ref.signal_detections(9, i_lo, i_hi, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
+        n, nxt = k.signal_detections(buf, 9, 4, i_lo, i_hi, *args)
+        expected = ref.signal_detections(9, 4, i_lo, i_hi, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
         assert nxt == i_hi
         assert buf[:n].tolist() == expected
     # a buffer that fills up: resuming from the returned index gives the same clicks
     buf = np.empty(40, np.int64)
     got, i = [], 0
     while i < 20_000:
-        n, i = k.signal_detections(buf, 9, i, 20_000, *args)
+        n, i = k.signal_detections(buf, 9, 4, i, 20_000, *args)
         got += buf[:n].tolist()
-    assert got == ref.signal_detections(9, 0, 20_000, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
+    assert got == ref.signal_detections(9, 4, 0, 20_000, mu, 0.5, 0.8, 0.7, eve, tj, 30.0, timing)
 
 
 def test_pattern_tables_match_reference():
@@ -791,3 +792,47 @@ def test_invalid_parameters_name_the_field():
         physics.validate(LinkParams(p_mu=(0.5, 0.2, 0.2)))
     with pytest.raises(ValueError, match=r"LinkParams.efficiency"):
         LinkGenerator(LinkParams(efficiency=(1.2, 0.2, 0.2, 0.2)))
+
+
+def test_pattern_seed_keys_the_source_and_seed_the_channel():
+    """The source's choices follow pattern_seed alone: the same channel seed with another
+    pattern seed gives other tags; a pattern seed of None falls back to the channel seed (in
+    process only: the Emulator always draws one)."""
+    p = LinkParams(attenuation_db=0.0, pattern_seed=5)
+    total = SECOND_PS // 2000
+    a = run(p, total)[0]
+    assert np.array_equal(a, run(p, total)[0])
+    b = run(p.replace(pattern_seed=6), total)[0]
+    assert len(a) != len(b) or (a != b).any()
+    same = run(p.replace(pattern_seed=p.seed), total)[0]
+    assert np.array_equal(same, run(p.replace(pattern_seed=None), total)[0])
+    assert "pattern_seed" not in repr(p)  # nor in a traceback's locals
+    with pytest.raises(ValueError, match="pattern_seed") as e:
+        physics.validate(p.replace(pattern_seed=-12345))
+    assert "12345" not in str(e.value)  # a secret is not repeated in an error
+
+
+def test_source_answers_are_those_of_emission():
+    """The generator records the source settings each pulse was emitted with: answers never
+    change once a pulse is emitted (a later disclosure fraction or basis probability does not
+    reach it), and pulses not emitted yet are marked so."""
+    p = LinkParams(pattern_seed=11, disclose_fraction=0.1)
+    gen = LinkGenerator(p)
+    gen.generate(p, 0, SECOND_PS // 1000)
+    end = gen.emitted_to
+    idx = np.arange(0, end, 7, dtype=np.int64)
+    b, k, v, d, emitted = gen.source_answers(idx)
+    assert emitted.all()
+    exp = physics.pulse_choices(11, p.p_mu, p.p_z, 0.1, idx)
+    for got, want in zip((b, k, v, d), exp, strict=True):
+        assert np.array_equal(got, want)
+    wider = p.replace(disclose_fraction=1.0, p_z=0.0)  # every pulse X, every bit disclosed
+    gen.generate(wider, SECOND_PS // 1000, SECOND_PS // 500)
+    again = gen.source_answers(idx)
+    for got, want in zip(again[:4], exp, strict=True):
+        assert np.array_equal(got, want)
+    later = np.arange(end, gen.emitted_to, 7, dtype=np.int64)
+    b2, _, _, d2, e2 = gen.source_answers(later)
+    assert e2.all() and (b2 == 1).all() and d2.all()  # emitted with the wider settings
+    ahead = gen.source_answers(np.arange(gen.emitted_to, gen.emitted_to + 5))
+    assert not ahead[4].any()
