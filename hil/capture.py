@@ -145,8 +145,7 @@ def acquire(
     labels: deque[tuple[str, str]] = deque()  # one per marker the tagger will return
     events: list[tuple[int, str, str]] = []
     progress_bar = _Progress(duration_s, progress)
-    t_start = tagger.link_time_ps()
-    t_last = None
+    t_start = t_last = None
     ok = started = False
     error: BaseException | None = None
     hold_offsets = sorted({a[0] for a in pending})
@@ -172,6 +171,7 @@ def acquire(
         tagger.resume()
 
     try:
+        t_start = tagger.link_time_ps()
         if use_holds:
             tagger.set_holds(hold_offsets, timeout_s=hold_timeout_s)
         tagger.start(duration_s, pace=(pace or 0.0) if bench.emulated else None)
@@ -232,6 +232,7 @@ def acquire(
     finally:
         progress_bar.done()
         if not ok:
+            t_start = t_start or 0  # None: the tagger failed before its clock was read
             t_stop = t_last or t_start
             if error is not None:
                 # recorded in the file: a reader sees why it is incomplete
