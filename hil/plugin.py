@@ -315,6 +315,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # pytest-xdist workers says it once, see pytest_xdist_node_collection_finished)
     error = "" if _worker(session.config) else _bad_criteria(files)
     if error:
+        session.config._hil_state["usage_error"] = error  # no run folder for a plan not started
         raise pytest.UsageError(error)
 
 
@@ -338,7 +339,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _worker(config):
         config.workeroutput["hil_deselected"] = run.deselected
         return
-    if config._hil_state.get("usage_error"):
+    if config._hil_state.get("usage_error") or config.option.collectonly:
         return
     files = getattr(config, "_hil_criteria_files", None) or []
     # a session that used no bench, judged nothing and ran no plan leaves no run folder
