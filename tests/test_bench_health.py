@@ -139,12 +139,15 @@ def test_safe_state_after_sigint(pytester, emulator):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert _query(emulator["source"], "OUTP?") == "1"
+        t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode()
+    assert elapsed < 5, f"the run ended {elapsed:.1f} s after the first Ctrl-C"  # issue 14
     _assert_safe(emulator)
 
 

@@ -92,17 +92,19 @@ def _lines(conn):
 
 
 class GoodPeer(Listener):
-    """Answers *IDN?, SYST:ERR? and *OPC? like any SCPI instrument; records every line."""
+    """Answers *IDN?, SYST:ERR? and *OPC? like any SCPI instrument; records every line.
+    ``mute``: the queries it stops answering (an instrument that hangs later in the run)."""
 
-    def __init__(self):
+    def __init__(self, mute: tuple[str, ...] = ()):
         self.received: list[str] = []
+        self.mute = mute
         super().__init__(self._scpi)
 
     def _scpi(self, conn) -> None:
         answers = {"*IDN?": "test,GOOD,0,1.0", "SYST:ERR?": '0,"No error"', "*OPC?": "1"}
         for line in _lines(conn):
             self.received.append(line)
-            if line in answers:
+            if line in answers and line not in self.mute:
                 conn.sendall((answers[line] + "\n").encode())
 
 
@@ -270,6 +272,42 @@ def test_sigint_while_the_bench_opens_ends_the_run_within_5_s(tmp_path, listener
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     # the safe state was attempted on the instrument that had answered
     assert "OUTP 0" in good.received, good.received
+
+
+def test_sigint_during_a_run_ends_it_within_5_s_when_the_safe_state_hangs(tmp_path, listeners):
+    """The bench opened; during a test the source stops answering (here: its error queue).
+    Ctrl-C: the safe state is attempted but not waited out for the source's 20 s timeout."""
+    source = GoodPeer(mute=("SYST:ERR?",))
+    flag = tmp_path / "running"
+    bench = _bench_file(tmp_path / "lab.yaml", {"source": source.resource})
+    bench.write_text(bench.read_text().replace("timeout_s: 5", "timeout_s: 20"))
+    cmd = _pytest(tmp_path, bench)
+    (tmp_path / "test_plan.py").write_text(
+        "import pathlib, time\n"
+        "def test_waits(bench):\n"
+        f"    pathlib.Path({str(flag)!r}).write_text('up')\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the test never ran"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        source.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert elapsed < 5, f"{elapsed:.1f} s after SIGINT\n{out}"
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "OUTP 0" in source.received, source.received  # the safe state was attempted
 
 
 def test_interrupted_open_logs_what_the_safe_state_could_not_apply(listeners, tmp_path, caplog):
