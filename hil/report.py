@@ -45,7 +45,7 @@ import re
 import secrets
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -203,10 +203,12 @@ class Run:
     def merge(self, data: dict, worker: str = "") -> None:
         """Add what a worker's :meth:`export_new` sent (evidence paths are already relative to
         the shared run folder)."""
+        # only the dataclass fields: to_dict may add derived keys for the summary
+        vf, sf = {f.name for f in fields(Verdict)}, {f.name for f in fields(Series)}
         for d in data.get("verdicts", []):
-            self.verdicts.append(Verdict(**d))
+            self.verdicts.append(Verdict(**{k: v for k, v in d.items() if k in vf}))
         for d in data.get("series", []):
-            d = dict(d)
+            d = {k: v for k, v in d.items() if k in sf}
             d["ref_lines"] = [tuple(r) for r in d.get("ref_lines") or []]
             self.series.append(Series(**d))
         if data.get("bench"):

@@ -396,3 +396,30 @@ def test_evidence_is_named_relative_to_the_run_folder(tmp_path, monkeypatch):
     crit = Criterion(title="t", quantity="count_rate", unit="Hz", limits={"min": 1})
     run.add_verdict(judge("X-1", crit, 5.0, evidence=[str(inside), "/elsewhere/ref.h5"]))
     assert run.verdicts[0].evidence == ["cap.h5", "/elsewhere/ref.h5"]
+
+
+def test_a_workers_results_merge_into_the_controllers_run(tmp_path):
+    """pytest-xdist: what a worker's run gains travels as plain data (numpy values included)
+    and the controller's summary holds it as if measured there; nothing is sent twice."""
+    worker = Run(tmp_path, run_id="shared", create=False)
+    controller = Run(tmp_path, run_id="shared", create=False)
+    spec, _ = _criteria(tmp_path)
+    worker.current_test = "plan/test_link.py::test_qber"
+    worker.add_verdict(
+        judge("PIL-QBER-001", spec.criteria["PIL-QBER-001"], np.float64(0.045), plan="pilot")
+    )
+    worker.add_series(
+        "QBER Z",
+        np.arange(3),
+        np.array([4.0, 4.5, 4.2]),
+        x_label="t (s)",
+        y_label="QBER (%)",
+        ref_lines=[(11.0, "abort threshold")],
+    )
+    data = worker.export_new()
+    assert worker.export_new() is None  # sent once
+    json.dumps(data, allow_nan=False)  # plain types only, as execnet needs
+    controller.merge(data, worker="gw1")
+    assert controller.summary()["verdicts"] == worker.summary()["verdicts"]
+    assert controller.summary()["series"] == worker.summary()["series"]
+    assert controller.criteria_table()[0]["status"] == "MARGINAL"
