@@ -55,9 +55,7 @@ class TimeTagger(Instrument):
         _raise_recv_size(self.session, RECV_BYTES)
 
     def _checked(self, command: str) -> None:
-        self.write(command)
-        if self.check_errors:
-            self.raise_errors(command)
+        self.set_checked(command)  # one exchange: a mark's SYST:ERR? never meets a fetch
 
     def set_input(
         self,
