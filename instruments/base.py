@@ -124,7 +124,9 @@ def _ready(sock: socket.socket, write: bool, wait_s: float) -> bool:
 
 
 def _socket_error_text(exc: OSError) -> str:
-    return exc.strerror or os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+    if exc.errno:
+        return exc.strerror or os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 class _Lost(Exception):
