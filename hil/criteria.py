@@ -26,12 +26,10 @@ a criteria file looking as if it did. A plan reads every condition of the criter
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -337,71 +335,6 @@ class CriteriaFile(BaseModel):
 _ID_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
-def _duplicate_key(node: yaml.Node, path: tuple = ()) -> tuple[tuple, int, int] | None:
-    """The first key that a mapping repeats: (key path, its line, the first one's line).
-
-    PyYAML keeps the last of duplicate keys silently; the composed node tree still has both."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict = {}
-        for k, v in node.value:
-            key = k.value
-            if key in seen:
-                return (*path, key), k.start_mark.line + 1, seen[key]
-            seen[key] = k.start_mark.line + 1
-            found = _duplicate_key(v, (*path, key))
-            if found:
-                return found
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            found = _duplicate_key(v, (*path, i))
-            if found:
-                return found
-    return None
-
-
-def _key_path_at(text: str, line: int) -> str:
-    """The block-style key path of the key on 1-based ``line`` (by indentation), or ''."""
-    rows = text.splitlines()
-    if not 0 < line <= len(rows):
-        return ""
-    path: list[str] = []
-    indent = None
-    for row in reversed(rows[:line]):
-        m = re.match(r"^(\s*)([^\s#:{}\[\]-][^:#{}]*?)\s*:(\s|$)", row)
-        if not m or (indent is not None and len(m.group(1)) >= indent):
-            continue
-        # a parent opens a block: nothing but a comment after its colon
-        if indent is None or re.match(r"^\s*(#.*)?$", row[m.end() :]):
-            path.insert(0, m.group(2).strip("'\""))
-            indent = len(m.group(1))
-            if indent == 0:
-                break
-    return ".".join(path)
-
-
-def _check_syntax(path: Path) -> None:
-    """A YAML syntax error as one line at the construct that was left open, with its key."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return  # load_yaml reports it
-    try:
-        yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.context_mark or exc.problem_mark
-        if mark is None:
-            return
-        line = mark.line + 1
-        key = _key_path_at(text, line) or "(top level)"
-        what = f"{exc.context}, " if exc.context else ""
-        where = f" on line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
-        raise ConfigError(
-            f"{path}:{line}: {key}: invalid YAML: {what}{exc.problem}{where}"
-        ) from None
-    except yaml.YAMLError:
-        return
-
-
 def _validate_criteria(data: Any, path: Path, lines: dict) -> CriteriaFile:
     """Like config.validate, but an error raised with ``_at`` names the sub-key it is about."""
     if isinstance(data, dict):
@@ -422,13 +355,8 @@ def load_criteria(path: str | Path) -> tuple[CriteriaFile, Path]:
     """Load and validate a criteria file; a bad one raises one ConfigError line
     ``file:line: key.path: message``."""
     path = Path(path)
-    _check_syntax(path)
+    # bounded YAML: syntax errors, duplicate keys, aliases, size and encoding refused in one line
     data, lines = load_yaml(path)
-    dup = _duplicate_key(yaml.compose(path.read_text(), Loader=yaml.SafeLoader))
-    if dup:
-        loc, line, first = dup
-        key = ".".join(str(p) for p in loc)
-        raise ConfigError(f"{path}:{line}: {key}: duplicate key (first given on line {first})")
     if isinstance(data, dict) and isinstance(data.get("criteria"), dict):
         for cid in data["criteria"]:
             if not isinstance(cid, str) or not cid or set(cid) - _ID_OK:
