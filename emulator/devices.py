@@ -544,6 +544,9 @@ class Tagger(LinkDevice):
             if self.state != "HELD":
                 raise ScpiError(-200, f"acquisition is {self.state}, not HELD")
             self._continue = True
+            # RUNNING from this answer on: a status query right after ACQ:CONT must not see
+            # the hold still there (the acquisition thread may not have woken up yet)
+            self.state = "RUNNING"
             self._room.notify_all()
 
     def _hold(self, t_ps: int) -> bool:

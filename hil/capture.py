@@ -161,10 +161,15 @@ def acquire(
         events.append(issued)
         writer.add_event(*issued)
 
+    last_held: list[int] = []
+
     def on_hold() -> None:
         # holds are reached in order, one per distinct offset: the k-th is hold_offsets[k]
-        offset = hold_offsets.pop(0)
         t_held = tagger.held_time_ps()
+        if last_held and t_held == last_held[-1]:
+            return  # a status from before the last ACQ:CONT took effect: not a new hold
+        last_held.append(t_held)
+        offset = hold_offsets.pop(0)
         while pending and pending[0][0] <= offset:
             _, fn, what = pending.pop(0)
             issue(t_held, fn, what)
