@@ -148,7 +148,8 @@ def acquire(
     t_start = t_last = None
     ok = started = False
     error: BaseException | None = None
-    hold_offsets = sorted({a[0] for a in pending})
+    # one hold per distinct offset, to the ps (offsets that differ by float noise are one)
+    hold_offsets_ps = sorted({round(a[0] * 1e12) for a in pending})
 
     def issue(t_ps: int, fn: Callable[[], None], what: str) -> None:
         # the action takes effect between the link time read just before it (kept as
@@ -164,13 +165,13 @@ def acquire(
     last_held: list[int] = []
 
     def on_hold() -> None:
-        # holds are reached in order, one per distinct offset: the k-th is hold_offsets[k]
+        # holds are reached in order, one per distinct offset: the k-th is hold_offsets_ps[k]
         t_held = tagger.held_time_ps()
         if last_held and t_held == last_held[-1]:
             return  # a status from before the last ACQ:CONT took effect: not a new hold
         last_held.append(t_held)
-        offset = hold_offsets.pop(0)
-        while pending and pending[0][0] <= offset:
+        offset_ps = hold_offsets_ps.pop(0)
+        while pending and round(pending[0][0] * 1e12) <= offset_ps:
             _, fn, what = pending.pop(0)
             issue(t_held, fn, what)
         tagger.resume()
@@ -178,7 +179,7 @@ def acquire(
     try:
         t_start = tagger.link_time_ps()
         if use_holds:
-            tagger.set_holds(hold_offsets, timeout_s=hold_timeout_s)
+            tagger.set_holds([t * 1e-12 for t in hold_offsets_ps], timeout_s=hold_timeout_s)
         tagger.start(duration_s, pace=(pace or 0.0) if bench.emulated else None)
         started = True
         for ts, ch in tagger.stream(on_hold=on_hold if use_holds else None):

@@ -108,7 +108,7 @@ class TimeTagger(Instrument):
             self._checked(f"ACQ:HOLD:TIM {timeout_s:.6g}")
         for offset in offsets_s:
             strict_range(offset, (0.0, 86400.0))
-            self._checked(f"ACQ:HOLD {offset:.12g}")
+            self._checked(f"ACQ:HOLD {offset:.12f}")  # to the ps
 
     def held_time_ps(self) -> int:
         """Get the link time (ps) at which the clock stands: the hold point reached last."""
