@@ -21,7 +21,18 @@ import numpy as np
 
 from .link import LONG_CHUNK_PS, PS, Link
 from .physics import dark_count_rate_hz, validate
-from .scpi import Block, Bool, Choice, Num, Optional, ScpiDevice, ScpiError, Str, block
+from .scpi import (
+    Block,
+    Bool,
+    Choice,
+    Num,
+    Optional,
+    ScpiDevice,
+    ScpiError,
+    Str,
+    block,
+    split_message,
+)
 
 N_DETECTORS = 4
 N_TAGGER_CHANNELS = 9  # 0 sync, 1..4 detectors, 5..7 spare, 8 software marker
@@ -861,15 +872,33 @@ class Control(LinkDevice):
         return json.dumps({k: v for k, v in fields.items() if k not in self.SECRET})
 
     def _schedule(self, s, t_s: float, command: str) -> None:
-        """Run a control command at link time ``t_s`` (a fault at an exact link time)."""
-        if "FAUL" not in command.upper() or "SCH" in command.upper():
-            raise ScpiError(-224, "only FAULt commands (not SCHedule) may be scheduled")
+        """Run a control command at link time ``t_s`` (a fault at an exact link time).
+
+        The command is parsed and checked now (its errors are this message's), and at its time
+        its handlers run directly, under the link lock the clock holds then: taking this
+        device's lock there could deadlock with a handler that holds it and waits for the
+        link lock."""
         if self.scheduled >= self.MAX_SCHEDULED:
             raise ScpiError(-225, f"{self.MAX_SCHEDULED} scheduled actions pending already")
+        try:
+            units = split_message(command.encode("ascii"))
+        except UnicodeEncodeError:
+            raise ScpiError(-224, "the scheduled command is not ASCII") from None
+        calls, path = [], []
+        for header, params in units:
+            cmd, used, is_query, path = self.resolve_unit(header, path)
+            names = [n.long.upper() for n in cmd.nodes]
+            if is_query or names[0] != "FAULT" or "SCHEDULE" in names:
+                raise ScpiError(-224, "only FAULt commands (not SCHedule) may be scheduled")
+            calls.append((cmd.handler, used, self._parse_params(cmd, params)))
 
         def action() -> None:
             self.scheduled -= 1
-            self.execute(command.encode("ascii"))
+            for handler, used, args in calls:
+                try:
+                    handler(used, *args)
+                except ScpiError as e:
+                    self.error(e.code, e.detail)
 
         self.scheduled += 1
         self.link.at(int(round(t_s * PS)), action)

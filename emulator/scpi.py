@@ -843,6 +843,13 @@ class ScpiDevice:
         return b";".join(out) + b"\n"
 
     def _execute_unit(self, header: str, params: list, path: list[str]) -> list[str]:
+        cmd, used, is_query, path = self.resolve_unit(header, path)
+        self._dispatch(cmd, used, params, is_query)
+        return path
+
+    def resolve_unit(self, header: str, path: list[str]) -> tuple:
+        """``(command, suffixes, is_query, path after the unit)`` a header names (after
+        ``path``, the current path of its message); raises ScpiError (-102, -113, -114)."""
         is_query = header.endswith("?")
         name = header[:-1] if is_query else header
         if "?" in name or "*" in name[1:]:
@@ -850,8 +857,8 @@ class ScpiDevice:
         if name.startswith("*"):
             for cmd in self._commands:
                 if cmd.query == is_query and cmd.nodes and cmd.nodes[0].long == name.upper():
-                    self._dispatch(cmd, [], params, is_query)
-                    return path  # common commands leave the path alone (SCPI vol. 1 6.2.5)
+                    # common commands leave the path alone (SCPI vol. 1 6.2.5)
+                    return cmd, [], is_query, path
             raise ScpiError(-113, header[:40])
         absolute = name.startswith(":")
         tokens = name[1:].split(":") if absolute else name.split(":")
@@ -871,8 +878,7 @@ class ScpiDevice:
             if bad:
                 suffix_error = ScpiError(-114, f"suffix {bad[0]} not in [{lo}, {hi}]")
                 continue
-            self._dispatch(cmd, used, params, is_query)
-            return toks[:-1]
+            return cmd, used, is_query, toks[:-1]
         if suffix_error is not None:
             raise suffix_error
         raise ScpiError(-113, header[:40])

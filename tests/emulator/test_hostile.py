@@ -76,7 +76,7 @@ def clients(emu):
         c = Client(emu.resources[role])
         if auth:
             c.send(b'SYST:AUTH "%s"\n' % emu.control_token.encode())
-        c.send(b"*CLS\n")
+        assert c.query("*CLS;*OPC?") == "1"  # cleared before the test's other clients act
         opened.append(c)
         return c
 
@@ -238,13 +238,15 @@ def test_out_of_range_numbers_are_data_errors(clients):
     assert src.query("SYST:ERR?") == '0,"No error"'
 
 
-def test_scheduled_faults_are_bounded(clients):
+def test_scheduled_faults_are_bounded(emu, clients):
     ctl = clients("control", auth=True)
-    t = float(ctl.query("LINK:TIME?")) + 1e5
+    t = float(ctl.query("LINK:TIME?")) + 1e3
     ctl.send(b"".join(b'FAUL:SCH %.1f,"FAUL:EVE 0"\n' % (t + i) for i in range(1000)))
     assert ctl.query("SYST:ERR?") == '0,"No error"'
     ctl.send(b'FAUL:SCH 1e6,"FAUL:EVE 0"\n')
     assert ctl.error_code() == -225
+    emu.link.idle_until(int((t + 1000) * 1e12))  # link time passes them: they run, room again
+    assert emu.devices["control"].scheduled == 0
 
 
 def test_control_port_refuses_faults_without_the_token(emu, clients):
@@ -291,3 +293,23 @@ def test_ready_file_holds_the_token_for_its_owner_only(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_scheduled_faults_are_checked_when_scheduled_and_run_at_their_time(emu, clients):
+    ctl = clients("control", auth=True)
+    for bad, code in (
+        ('FAUL:SCH 1,"FAUL:LOSS 999"', -222),  # out of range: refused now, not at its time
+        ('FAUL:SCH 1,"LINK:TIME?"', -224),
+        ("FAUL:SCH 1,\"FAUL:SCH 2,'FAUL:EVE 0'\"", -224),
+        ('FAUL:SCH 1,"FAUL:NOPE 1"', -113),
+    ):
+        ctl.send(bad.encode() + b"\n")
+        assert ctl.error_code() == code, bad
+    t = float(ctl.query("LINK:TIME?"))
+    ctl.send(b'FAUL:SCH %.6f,"FAUL:EVE 0.25;:FAUL:DET2:DEAD ON"\n' % (t + 0.5))
+    assert ctl.query("SYST:ERR?") == '0,"No error"'
+    assert emu.link.get("eve_fraction") == 0.0
+    emu.link.idle_until(emu.link.now_ps + 10**12)  # link time passes the scheduled moment
+    assert emu.link.get("eve_fraction") == 0.25 and not emu.link.get("detector_on", 1)
+    ctl.send(b"FAUL:EVE 0;:FAUL:DET2:DEAD OFF\n")
+    assert ctl.query("SYST:ERR?") == '0,"No error"'
