@@ -434,6 +434,9 @@ def scan_message(buf: bytes | bytearray, start: int = 0) -> tuple[int, int]:
     return -1, 0
 
 
+_BLOCK_START = re.compile(rb"#[1-9]")
+
+
 class MessageFramer:
     """Frames the program messages of one connection's byte stream with bounded memory and
     work, so that no client can stall the others.
@@ -442,9 +445,10 @@ class MessageFramer:
     block by what its command takes (``block_limit(header)``; 0: the block counts as text).
     A message beyond its bound is refused (-100) as soon as the bound is passed, or as soon as
     a block declares a length beyond its command's, and its rest up to the next ``\\n`` is
-    dropped without being buffered. Each byte is examined once: runs without ``\\n`` or
-    ``#`` are skipped by ``bytes.find``, and only a ``#`` makes the framer follow the quotes and
-    parameter starts before it (the only place a block can begin, as in the parser)."""
+    dropped without being buffered. Each byte is examined once: runs without ``\\n`` or a
+    possible block start are skipped at C speed, and only a ``#<digit>`` after whitespace or a
+    comma makes the framer follow the quotes and parameter starts before it (a block begins
+    only where a parameter starts, as in the parser)."""
 
     def __init__(self, max_text: int, block_limit: Callable[[str], int] = lambda h: 0):
         self.max_text = max_text
@@ -463,6 +467,8 @@ class MessageFramer:
         self.header = ""  # header of the unit whose parameters are being read
         self.block_end = 0  # inside a definite-length block: the index after it
         self.exempt = 0  # bytes of blocks that do not count against max_text
+        self.nl_at = -1  # the next '\n' found at or after i (-1: none up to nl_checked)
+        self.nl_checked = 0  # buf[:nl_checked] has been searched for '\n'
 
     def feed(self, data: bytes) -> list:
         """The messages ``data`` completes (bytes, terminator removed) and the refusals
@@ -502,9 +508,12 @@ class MessageFramer:
                 self.i = self.seen = self.block_end
                 self.block_end = 0
             start = max(self.i, self.seen)
-            nl = buf.find(b"\n", start)
+            if self.nl_at < start:  # search only bytes not searched before (a run of '#'s)
+                self.nl_at = buf.find(b"\n", max(start, self.nl_checked))
+                self.nl_checked = n if self.nl_at < 0 else self.nl_at
+            nl = self.nl_at
             stop = nl if nl >= 0 else n
-            h = buf.find(b"#", start, stop)
+            h = self._candidate(start, stop)
             if h < 0:
                 if nl >= 0:
                     if nl - self.exempt > self.max_text:
@@ -513,7 +522,8 @@ class MessageFramer:
                     del buf[: nl + 1]
                     self._new_message()
                     return message
-                self.seen = n
+                # a '#' at the end may begin a block once its digit arrives
+                self.seen = n - 1 if buf.endswith(b"#") else n
                 if n - self.exempt > self.max_text:
                     return self._refuse(self.i, self._too_long())
                 return None
@@ -552,6 +562,17 @@ class MessageFramer:
                 return self._refuse(h, self._too_long())
             self.block_end = end
             self.at_param_start = False
+
+    def _candidate(self, start: int, stop: int) -> int:
+        """The first '#' in buf[start:stop] that may begin a block (a digit 1-9 after it,
+        whitespace or ',' before it), or -1: other '#'s cost no walk of the parser's state."""
+        buf = self.buf
+        while (m := _BLOCK_START.search(buf, start, stop)) is not None:
+            h = m.start()
+            if h > 0 and buf[h - 1] in b" \t,":
+                return h
+            start = h + 1
+        return -1
 
     def _follow(self, stop: int) -> None:
         """Advance the quote/header/parameter state over buf[i:stop] (no '\n' in it)."""
