@@ -249,6 +249,7 @@ class _Watchdog:
         self._cv = threading.Condition()
         self._heap: list[tuple[float, int, HTTPSConnection]] = []
         self._live: set[int] = set()
+        self._fired: set[int] = set()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -264,9 +265,14 @@ class _Watchdog:
                 self._cv.notify()
             return token
 
-    def disarm(self, token: int) -> None:
+    def disarm(self, token: int) -> bool:
+        """End the watch of ``token``; True if its deadline had passed and it struck."""
         with self._cv:
             self._live.discard(token)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
 
     def _run(self) -> None:
         while True:
@@ -283,6 +289,7 @@ class _Watchdog:
                     continue
                 heapq.heappop(self._heap)
                 self._live.discard(token)
+                self._fired.add(token)
             sock = getattr(conn, "sock", None)
             if sock is not None:
                 try:
@@ -578,9 +585,12 @@ class KMEClient:
             )
             raise KMEError(self._label, what, status, cause, "transport") from None
         finally:
-            for token in _CALL.armed.values():
-                _WATCHDOG.disarm(token)
+            struck = [_WATCHDOG.disarm(token) for token in _CALL.armed.values()]
             _CALL.deadline, _CALL.armed = None, {}
+        if any(struck):
+            # the socket was shut under a late answer: what arrived is cut short, not an answer
+            cause = f"no complete answer within {self.timeout_s:g} s"
+            raise KMEError(self._label, what, None, cause, "transport")
         latency_ms = 1e3 * (time.monotonic() - t0)
         log.debug("%s: %s -> %s in %.2f ms", self.name, what, status, latency_ms)
         return what, self._answer(what, status, data, too_long, content_type)
