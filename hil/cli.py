@@ -269,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = emu_sub.add_parser("serve", help="serve the emulated instruments on loopback")
     serve.add_argument("--ready-file", help="write the resource strings here (JSON) when ready")
     serve.add_argument("--parent-pid", type=int, help="exit when this process is gone")
-    serve.add_argument("--seed", type=int, default=None, help="seed of the emulated link")
+    serve.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the emulated channel (not of the source's pattern, which is secret)",
+    )
     serve.add_argument(
         "--sampling-threads",
         type=int,

@@ -126,7 +126,11 @@ class EmulatorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     seed: int = Field(
-        1, ge=0, le=2**64 - 1, description="seed of every random choice of the emulated link"
+        1,
+        ge=0,
+        le=2**63 - 1,
+        description="seed of the emulated channel (noise, losses, detections); the source's "
+        "pattern seed is secret and drawn anew at each start",
     )
     start_timeout_s: float = Field(
         120.0,

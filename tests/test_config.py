@@ -112,7 +112,7 @@ EXPECT: dict[str, tuple[int | None, str | None, str]] = {
     "seed_float.yaml": (3, "emulator.seed", "valid integer, got the number 1.5"),
     "seed_string.yaml": (3, "emulator.seed", "valid integer, got the string '1'"),
     "seed_huge.yaml": (3, "emulator.seed", "an integer of 400 digits (at most 30)"),
-    "seed_above_64_bits.yaml": (3, "emulator.seed", "less than or equal to 18446744073709551615"),
+    "seed_above_63_bits.yaml": (3, "emulator.seed", "less than or equal to 9223372036854775807"),
     "seed_negative.yaml": (3, "emulator.seed", "greater than or equal to 0, got the number -1"),
     "start_timeout_string.yaml": (
         3,
