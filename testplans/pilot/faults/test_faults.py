@@ -68,7 +68,13 @@ def test_fiber_cut(bench, link, switch, run, conditions, judge_value):
         style="points",
     )
     for cid, lat in (("FLT-CUT-001", o.detection), ("FLT-CUT-002", o.recovery)):
-        judge_value(cid, lat.value_s, evidence=[o.capture.path], uncertainty=lat.uncertainty_s)
+        judge_value(
+            cid,
+            lat.value_s,
+            evidence=[o.capture.path],
+            conditions=lat.evidence(),
+            uncertainty=lat.uncertainty_s,
+        )
 
 
 @pytest.mark.emulator_only
@@ -89,7 +95,13 @@ def test_loss_step(bench, link, control, run, conditions, judge_value):
     before = [w for w in mon.windows if w.t_stop_s <= t_step]
     assert before and all(w.state is LinkState.UP for w in before), "link not UP before"
     seen = latency(mon, (LinkState.DEGRADED, LinkState.DOWN), t_step, "loss step")
-    judge_value("FLT-LOSS-001", seen.value_s, evidence=[cap.path], uncertainty=seen.uncertainty_s)
+    judge_value(
+        "FLT-LOSS-001",
+        seen.value_s,
+        evidence=[cap.path],
+        conditions=seen.evidence(),
+        uncertainty=seen.uncertainty_s,
+    )
 
 
 @pytest.mark.emulator_only
@@ -118,13 +130,20 @@ def test_polarization_drift(bench, link, control, run, conditions, judge_value):
     assert_no_key_between(mon, t0 + aborted.reported_s, duration + t0)
     # QBER ~ e_mis + baseline: the abort must come before e_mis alone reaches 15 %
     judge_value(
-        "FLT-POL-001", degraded.value_s, evidence=[cap.path], uncertainty=degraded.uncertainty_s
+        "FLT-POL-001",
+        degraded.value_s,
+        evidence=[cap.path],
+        conditions=degraded.evidence(),
+        uncertainty=degraded.uncertainty_s,
     )
     judge_value(
         "FLT-POL-002",
         aborted.value_s,
         evidence=[cap.path],
-        conditions={"e_mis_at_abort": aborted.value_s * cond["e_mis_rate_per_s"]},
+        conditions={
+            "e_mis_at_abort": aborted.value_s * cond["e_mis_rate_per_s"],
+            **aborted.evidence(),
+        },
         uncertainty=aborted.uncertainty_s,
     )
 
@@ -212,7 +231,7 @@ def test_intercept_resend(bench, link, control, run, conditions, judge_value):
         "FLT-EVE-001",
         delay.value_s,
         evidence=[cap.path],
-        conditions={"qber_z_under_attack": float(qber)},
+        conditions={"qber_z_under_attack": float(qber), **delay.evidence()},
         uncertainty=delay.uncertainty_s,
     )
 
@@ -232,7 +251,13 @@ def test_sync_loss(bench, link, control, run, conditions, judge_value):
         window_s=cond["window_s"],
     )
     for cid, lat in (("FLT-SYNC-001", o.detection), ("FLT-SYNC-002", o.recovery)):
-        judge_value(cid, lat.value_s, evidence=[o.capture.path], uncertainty=lat.uncertainty_s)
+        judge_value(
+            cid,
+            lat.value_s,
+            evidence=[o.capture.path],
+            conditions=lat.evidence(),
+            uncertainty=lat.uncertainty_s,
+        )
 
 
 @pytest.mark.emulator_only
@@ -280,5 +305,9 @@ def test_laser_off(bench, link, source, run, conditions, judge_value):
     delay = latency(mon, LinkState.DOWN, t0, "laser off")
     assert_no_key_between(mon, t0 + delay.reported_s, np.inf)
     judge_value(
-        "FLT-LASER-001", delay.value_s, evidence=[cap.path], uncertainty=delay.uncertainty_s
+        "FLT-LASER-001",
+        delay.value_s,
+        evidence=[cap.path],
+        conditions=delay.evidence(),
+        uncertainty=delay.uncertainty_s,
     )
