@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -189,3 +191,13 @@ def test_answer_rules(client, status, body, ctype, rule, kind):
 
 def test_a_200_is_parsed(client):
     assert client._answer("status GET /p", 200, b'{"a": 1}', False, "application/json") == {"a": 1}
+
+
+def test_emulated_kme_imports_no_driver_or_analysis():
+    code = (
+        "import sys, hil.emulator.kme; "
+        "bad = [m for m in sys.modules if m.startswith(('hil.instruments', 'hil.analysis'))]; "
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "[]"), out.stderr
