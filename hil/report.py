@@ -442,7 +442,10 @@ def assess(
         failures = bench_error.get("failures") or {}
         head = (bench_error.get("message") or "").splitlines()
         fail.append(f"the bench did not open: {head[0] if head else bench_error.get('bench_file')}")
-        fail += [f"  {role}: {cause}" for role, cause in failures.items()]
+        # one line per instrument, naming role, resource and cause (the BenchError's lines);
+        # these are where a terminal reader finds them, once: the test error says one line
+        lines = [x.strip() for x in head[1:] if x.strip()]
+        fail += lines or [f"{role}: {cause}" for role, cause in failures.items()]
     bad = [n for n, o in tests.items() if o in _BAD]
     if bad:
         n_failed = sum(tests[n] == "failed" for n in bad)
