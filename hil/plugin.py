@@ -123,12 +123,23 @@ def _worker(config: pytest.Config) -> str:
     return getattr(config, "workerinput", {}).get("workerid", "")
 
 
+def _is_bench_error(exc: BaseException) -> bool:
+    """An exception that says the bench failed the test (an action not issued on time, an
+    instrument that stopped answering), as opposed to a measured result."""
+    from .bench import BenchError
+    from .capture import BenchTimingError
+
+    return isinstance(exc, (BenchTimingError, BenchError))
+
+
 def _outcome(report: pytest.TestReport) -> str:
     """passed/failed/skipped/xfailed/xpassed for the call; error or skipped for setup and
     teardown; "" for a setup or teardown that passed (it says nothing of the test)."""
     if report.when == "call":
         if hasattr(report, "wasxfail"):
             return "xfailed" if report.skipped else "xpassed"
+        if report.failed and getattr(report, "hil_bench_error", False):
+            return "error"  # the bench could not do what the test asked: not a result
         return report.outcome
     if report.failed:
         return "error"
@@ -286,6 +297,8 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     report = outcome.get_result()
     if report.failed:
         _check_health(item, call)
+        if call.excinfo is not None and _is_bench_error(call.excinfo.value):
+            report.hil_bench_error = True  # reported as an error of the bench, not a FAIL
     run = getattr(item.config, "_hil_run", None)
     if run is not None and _worker(item.config):
         # pytest-xdist carries a report's attributes to the controller: the verdicts, series

@@ -252,3 +252,29 @@ def test_a_bench_that_does_not_open_is_reported_once_and_recorded(pytester):
     tests = _tests(summary)
     assert tests["test_two"][0] == "skipped"
     assert tests["test_two"][1].startswith("bench did not open: see the first error above and ")
+
+
+def test_an_action_the_bench_could_not_issue_on_time_is_a_bench_error_not_a_fail(pytester):
+    # a real bench's control loop lagged: the test errors with the asked and achieved times, and
+    # no criterion is judged FAIL from it (its criterion stays NOT MEASURED)
+    _plan(
+        pytester,
+        """
+        from hil.capture import BenchTimingError
+        def test_one(judge_value):
+            judge_value("DEMO-001", 100.0)
+        def test_two(judge_value):
+            judge_value("DEMO-002", 20.0)
+        def test_three(judge_value):
+            raise BenchTimingError("fiber cut", 0.5, 0.62, "was issued at 0.62 s")
+        """,
+    )
+    result, summary, banner = _run(pytester)
+    assert result.ret != 0
+    outcome, message = _tests(summary)["test_three"]
+    assert outcome == "error", summary["tests"]
+    assert "bench timing: action 'fiber cut' asked 0.5 s" in message, message
+    statuses = {c["id"]: c["status"] for c in summary["criteria"]}
+    assert statuses["DEMO-003"] == "NOT MEASURED" and "FAIL" not in statuses.values()
+    assert summary["test_counts"].get("failed", 0) == 0
+    assert "bench timing" in html.unescape(banner)
