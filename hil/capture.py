@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .roles import MARKER_CHANNEL  # the channel map, defined in hil.roles
 from .store import CaptureWriter, count_channels, count_descents
 
-MARKER_CHANNEL = 8
 # How late an action may be issued on a real bench (s of link time after its asked time): a
 # control-plane round trip is ~1 ms and a fetch of 1e6 tags ~10 ms, so 50 ms is only exceeded
 # by a consumer that lags (a busy machine).

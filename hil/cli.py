@@ -260,6 +260,21 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drivers(args: argparse.Namespace) -> int:
+    from hil.config import ConfigError
+    from hil.roles import DEFAULT_DRIVERS, DRIVERS, driver_roles
+
+    for name in sorted(DRIVERS):
+        try:
+            roles = ", ".join(driver_roles(name)) or "(no role's interface)"
+        except ConfigError as exc:  # an installed package whose driver does not import
+            roles = f"(broken: {exc})"
+        default = [r for r, d in DEFAULT_DRIVERS.items() if d == name]
+        extra = f"  [default for {', '.join(default)}]" if default else ""
+        print(f"{name:<22} {roles}  ({DRIVERS[name]}){extra}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hil", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -323,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--degraded-qber", type=float, default=0.05)
     mon.add_argument("--floor-bps", type=float, default=0.0, help="key-rate floor (bit/s)")
     mon.set_defaults(func=_cmd_monitor)
+
+    drv = sub.add_parser("drivers", help="installed drivers and the roles each serves")
+    drv.set_defaults(func=_cmd_drivers)
 
     sch = sub.add_parser("schema", help="print the JSON Schema of bench or criteria files")
     sch.add_argument("kind", choices=("bench", "criteria"))

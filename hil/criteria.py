@@ -116,7 +116,7 @@ def _detectors(v):
     return None
 
 
-DETECTOR_NAMES = ("H", "V", "D", "A")  # tagger inputs 1..4 (DESIGN.md, Conventions)
+from .roles import DETECTOR_NAMES  # noqa: E402 - the channel map, defined in hil.roles
 
 _POS = _number(0.0, lo_open=True)
 _TIME_AT = _number(0.0)

@@ -24,8 +24,8 @@ from .analysis.timing import (
     estimate_delays,
     recover_clock,
 )
+from .roles import DETECTOR_CHANNELS  # the channel map (re-exported for the monitor)
 
-DETECTOR_CHANNELS = (1, 2, 3, 4)
 # Sifter: (unique sorted pulse indices) -> (basis, intensity class, bit or 255)
 Sifter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 

@@ -23,10 +23,12 @@ import numpy as np
 from hil.analysis import _kernels as k
 from hil.analysis import _simd
 
-SYNC_CHANNEL = 0
+SYNC_CHANNEL = 0  # hil.roles.SYNC_CHANNEL (a test checks they agree)
 EDGE_INTERVALS = 1024  # sync intervals averaged for extrapolation beyond the table's ends
 _VIRTUAL_PULSES = 2**32  # distance of the virtual extrapolation rows from the table's ends
-DETECTOR_CHANNELS = 5  # channels 0 (sync) .. 4 (A): the length of a per-channel delay array
+# the number of link channels, 0 (sync) .. 4 (A): the length of a per-channel delay array
+# (hil.roles.LINK_CHANNELS; hil.analysis imports only numpy and numba)
+N_LINK_CHANNELS = 5
 
 
 def _check_stream(timestamps_ps: np.ndarray, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -555,7 +557,7 @@ def assign_pulses(
     assignment itself.
     """
     timestamps_ps, channels = _check_stream(timestamps_ps, channels)
-    delays = _delays(delays_ps, DETECTOR_CHANNELS)
+    delays = _delays(delays_ps, N_LINK_CHANNELS)
     nominal_pulse_ps = 1e12 / clock.clock_hz
     if gate_width_ps is None:
         gate_width_ps = nominal_pulse_ps
@@ -610,7 +612,7 @@ def pulse_residuals(
     """Nearest pulse index, residual to that pulse's time (ps, in [-period/2, period/2)) and
     channel of every detector tag, ungated; for timing histograms and delay calibration."""
     timestamps_ps, channels = _check_stream(timestamps_ps, channels)
-    delays = _delays(delays_ps, DETECTOR_CHANNELS)
+    delays = _delays(delays_ps, N_LINK_CHANNELS)
     n_det = k.count_detector_tags(channels, sync_channel, len(delays))
     pulse = np.empty(n_det, dtype=np.int64)
     residual = np.empty(n_det, dtype=np.float64)
@@ -634,7 +636,7 @@ def estimate_delays(
     timestamps_ps: np.ndarray,
     channels: np.ndarray,
     clock: ClockRecovery,
-    n_channels: int = DETECTOR_CHANNELS,
+    n_channels: int = N_LINK_CHANNELS,
     bin_width_ps: int = 10,
     refine_half_width_ps: float = 100.0,
     sync_channel: int = SYNC_CHANNEL,

@@ -3,15 +3,15 @@
 import math
 
 from hil.capture import acquire
-from hil.criteria import DETECTOR_NAMES
 from hil.fixtures.procedures import link_up
+from hil.roles import detector_channel
 
 
 def detector_inputs(names) -> list[int]:
     """Tagger inputs of detectors named H, V, D, A (inputs 1..4, DESIGN.md Conventions), from a
     list or a comma-separated string (the criteria schema has checked the names)."""
     items = names if isinstance(names, list) else str(names).split(",")
-    return [DETECTOR_NAMES.index(str(n).strip()) + 1 for n in items]
+    return [detector_channel(str(n).strip()) for n in items]
 
 
 def test_detector_count_rate(bench, pilot_source, attenuator, tagger, run, conditions, judge_value):
