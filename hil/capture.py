@@ -31,6 +31,7 @@ import numpy as np
 
 from .roles import MARKER_CHANNEL  # the channel map, defined in hil.roles
 from .store import CaptureWriter, count_channels, count_descents
+from .telemetry.events import emit
 
 # How late an action may be issued on a real bench (s of link time after its asked time): a
 # control-plane round trip is ~1 ms and a fetch of 1e6 tags ~10 ms, so 50 ms is only exceeded
@@ -156,6 +157,7 @@ def acquire(
         # "action-issued") and its marker in the tag stream ("action"); with a hold both are
         # the held link time
         issued = (t_ps, "action-issued", what)
+        emit("action", link_time_s=(t_ps - t_start) * 1e-12, what=what, capture=Path(path).name)
         fn()
         tagger.mark()
         labels.append(("action", what))
@@ -254,6 +256,15 @@ def acquire(
                 except Exception:  # noqa: BLE001 - the capture's own error is the one to report
                     pass
         writer.close(complete=ok, duration_s=(t_stop - t_start) * 1e-12)
+        emit(
+            "capture",
+            link_time_s=(t_stop - t_start) * 1e-12,
+            capture=Path(path).name,
+            complete=ok,
+            n_tags=writer.n_tags,
+            data_lost=bool(lost) if ok else None,
+            error=_one_line(error) if error is not None else None,
+        )
     return Capture(
         Path(path),
         (t_stop - t_start) * 1e-12,

@@ -40,6 +40,12 @@ from .postprocess import (
     Sifter,
     analyse_tags,
 )
+from .telemetry.events import emit
+
+# Called as observer(monitor, window_status, window_channels) after every window of every
+# monitor closes (the metrics exporter, hil.telemetry.metrics, registers here); observers must
+# be quick and must not raise.
+WINDOW_OBSERVERS: list[Callable] = []
 
 
 class LinkState(str, Enum):
@@ -73,6 +79,7 @@ class WindowStatus:
     qber_x: float
     key_rate_estimate_bps: float
     finite_key_bits: int
+    sync_residual_s: float = math.nan  # largest |residual| of an accepted sync tag (telemetry)
 
     def line(self) -> str:
         return (
@@ -374,6 +381,8 @@ class LinkMonitor:
         )
         prev, self._last_streams = self._last_streams, streams
         self._record(status, prev, streams)
+        for observer in WINDOW_OBSERVERS:
+            observer(self, status, ch)
         return status
 
     @staticmethod
@@ -398,11 +407,13 @@ class LinkMonitor:
         det_rate, sync_rate = det / dur, n_sync / dur
         nan = float("nan")
         in_sync = False
+        residual_s = nan
         clock_ok = n_sync >= 2
         if clock_ok:
             try:
                 clock = recover_clock(ts, ch, self.link.sync_divider, self.link.clock_hz)
                 in_sync = clock.status.in_sync
+                residual_s = clock.status.max_residual_ps * 1e-12
             except ValueError:
                 clock_ok = False
         base = dict(
@@ -411,6 +422,7 @@ class LinkMonitor:
             detector_rate_hz=det_rate,
             sync_rate_hz=sync_rate,
             in_sync=in_sync,
+            sync_residual_s=residual_s,
         )
 
         def down(reason: str) -> WindowStatus:  # no key can come out of this window
@@ -500,6 +512,14 @@ class LinkMonitor:
             if dated is not None:
                 t.estimate_s, t.uncertainty_s, t.stream = dated
             self.transitions.append(t)
+            emit(
+                "state",
+                link_time_s=t.time_s,
+                old=prev.value if prev else None,
+                new=w.state.value,
+                reason=w.reason,
+                estimate_s=t.estimate_s,
+            )
         if self.on_window is not None:
             self.on_window(w)
 

@@ -51,8 +51,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="folder for run outputs, one sub-folder per run (default: results)",
     )
+    group.addoption(
+        "--metrics",
+        dest="hil_metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the link's metrics (OpenMetrics) for Prometheus here while the plan runs",
+    )
+    group.addoption(
+        "--syslog",
+        dest="hil_syslog",
+        default=None,
+        metavar="[udp://|tcp://]HOST:PORT",
+        help="also send the run's event log as RFC 5424 syslog to this collector",
+    )
     parser.addini("hil_bench", "bench file or shipped bench name", default="emulated")
     parser.addini("hil_results", "folder for run outputs", default="results")
+    parser.addini("hil_metrics", "HOST:PORT to serve metrics on (default: none)", default="")
+    parser.addini("hil_syslog", "syslog collector for the event log (default: none)", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -92,11 +108,73 @@ def pytest_configure(config: pytest.Config) -> None:
             workerinput.get("hil_run_id"),
             create=False,
         )
+    _start_metrics(config, pool.path.stem if pool is not None else spec.name)
     # fixtures live in hil.fixtures (plugin -> fixtures, per DESIGN.md)
     from hil.fixtures import plugin_fixtures
 
     config.pluginmanager.register(plugin_fixtures, "hil-fixtures")
     config.pluginmanager.register(_Session(config), "hil-session")
+
+
+def _start_metrics(config: pytest.Config, link: str) -> None:
+    """--metrics HOST:PORT: serve the metrics from this process (one process: not with -n)."""
+    address = config.getoption("hil_metrics") or config.getini("hil_metrics")
+    syslog = config.getoption("hil_syslog") or config.getini("hil_syslog")
+    if syslog:
+        from .telemetry.events import parse_syslog_target
+
+        try:
+            parse_syslog_target(syslog)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--syslog: {exc}") from None
+    if not address or hasattr(config, "workerinput"):
+        return
+    n = getattr(config.option, "numprocesses", None)
+    if isinstance(n, int) and n > 1:
+        raise pytest.UsageError(
+            f"--metrics {address}: one endpoint serves one process's monitor; run without -n"
+        )
+    from .telemetry import metrics
+
+    try:
+        tel = metrics.start(address, link=link)
+    except (ValueError, OSError) as exc:
+        raise pytest.UsageError(f"--metrics {address}: {exc}") from None
+    config._hil_state["metrics"] = tel
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Around the ``bench`` fixture: open the run's event log first (the bench's errors are
+    events), and once the bench is open let the metrics poll it until its teardown."""
+    if fixturedef.argname != "bench" or not hasattr(request.config, "_hil_run"):
+        yield
+        return
+    from .telemetry import events
+
+    config = request.config
+    run, worker = config._hil_run, _worker(config)
+    syslog = config.getoption("hil_syslog") or config.getini("hil_syslog") or None
+    try:
+        events.open_log(run.dir / f"events{'-' + worker if worker else ''}.jsonl", syslog)
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"event log in {run.dir}: {exc}") from None
+    outcome = yield
+    if outcome.excinfo is not None:
+        events.emit("bench_error", error=config._hil_state.get("bench_error") or "bench")
+        return
+    bench = fixturedef.cached_result[0]
+    events.watch_instruments(bench)
+    events.emit(
+        "bench_open",
+        bench=bench.spec.name,
+        emulated=bench.emulated,
+        resources={r: i.resource_name for r, i in bench.instruments.items()},
+    )
+    tel = config._hil_state.get("metrics")
+    if tel is not None:
+        tel.watch_bench(bench)
+        fixturedef.addfinalizer(tel.unwatch_bench)  # runs before the bench closes (LIFO)
 
 
 def _check_workers(config: pytest.Config, pool, spec, path) -> None:
@@ -299,6 +377,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         _check_health(item, call)
         if call.excinfo is not None and _is_bench_error(call.excinfo.value):
             report.hil_bench_error = True  # reported as an error of the bench, not a FAIL
+            from .telemetry.events import emit
+
+            emit("bench_error", test=item.nodeid, error=_message(report))
     run = getattr(item.config, "_hil_run", None)
     if run is not None and _worker(item.config):
         # pytest-xdist carries a report's attributes to the controller: the verdicts, series
@@ -351,6 +432,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if _worker(config):
         config.workeroutput["hil_deselected"] = run.deselected
+        from .telemetry.events import close_log
+
+        close_log()
         return
     if config._hil_state.get("usage_error") or config.option.collectonly:
         return
@@ -374,6 +458,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config._hil_state["exit_note"] = (
             f"exit status {int(EXIT_ALL_SKIPPED)}: every test was skipped, nothing was tested"
         )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from .telemetry import events
+
+    events.close_log()  # a run that wrote no summary (or a worker's) leaves its log closed
+    if getattr(config, "_hil_state", {}).get("metrics") is not None:
+        from .telemetry import metrics
+
+        metrics.stop()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -222,6 +222,17 @@ class Run:
         if not verdict.test:
             verdict.test = self.current_test
         self.verdicts.append(verdict)
+        from .telemetry.events import emit
+
+        emit(
+            "verdict",
+            criterion=verdict.criterion_id,
+            outcome=verdict.outcome,
+            value=verdict.value,
+            unit=verdict.unit,
+            uncertainty=verdict.uncertainty,
+            test=verdict.test,
+        )
 
     def _evidence_path(self, e: str) -> str:
         """Evidence inside the run folder is named relative to it (the summary's links work from
@@ -394,6 +405,9 @@ class Run:
         out = self.dir / "summary.json"
         out.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         (self.dir / "summary.html").write_text(render_html(summary))
+        from .telemetry.events import close_logs_in
+
+        close_logs_in(self.dir)  # the event log is complete before the manifest hashes it
         write_manifest(self.dir)
         return out
 

@@ -224,15 +224,38 @@ def current() -> EventLog | None:
     return _current
 
 
+_listeners: list = []
+
+
+def add_listener(fn) -> None:
+    """Call ``fn(record)`` for every event from now on, log open or not (the metrics exporter
+    counts verdicts and key deliveries this way); ``fn`` must be quick and not raise."""
+    _listeners.append(fn)
+
+
+def remove_listener(fn) -> None:
+    if fn in _listeners:
+        _listeners.remove(fn)
+
+
 def emit(kind: str, *, link_time_s: float | None = None, **fields) -> None:
-    """Record one event; a no-op while no log is open. Never raises; never pass key bytes."""
+    """Record one event; a no-op while no log is open and no listener listens. Never raises;
+    never pass key bytes."""
     ev = _current
-    if ev is None:
+    if ev is None and not _listeners:
         return
-    try:
-        ev.write(kind, link_time_s, fields)
-    except Exception as e:  # the log must never break the bench it watches
-        log.warning("event log %s: could not write a %r event: %s", ev.path, kind, e)
+    if ev is not None:
+        try:
+            ev.write(kind, link_time_s, fields)
+        except Exception as e:  # the log must never break the bench it watches
+            log.warning("event log %s: could not write a %r event: %s", ev.path, kind, e)
+    if _listeners:
+        record = {"kind": kind, "link_time_s": link_time_s, **fields}
+        for fn in list(_listeners):
+            try:
+                fn(record)
+            except Exception as e:  # noqa: BLE001
+                log.warning("event listener %r failed on a %r event: %s", fn, kind, e)
 
 
 def verify(path: str | Path) -> tuple[bool, str]:
@@ -267,3 +290,35 @@ def verify(path: str | Path) -> tuple[bool, str]:
                 return False, f"{where}: seq {rec.get('seq')!r}, expected {n - 1}"
             prev = line_hash(line)
     return True, f"{path}: {n} records, chain intact (last hash {prev[:16]}…)"
+
+
+def close_logs_in(folder: str | Path) -> None:
+    """Close the current log if it lies in ``folder`` (a run about to write its manifest)."""
+    ev = _current
+    if ev is not None and Path(folder).resolve() in ev.path.resolve().parents:
+        close_log()
+
+
+# Commands never logged even if a driver sent one through write(): credentials and seeds.
+_SECRET_COMMANDS = ("SYST:AUTH", "SOUR:SEED")
+
+
+def watch_instruments(bench) -> None:
+    """Record every instrument write of ``bench`` (its ``on_action`` hook, chained): writes to
+    the emulator's control instrument are injected faults (kind ``fault``), the others
+    ``command``."""
+
+    def wrap(role: str, previous):
+        kind = "fault" if role == "control" else "command"
+
+        def on_action(instrument: str, command: str) -> None:
+            if previous is not None:
+                previous(instrument, command)
+            if not command.lstrip().upper().startswith(_SECRET_COMMANDS):
+                emit(kind, instrument=role, command=command)
+
+        return on_action
+
+    for role, inst in bench.instruments.items():
+        if hasattr(inst, "on_action"):
+            inst.on_action = wrap(role, inst.on_action)
