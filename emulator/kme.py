@@ -36,6 +36,7 @@ import http.server
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -842,6 +843,171 @@ class KMEPair:
                 for name in SAE_NAMES
             },
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# supply from the emulated link
+
+QBER_ABORT = 0.11  # BB84 abort threshold (Shor and Preskill, PRL 85, 441 (2000): R > 0 below 11 %)
+F_EC = 1.16  # error-correction efficiency (leak = f n H2(E)), as in Lo, Ma, Chen (2005)
+PUMP_INTERVAL_S = 0.05  # the supply follows the link's state at least this often
+
+
+def _h2(x: float) -> float:
+    if x <= 0.0 or x >= 1.0:
+        return 0.0
+    return -x * math.log2(x) - (1.0 - x) * math.log2(1.0 - x)
+
+
+def secure_key_rate_bps(params) -> float:
+    """The emulator's own asymptotic secure key rate (bits per second) of the link in state
+    ``params`` (an :class:`~hil.emulator.physics.LinkParams`), independent of ``hil.analysis``.
+
+    GLLP with decoy states in the asymptotic limit (Gottesman, Lo, Lütkenhaus, Preskill, QIC 4,
+    325 (2004); Lo, Ma, Chen, PRL 94, 230504 (2005), Eq. (1)-(3); the channel model of Ma, Qi,
+    Zhao, Lo, PRA 72, 012326 (2005), Sec. II), key from Z-basis signal pulses only (efficient
+    BB84), the disclosed sample removed:
+
+        R = f_clk p_signal p_Z (1 - d) [Q1 (1 - H2(e1)) - f Q H2(E)]
+
+    with Q, E the sifted Z detection probability and error rate of a signal pulse from the
+    emulator's physics (``expected_sift_probability``, ``expected_qber``: they include the
+    misalignment, dark counts and an intercept-resend eavesdropper), Y0 the same with the
+    source dark, Y1 = Y0 + eta (1 - Y0) with eta = transmittance x mean efficiency x p_Z(Bob),
+    Q1 = Y1 mu e^-mu, e1 = (Y0/2 + (e_mis + f_Eve/4) eta (1 - Y0)) / Y1 (a single photon
+    intercepted and resent in a random basis is wrong 1/4 of the time). Zero while the fiber
+    is cut, the shutter closed, the laser off or the sync lost, and when the QBER is past
+    QBER_ABORT (the link aborts: no key is distilled). Dead time and afterpulsing left out."""
+    from .physics import (
+        channel_transmittance,
+        efficiency_at,
+        expected_qber,
+        expected_sift_probability,
+    )
+
+    p = params
+    if not (p.output_on and p.sync_enabled and p.link_connected and p.attenuator_shutter_open):
+        return 0.0
+    q = expected_sift_probability(p, 0, 0)
+    e = expected_qber(p, 0, 0)
+    if not (q > 0) or not (e <= QBER_ABORT):  # NaN (nothing sifted) aborts too
+        return 0.0
+    y0 = expected_sift_probability(p.replace(output_on=False), 0, 0)
+    eff = sum(efficiency_at(p, j) for j in range(4)) / 4.0
+    eta = channel_transmittance(p) * eff * p.p_z_bob
+    y1 = y0 + eta * (1.0 - y0)
+    if not y1 > 0:
+        return 0.0
+    mu = float(p.mu[0])
+    q1 = y1 * mu * math.exp(-mu)
+    e1 = min(0.5, (y0 / 2 + (p.e_mis + p.eve_fraction / 4) * eta * (1.0 - y0)) / y1)
+    per_pulse = q1 * (1.0 - _h2(e1)) - F_EC * q * _h2(e)
+    if not per_pulse > 0:
+        return 0.0
+    share = float(p.p_mu[0]) * p.p_z * (1.0 - p.disclose_fraction)
+    return float(p.clock_hz) * share * per_pulse
+
+
+class LinkFedPair:
+    """A :class:`KMEPair` fed by the emulated link (``hil emulator serve``).
+
+    Key-plane time: the pair keeps its own clock at wall pace (seconds since start), because
+    the link clock (``LINK:TIME?``) advances only while the tagger acquires, and a key-delivery
+    test must run without a capture. The supply reads the link's *current* parameters (the same
+    ones the instruments and faults set) and adds :func:`secure_key_rate_bps` of them over each
+    interval; a thread brings it up to date every PUMP_INTERVAL_S and every request does too,
+    so a fault (fiber cut, laser off, sync loss, an eavesdropper) stops the supply within
+    PUMP_INTERVAL_S of wall time. The rate of one state is computed once (states repeat)."""
+
+    def __init__(self, link, **pair_options):
+        self.link = link
+        self._t0 = time.monotonic()
+        self._cache: tuple[object, float] | None = None
+        self.pair = KMEPair(
+            rate_bps=self.rate_bps,
+            clock=self.now_s,
+            link_state=lambda: link.params,
+            **pair_options,
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def now_s(self) -> float:
+        """Key-plane time: seconds of wall time since the pair started."""
+        return time.monotonic() - self._t0
+
+    def rate_bps(self, params) -> float:
+        cached = self._cache
+        if cached is not None and cached[0] == params:
+            return cached[1]
+        rate = secure_key_rate_bps(params)
+        self._cache = (params, rate)
+        return rate
+
+    def start(self) -> LinkFedPair:
+        self.pair.start()
+        self._thread = threading.Thread(target=self._pump, name="kme-supply", daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self) -> None:
+        while not self._stop.wait(PUMP_INTERVAL_S):
+            try:
+                self.pair.supply.pump()
+            except Exception:  # noqa: BLE001 - logged; the next pump tries again
+                log.exception("KME supply pump failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.pair.stop()
+
+    def register_control(self, control) -> None:
+        """Add the KME pair's commands to the emulator's control instrument (same token):
+
+        ``KME:DEViation "<names, comma-separated>"`` (empty: spec-exact) and ``KME:DEViation?``;
+        ``KME:STORe:MAXimum <keys>`` (max_key_count) and ``?``; ``KME:STORe:CLEar`` (empty the
+        stock; issued keys kept); ``KME:STORe:COUNt?`` (keys of key_size in stock);
+        ``KME:RATE?`` (bit/s the link supplies now); ``KME:TIME?`` (key-plane time, s)."""
+        from .scpi import Num, ScpiError, Str
+
+        pair = self.pair
+
+        def set_dev(s, text: str) -> None:
+            names = [n.strip() for n in text.split(",") if n.strip()]
+            try:
+                pair.set_deviations(names)
+            except ValueError as exc:
+                raise ScpiError(-224, str(exc)) from None
+
+        def set_max(s, n: float) -> None:
+            with pair.store.lock:
+                pair.store.pump()
+                pair.store.max_key_count = int(n)
+                excess = len(pair.store._pool) - pair.store.capacity_bytes
+                if excess > 0:
+                    del pair.store._pool[-excess:]
+
+        def clear(s) -> None:
+            with pair.store.lock:
+                pair.store.pump()
+                pair.store._pool.clear()
+
+        def count(s) -> int:
+            with pair.store.lock:
+                pair.store.pump()
+                return pair.store.stored_key_count()
+
+        c = control.command
+        c("KME:DEViation", set_dev, Str())
+        c("KME:DEViation?", lambda s: '"' + ",".join(sorted(pair.deviations)) + '"')
+        c("KME:STORe:MAXimum", set_max, Num(1, 10_000_000))
+        c("KME:STORe:MAXimum?", lambda s: pair.store.max_key_count)
+        c("KME:STORe:CLEar", clear)
+        c("KME:STORe:COUNt?", count)
+        c("KME:RATE?", lambda s: f"{self.rate_bps(self.link.params):.6g}")
+        c("KME:TIME?", lambda s: f"{self.now_s():.6f}")
 
 
 def main(argv: list[str] | None = None) -> None:

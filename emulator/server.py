@@ -20,9 +20,11 @@ import tty
 from pathlib import Path
 
 from .devices import Attenuator, Control, Detectors, PowerMeter, Source, Switch, Tagger
+from .kme import LinkFedPair
 from .link import Link
 from .physics import LinkGenerator, LinkParams
 from .scpi import MessageFramer, Session
+from .vendors import start_vendors, stop_vendors
 
 SCPI_ROLES = {
     "source": Source,
@@ -37,6 +39,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CONNECTIONS = 16  # per instrument; a further client is closed at once
 MAX_SERIAL_LINE = 4096  # a serial line longer than this is dropped
 RECV_BYTES = 1 << 20
+# the emulated KMEs' stock (keys of 256 bits): about 2 s of the nominal link's supply, so that a
+# failover test drains it in seconds (KME:STOR:MAX changes it)
+KME_MAX_KEYS = 2000
 
 
 class _ScpiHandler(socketserver.BaseRequestHandler):
@@ -164,6 +169,9 @@ class Emulator:
         self.devices = {role: cls(self.link) for role, cls in SCPI_ROLES.items()}
         self.devices["control"] = Control(self.link, self.devices, token=self.control_token)
         self.switch = Switch(self.link)
+        # the KME pair (ETSI GS QKD 014 over mutual TLS), supplied by this link (emulator/kme.py)
+        self.kme = LinkFedPair(self.link, max_key_count=KME_MAX_KEYS)
+        self.kme.register_control(self.devices["control"])
         self._servers: list[_Server] = []
         self._pty: tuple[int, int] | None = None
         self.resources: dict[str, str] = {}
@@ -190,7 +198,9 @@ class Emulator:
         tty.setraw(slave)  # no echo, no line discipline: bytes pass as on a serial line
         self._pty = (master, slave)
         self.resources["switch"] = f"ASRL{os.ttyname(slave)}::INSTR"
+        self.resources.update(start_vendors(self))  # IDQ, ... (emulator/vendors.py)
         threading.Thread(target=self._serve_switch, name="serial-switch", daemon=True).start()
+        self.kme.start()
         return self.resources
 
     def _serve_switch(self) -> None:
@@ -228,7 +238,9 @@ class Emulator:
 
     def stop(self) -> None:
         self._stop.set()
+        stop_vendors(self)
         self.devices["tagger"].stop_acquisition()
+        self.kme.stop()
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
@@ -255,7 +267,12 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
     text = json.dumps(
-        {"pid": os.getpid(), "resources": resources, "control_token": emu.control_token},
+        {
+            "pid": os.getpid(),
+            "resources": resources,
+            "control_token": emu.control_token,
+            "kme": emu.kme.pair.ready_info(),
+        },
         indent=2,
     )
     if ready_file:

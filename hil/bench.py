@@ -74,6 +74,7 @@ class EmulatorProcess:
         self.proc: subprocess.Popen | None = None
         self.resources: dict[str, str] = {}
         self.control_token: str | None = None  # the control port's SYST:AUTH token (I2)
+        self.kme: dict | None = None  # the emulated KME pair's ready_info (URLs, IDs, PEM paths)
 
     def start(self) -> dict[str, str]:
         self._dir = tempfile.TemporaryDirectory(prefix="hil-emulator-")
@@ -113,6 +114,7 @@ class EmulatorProcess:
         info = json.loads(ready.read_text())
         self.resources = info["resources"]
         self.control_token = info.get("control_token")
+        self.kme = info.get("kme")
         return self.resources
 
     @property
@@ -214,6 +216,10 @@ class Bench:
         self.unreachable: dict[str, str] = {}
         self._probes: dict[str, _Probe] = {}
         self._opened_at = time.monotonic()
+        # the KMEs (roles kme_a, kme_b; hil.keys): their clients, and what a test needs to reach
+        # them by other means (URL, IDs, PEM paths; never a key)
+        self.kmes: dict[str, Any] = {}
+        self.kme_info: dict[str, dict] = {}
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -248,9 +254,11 @@ class Bench:
         for role, ispec in self.spec.instruments.items():
             resource = ispec.resource
             if resource == EMULATOR:
-                if role not in emulated:
+                # a vendor personality (emulator/vendors.py) is published as "role:driver"
+                vendor = f"{role}:{ispec.driver}"
+                if role not in emulated and vendor not in emulated:
                     raise BenchError(f"{self.path}: the emulator has no instrument {role!r}")
-                resource = emulated[role]
+                resource = emulated.get(vendor) or emulated[role]
             klass = driver_class(ispec.driver or DEFAULT_DRIVERS[role])  # registered names only
             kwargs = dict(
                 timeout_s=ispec.timeout_s,
@@ -267,6 +275,16 @@ class Bench:
         for role, klass, resource, kwargs in plan:
             self._probes[role] = _Probe(role, klass, resource, kwargs, retry_s)
         self._collect_probes()
+        if self.spec.kmes:
+            from . import keys  # the key plane: imported only by benches that have KMEs
+
+            emulated_kme = self.emulator.kme if self.emulator is not None else None
+            self.kme_info = keys.resolve(self.spec, self.path, emulated_kme)
+            self.kmes, failed = keys.open_clients(self.kme_info)
+            for role, cause in failed.items():
+                self.resources[role] = self.kme_info[role]["base_url"]
+                self.unreachable[role] = cause
+            plan += [(role, None, None, None) for role in self.kme_info]
         if self.unreachable:
             n, m = len(self.unreachable), len(plan)
             lines = [f"{self.path}: {n} of {m} instruments unreachable"]
@@ -302,7 +320,8 @@ class Bench:
 
     # -- access --------------------------------------------------------------------------------
     def __getattr__(self, role: str) -> Any:
-        if role.startswith("_") or role in ("instruments", "broken", "spec", "unreachable"):
+        hidden = ("instruments", "broken", "spec", "unreachable", "kmes", "kme_info")
+        if role.startswith("_") or role in hidden:
             raise AttributeError(role)
         try:
             return self.get(role)
@@ -310,11 +329,13 @@ class Bench:
             raise AttributeError(role) from None
 
     def has(self, role: str) -> bool:
-        return role in self.instruments
+        return role in self.instruments or role in self.kmes
 
     def get(self, role: str) -> Instrument:
         if role in self.broken:
             raise BenchError(f"{role} is broken: {self.broken[role]}")
+        if role in self.kmes:
+            return self.kmes[role]
         return self.instruments[role]
 
     def mark_broken(self, role: str, error: str) -> None:
@@ -344,6 +365,10 @@ class Bench:
                 except InstrumentError as exc:
                     entry["settings_error"] = str(exc)
             snap["instruments"][role] = entry
+        for role, info in self.kme_info.items():  # URL, IDs and file paths: no key material
+            snap.setdefault("kmes", {})[role] = {
+                k: info[k] for k in ("base_url", "kme_id", "sae_id", "peer_sae_id", "id_field")
+            }
         return snap
 
     # -- closing -------------------------------------------------------------------------------
@@ -425,6 +450,8 @@ class Bench:
         finally:
             for inst in self.instruments.values():
                 inst.close()
+            for client in self.kmes.values():
+                client.close()
             if self.emulator is not None:
                 self.emulator.stop(timeout_s=2.0 if interrupted else 10.0)
             _unwatch_sigint()

@@ -17,14 +17,21 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 # DEFAULT_DRIVERS is re-exported for modules that imported it from here before hil.roles
-from .roles import DEFAULT_DRIVERS, DRIVERS, ROLES, unknown_driver_message  # noqa: F401
+from .roles import DEFAULT_DRIVERS, DRIVERS, KME_ROLES, ROLES, unknown_driver_message  # noqa: F401
 
 EMULATOR = "emulator"  # resource placeholder: the emulator started for the session fills it in
 
@@ -141,13 +148,84 @@ class EmulatorSpec(BaseModel):
     )
 
 
+class KMESpec(BaseModel):
+    """A key management entity reached over HTTPS with mutual TLS (ETSI GS QKD 014 V1.1.1).
+    ``resource: emulator`` takes everything from the emulated KME pair; otherwise the URL, the
+    IDs and this SAE's certificate, key and CA bundle (PEM paths relative to the bench file)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    resource: str | None = Field(None, description="'emulator': the emulated KME pair")
+    base_url: str | None = Field(None, max_length=512, description="https://host[:port][/path]")
+    kme_id: str | None = Field(None, max_length=256, description="the KME ID its cert carries")
+    sae_id: str | None = Field(None, max_length=256, description="this site's SAE ID")
+    peer_sae_id: str | None = Field(
+        None, max_length=256, description="the SAE at the other end (kme_a: slave; kme_b: master)"
+    )
+    cert: str | None = Field(None, max_length=1024, description="this SAE's certificate (PEM)")
+    key: str | None = Field(None, max_length=1024, description="this SAE's private key (PEM)")
+    ca: str | None = Field(None, max_length=1024, description="the CA bundle to trust (PEM)")
+    outsider_cert: str | None = Field(
+        None, max_length=1024, description="a certificate the KME must refuse (PEM; optional)"
+    )
+    outsider_key: str | None = Field(None, max_length=1024, description="its private key (PEM)")
+    id_field: str = Field("cn", description="certificate field of the IDs: cn, san_dns, ...")
+    check_hostname: bool = Field(True, description="check the URL's host in the KME certificate")
+    timeout_s: float = Field(5.0, gt=0, le=600, allow_inf_nan=False, description="per request")
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, v: str | None) -> str | None:
+        if v is not None and v != EMULATOR:
+            raise ValueError(f"{v!r}: a KME's resource is 'emulator' or absent (give base_url)")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https://[A-Za-z0-9_.\-\[\]:]+(?:/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an https://host[:port][/path] URL")
+        return v
+
+    @field_validator("id_field")
+    @classmethod
+    def _id_field(cls, v: str) -> str:
+        fields = ("cn", "san_dns", "san_uri", "serial")
+        if v not in fields:
+            raise ValueError(f"{v!r} is not one of {', '.join(fields)}")
+        return v
+
+    PEM_FIELDS: ClassVar[tuple[str, ...]] = ("cert", "key", "ca", "outsider_cert", "outsider_key")
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "base_url", "kme_id", "sae_id", "peer_sae_id", "cert", "key", "ca"
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _complete(self) -> KMESpec:
+        if self.resource == EMULATOR:
+            others = (*self.REQUIRED, "outsider_cert", "outsider_key")
+            given = [f for f in others if getattr(self, f)]
+            if given:
+                raise _at(given[0], "not given with resource: emulator (the emulator's own)")
+            return self
+        for f in self.REQUIRED:
+            if getattr(self, f) is None:
+                raise _at(f, "required key is missing (or give resource: emulator)")
+        if (self.outsider_cert is None) != (self.outsider_key is None):
+            raise _at("outsider_cert", "give outsider_cert and outsider_key together")
+        return self
+
+
 class BenchFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=100)
     description: str = Field("", max_length=2000)
     emulator: EmulatorSpec | None = None
-    instruments: dict[str, InstrumentSpec]
+    instruments: dict[str, InstrumentSpec] = Field(default_factory=dict)
+    kmes: dict[str, KMESpec] = Field(
+        default_factory=dict, description="key management entities by role: kme_a, kme_b"
+    )
     safe_state: bool = Field(True, description="source off, attenuator at maximum at the end")
 
     @field_validator("name")
@@ -164,6 +242,14 @@ class BenchFile(BaseModel):
         for role in v:
             if role not in ROLES:
                 raise _at(role, f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        return v
+
+    @field_validator("kmes")
+    @classmethod
+    def _kme_roles(cls, v: dict) -> dict:
+        for role in v:
+            if role not in KME_ROLES:
+                raise _at(role, f"unknown KME role {role!r}; KME roles are {', '.join(KME_ROLES)}")
         return v
 
 
@@ -558,7 +644,42 @@ def load_bench(name_or_path: str | Path) -> tuple[BenchFile, Path]:
                     "'emulator' needs an 'emulator:' section",
                 )
             )
+    if not bench.instruments and not bench.kmes:
+        raise ConfigError(error_line(path, lines, ("instruments",), "the bench has no instrument"))
+    for role, kspec in bench.kmes.items():
+        if kspec.resource == EMULATOR and bench.emulator is None:
+            raise ConfigError(
+                error_line(
+                    path,
+                    lines,
+                    ("kmes", role, "resource"),
+                    "'emulator' needs an 'emulator:' section",
+                )
+            )
+        for field in KMESpec.PEM_FIELDS:
+            given = getattr(kspec, field)
+            if given is None:
+                continue
+            problem = _pem_problem(path.parent / given, private=field.endswith("key"))
+            if problem:
+                raise ConfigError(error_line(path, lines, ("kmes", role, field), problem))
     return bench, path
+
+
+def _pem_problem(file: Path, private: bool) -> str | None:
+    """Why ``file`` is not a readable PEM certificate (or private key), or None."""
+    try:
+        if not file.is_file():
+            return f"{file}: {'not a regular file' if file.exists() else 'file not found'}"
+        with file.open("rb") as f:
+            head = f.read(MAX_BYTES)
+    except OSError as exc:
+        return f"{file}: cannot read ({exc.strerror})"
+    want = b"PRIVATE KEY-----" if private else b"-----BEGIN CERTIFICATE-----"
+    if b"-----BEGIN " not in head or want not in head:
+        what = "private key" if private else "certificate"
+        return f"{file}: not a PEM {what} (no '-----BEGIN ...{want.decode().strip('-')}' block)"
+    return None
 
 
 def bench_json_schema() -> dict:

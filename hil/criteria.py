@@ -66,6 +66,14 @@ QUANTITIES: dict[str, tuple[str, dict[str, float], str]] = {
     "sync_residual": ("s", _TIME, "max residual of the recovered clock"),
     "key_rate_ratio": ("1", _RATIO, "key rate relative to a reference"),
     "secure_key_length": ("bit", {"bit": 1.0, "kbit": 1e3, "Mbit": 1e6}, "finite-key length"),
+    # the key plane (ETSI GS QKD 014 KMEs; ITU-T Y.3807 QoS parameters), hil.keys
+    "key_delivery_rate": ("bit/s", _BITS, "key throughput delivered to SAEs"),
+    "key_response_delay": ("s", _TIME, "KME answer latency (KKRD)"),
+    "key_error_ratio": ("1", _RATIO, "keys differing between master and slave (KKDER)"),
+    "key_loss_ratio": ("1", _RATIO, "keys issued the slave cannot fetch (KKDLR)"),
+    "key_availability": ("1", _RATIO, "share of key requests served"),
+    "key_outage_time": ("s", _TIME, "time until the KME refuses (503) or serves again"),
+    "rule_violations": ("count", {"count": 1.0}, "ETSI GS QKD 014 rules a KME broke"),
 }
 
 
@@ -157,6 +165,28 @@ _FAULTS = {
 _TEMPS = {"temperatures_c": ("detector temperature sweep (degC)", _numbers(-60.0, 25.0))}
 
 # quantity -> condition key -> (description, check)
+# the key plane's measurement conditions (testplans/keys, testplans/etsi014)
+_KEYPLANE = {
+    "demand_keys_per_s": ("steady enc_keys demand (keys/s)", _number(0.0, 1e6, lo_open=True)),
+    "key_size_bits": ("size of each key (bits)", _number(8, 1e5)),
+    "keys_per_request": ("keys asked per enc_keys", _number(1, 1e4)),
+    "requests": ("requests timed", _number(1, 1e6)),
+    "soak_s": ("soak length (s)", _POS),
+    "cut_at_s": _FAULTS["cut_at_s"],
+    "restore_at_s": _FAULTS["restore_at_s"],
+    "percentile": ("percentile judged", _number(0.0, 100.0)),
+    "clause": ("ETSI GS QKD 014 V1.1.1 clause checked", lambda v: None),
+}
+_KEYPLANE_QUANTITIES = (
+    "key_delivery_rate",
+    "key_response_delay",
+    "key_error_ratio",
+    "key_loss_ratio",
+    "key_availability",
+    "key_outage_time",
+    "rule_violations",
+)
+
 CONDITIONS: dict[str, dict[str, tuple[str, _Check]]] = {
     "count_rate": {**_LINK, "channels": ("detectors counted (H, V, D, A)", _detectors)},
     "sync_rate": dict(_LINK),
@@ -207,7 +237,8 @@ CONDITIONS: dict[str, dict[str, tuple[str, _Check]]] = {
         "step_at_s": _FAULTS["step_at_s"],
     },
     "sync_residual": dict(_LINK),
-    "key_rate_ratio": dict(_LINK),
+    "key_rate_ratio": {**_LINK, **_KEYPLANE},
+    **{q: {**_LINK, **_KEYPLANE} for q in _KEYPLANE_QUANTITIES},
     "secure_key_length": {
         **_LINK,
         **_KEY,
