@@ -1018,13 +1018,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate-bps", type=float, default=1e6)
     p.add_argument("--initial-keys", type=int, default=0)
     p.add_argument("--id-field", choices=ID_FIELDS, default="cn")
+    p.add_argument("--deviations", default="", help="comma-separated DEVIATIONS names")
+    p.add_argument("--max-keys", type=int, default=100_000, help="max_key_count")
     args = p.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     rate = args.rate_bps
     pair = KMEPair(
-        rate_bps=lambda state: rate, initial_key_count=args.initial_keys, id_field=args.id_field
+        rate_bps=lambda state: rate,
+        initial_key_count=args.initial_keys,
+        id_field=args.id_field,
+        deviations=[d.strip() for d in args.deviations.split(",") if d.strip()],
+        max_key_count=args.max_keys,
     )
     with pair:
         tmp = Path(args.ready_file).with_suffix(".tmp")
