@@ -185,6 +185,8 @@ _BUILTIN: dict[str, str] = {
     "TimeTagger": "hil.instruments.tagger:TimeTagger",
     "PM100": "hil.instruments.powermeter:PM100",
     "EmulatorControl": "hil.instruments.control:EmulatorControl",
+    # vendor instruments (each class says which roles it serves in its ``roles`` attribute)
+    "IDQTimeController": "hil.instruments.idq_tc:IDQTimeController",
     # any SCPI instrument: *IDN?, SYST:ERR?, raw write/query (for a role with no special driver)
     "Instrument": "hil.instruments.base:Instrument",
 }
