@@ -48,6 +48,10 @@ _RESOURCE = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# ZeroMQ instruments (ID Quantique Time Controller): tcp://host:port[?dlt=host:port]
+_ZMQ_RESOURCE = re.compile(
+    r"^tcp://[A-Za-z0-9_.\-]+:(?P<port>\d{1,5})(?:\?dlt=[A-Za-z0-9_.\-]+:\d{1,5})?$"
+)
 
 # pyvisa resource attributes a bench file may set through ``options`` (pyvisa sets each keyword
 # of open_resource as an attribute, so an open list would let a bench file set any attribute);
@@ -100,12 +104,12 @@ class InstrumentSpec(BaseModel):
     @field_validator("resource")
     @classmethod
     def _resource(cls, v: str) -> str:
-        m = _RESOURCE.match(v)
+        m = _RESOURCE.match(v) or _ZMQ_RESOURCE.match(v)
         if v != EMULATOR and not m:
             raise ValueError(
                 f"{v!r} is not a VISA resource string (e.g. "
-                "TCPIP::10.0.0.5::5025::SOCKET, ASRL/dev/ttyUSB0::INSTR) "
-                "nor 'emulator'"
+                "TCPIP::10.0.0.5::5025::SOCKET, ASRL/dev/ttyUSB0::INSTR), a ZeroMQ endpoint "
+                "(tcp://10.0.0.5:5555[?dlt=host:6060]) nor 'emulator'"
             )
         if m and m.group("port") and not 0 < int(m.group("port")) < 65536:
             raise ValueError(f"{v!r}: port {int(m.group('port'))} is not in 1..65535")
