@@ -87,6 +87,8 @@ class TaggerDriver(Driver, Protocol):
         delay_s: float | None = None,
     ) -> None: ...  # configure one channel (map numbering)
 
+    def input_settings(self, channel: int) -> dict: ...  # {"enabled", "threshold_v", "delay_s"}
+
     def link_time_ps(self) -> int: ...  # the tagger's clock now, ps
 
     def link_time_s(self) -> float: ...
@@ -156,15 +158,25 @@ def serves(klass: type, role: str) -> bool:
     Protocol checks of classes look at attribute names, not signatures)."""
     from hil.instruments.base import Instrument
 
-    iface = ROLE_INTERFACES.get(role, Driver)
     declared = getattr(klass, "roles", None)
-    if declared is not None:  # a driver says which roles it serves
-        return role in declared
-    if issubclass(klass, Instrument):  # shipped SCPI drivers: by the role they were written for
+    if declared is None and issubclass(klass, Instrument):
+        # shipped SCPI drivers: by the role they were written for
         return role in _BUILTIN_ROLES.get(klass.__name__, ROLES)
+    if declared is not None and role not in declared:  # a driver says which roles it serves
+        return False
+    return not missing_members(klass, ROLE_INTERFACES.get(role, Driver))
+
+
+def missing_members(klass: type, iface: type) -> list[str]:
+    """The members of the interface ``iface`` (a Protocol above) that ``klass`` lacks."""
     members = {m for c in iface.__mro__ for m in getattr(c, "__annotations__", {})}
-    members |= {m for c in iface.__mro__ for m in vars(c) if not m.startswith("_")}
-    return all(hasattr(klass, m) or m in getattr(klass, "__annotations__", {}) for m in members)
+    members |= {
+        m for c in iface.__mro__ if c.__module__ == __name__ for m in vars(c) if m[0] != "_"
+    }
+    own = set()
+    for c in klass.__mro__:
+        own |= set(getattr(c, "__annotations__", {}))
+    return sorted(m for m in members if not hasattr(klass, m) and m not in own)
 
 
 # Roles reached over HTTPS rather than VISA: the key management entities (ETSI GS QKD 014) at the

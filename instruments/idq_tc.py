@@ -111,6 +111,8 @@ class IDQTimeController:
     """ID900/ID1000 Time Controller: tagger role over ZeroMQ (see the module docstring)."""
 
     roles = ("tagger",)
+    name: str
+    resource_name: str
     # hil.roles channel -> Time Controller input
     INPUTS: dict[int, int] = {0: 1, 1: 2, 2: 3, 3: 4, 4: 5}
     round_trip_query = "*IDN?"
