@@ -1,0 +1,2 @@
+"""Key distillation (pure numpy/numba, usable offline): Cascade reconciliation, universal-hash
+verification, Toeplitz privacy amplification and Wegman-Carter authentication tags."""
