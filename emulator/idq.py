@@ -380,6 +380,10 @@ class IdqServices:
                     s.sent = 0
         state = tagger.state
         horizon = tagger.link.now_ps  # every tag before this is generated (or being appended)
+        if not self._streams:
+            # no Time Controller client streams: the buffer belongs to the native tagger's
+            # FETC:TAGS? (taking it here dropped its tags, a silent loss in every capture)
+            return False
         with tagger._room:
             if tagger._buffered:
                 ts_parts, ch_parts, _ = tagger._take(tagger._buffered)
