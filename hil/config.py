@@ -104,6 +104,10 @@ class InstrumentSpec(BaseModel):
     @field_validator("resource")
     @classmethod
     def _resource(cls, v: str) -> str:
+        if "," in v and v != EMULATOR:  # several instruments as one role (four ID120s)
+            for part in v.split(","):
+                cls._resource(part.strip())
+            return v
         m = _RESOURCE.match(v) or _ZMQ_RESOURCE.match(v)
         if v != EMULATOR and not m:
             raise ValueError(

@@ -199,6 +199,7 @@ _BUILTIN: dict[str, str] = {
     "EmulatorControl": "hil.instruments.control:EmulatorControl",
     # vendor instruments (each class says which roles it serves in its ``roles`` attribute)
     "IDQTimeController": "hil.instruments.idq_tc:IDQTimeController",
+    "ID120": "hil.instruments.id120:ID120Detectors",
     # any SCPI instrument: *IDN?, SYST:ERR?, raw write/query (for a role with no special driver)
     "Instrument": "hil.instruments.base:Instrument",
 }
