@@ -235,12 +235,20 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     )
     if sifter is None:
         print("(no --source: rates and sync only; QBER and key need the source's answers)")
+    from hil.telemetry import cli as telemetry_cli
+
+    error = telemetry_cli.start_monitor_telemetry(args)
+    if error:
+        print(f"hil monitor: {error}", file=sys.stderr)
+        return 2
     try:
         for ts, ch in follow_capture(args.file, follow=args.follow):
             mon.feed(ts, ch)
     except KeyboardInterrupt:
         pass
-    mon.flush()
+    finally:
+        mon.flush()
+        telemetry_cli.stop_monitor_telemetry()
     for t in mon.transitions:
         old = t.old.value if t.old else "-"
         print(f"transition at {t.time_s:.3f} s: {old} -> {t.new.value} ({t.reason})")
@@ -337,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--abort-qber", type=float, default=0.11)
     mon.add_argument("--degraded-qber", type=float, default=0.05)
     mon.add_argument("--floor-bps", type=float, default=0.0, help="key-rate floor (bit/s)")
+    from hil.telemetry import cli as telemetry_cli
+
+    telemetry_cli.add_monitor_options(mon)  # --metrics, --link, --events, --syslog
     mon.set_defaults(func=_cmd_monitor)
 
     drv = sub.add_parser("drivers", help="installed drivers and the roles each serves")
@@ -352,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hil import trend
 
     trend.register(sub)  # hil report RESULTS_DIR: trend across runs
+    telemetry_cli.register(sub)  # hil audit verify FILE
     return parser
 
 

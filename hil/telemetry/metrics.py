@@ -6,10 +6,12 @@ three ways, none of which changes what it watches:
 - every :class:`hil.monitor.LinkMonitor` window (``hil.monitor.WINDOW_OBSERVERS``): link state,
   key-rate estimate, QBER per basis, count rate per detector, sync status and residual;
 - the event log's listeners (``hil.telemetry.events.add_listener``): verdicts, captures that
-  lost data, dark counts, key-plane events (``key_delivered``, ``key_store``);
-- a poller thread over the open bench (``watch_bench``): detector temperatures and one SCPI
-  round trip per instrument every ``poll_s``; the tagger is never polled (its connection streams
-  tags during a capture), its round trip is the one measured when the bench opened.
+  lost data, bench errors, dark counts, key-plane events of ``hil.keys`` (``key_delivery``,
+  ``key_status``);
+- a poller thread over the open bench (``watch_bench``): detector temperatures, set points and
+  dark-count rates, one SCPI round trip per instrument, and each KME's stored keys, every
+  ``poll_s``; the tagger is never polled (its connection streams tags during a capture), its
+  round trip is the one measured when the bench opened.
 
 Names follow the Prometheus conventions: base units in the name, ``_total`` for counters,
 labels ``link``, ``detector`` (1..4: H, V, D, A), ``basis`` (Z, X), ``instrument`` (role).
@@ -199,11 +201,14 @@ class LinkTelemetry:
             elif kind == "dark_counts":
                 for d, v in zip(DETECTORS, record.get("rates_hz") or (), strict=False):
                     self.dark.labels(link, str(d)).set(float(v))
-            elif kind == "key_store" and record.get("stored_key_count") is not None:
+            elif kind == "key_status" and record.get("stored_key_count") is not None:
                 kme = str(record.get("kme", "kme"))
                 self.stored_keys.labels(link, kme).set(float(record["stored_key_count"]))
-            elif kind == "key_delivered":
-                bits = float(record.get("bits") or 0)
+            elif kind == "key_delivery":
+                # hil.keys records the distinct key sizes of a delivery: exact when there is one
+                # size (the usual case), a lower bound (smallest size) otherwise
+                sizes = record.get("sizes") or [0]
+                bits = float(record.get("number") or 0) * float(min(sizes))
                 self.delivered.labels(link).inc(bits)
                 now = time.monotonic()
                 if self._last_delivery is not None and now > self._last_delivery:
@@ -231,8 +236,25 @@ class LinkTelemetry:
                         d = str(ch.channel)
                         self.temperature.labels(link, d).set(ch.temperature_c)
                         self.setpoint.labels(link, d).set(ch.temperature_setpoint_c)
+                        # the detector unit's own dark-count estimate at its temperature
+                        # (DET<n>:DARK?, this project's command set); units without it skip
+                        dark = inst.query(f"DET{ch.channel}:DARK?")
+                        self.dark.labels(link, d).set(float(dark))
             except Exception as e:  # noqa: BLE001 - an instrument error is reported by its test
                 log.debug("metrics: poll of %s failed: %s", role, e)
+
+    def poll_kmes(self, bench) -> None:
+        """Stored keys per KME role (ETSI GS QKD 014 Get status), when the bench has the key
+        plane; through the plain client, so that polls stay out of the key audit."""
+        for role, kme in list(getattr(bench, "kmes", {}).items()):
+            if self._stop.is_set():
+                return
+            try:
+                client = getattr(kme, "client", kme)
+                status = client.status(kme.peer_sae_id)
+                self.stored_keys.labels(self.link, role).set(float(status.stored_key_count))
+            except Exception as e:  # noqa: BLE001 - the key plane's tests report its errors
+                log.debug("metrics: status of %s failed: %s", role, e)
 
     def watch_bench(self, bench, poll_s: float = POLL_S) -> None:
         """Poll ``bench`` every ``poll_s`` in a daemon thread until :meth:`unwatch_bench`."""
@@ -245,6 +267,7 @@ class LinkTelemetry:
         def loop() -> None:
             while not self._stop.is_set():
                 self.poll_bench(bench)
+                self.poll_kmes(bench)
                 self._stop.wait(poll_s)
 
         self._poller = threading.Thread(target=loop, name="hil-metrics-poll", daemon=True)
