@@ -136,11 +136,12 @@ class LinkTelemetry:
         )
         self.delivered_rate = Gauge(
             "qkd_delivered_key_rate_bits_per_second",
-            "Key bits delivered per second, over the last delivery interval",
+            "Key bits delivered to SAEs per second, over the last poll interval",
             L,
             registry=r,
         )
-        self._last_delivery: float | None = None
+        self._rate_mark: tuple[float, float] | None = None  # (monotonic s, delivered bits)
+        self._delivered_bits = 0.0  # the counter's value, kept here for the rate
         for s in STATES:  # the counters exist (at 0) from the start: rate() needs a first sample
             self.windows.labels(link, s)
             self.transitions.labels(link, s)
@@ -210,10 +211,7 @@ class LinkTelemetry:
                 sizes = record.get("sizes") or [0]
                 bits = float(record.get("number") or 0) * float(min(sizes))
                 self.delivered.labels(link).inc(bits)
-                now = time.monotonic()
-                if self._last_delivery is not None and now > self._last_delivery:
-                    self.delivered_rate.labels(link).set(bits / (now - self._last_delivery))
-                self._last_delivery = now
+                self._delivered_bits += bits
         except Exception as e:  # noqa: BLE001
             log.warning("metrics: event not recorded: %s", e)
 
@@ -246,7 +244,14 @@ class LinkTelemetry:
     def poll_kmes(self, bench) -> None:
         """Stored keys per KME role (ETSI GS QKD 014 Get status), when the bench has the key
         plane; through the plain client, so that polls stay out of the key audit."""
-        for role, kme in list(getattr(bench, "kmes", {}).items()):
+        kmes = list(getattr(bench, "kmes", {}).items())
+        if kmes:  # delivered key rate over the last poll interval (0 when none was delivered)
+            now, bits = time.monotonic(), self._delivered_bits
+            if self._rate_mark is not None and now > self._rate_mark[0]:
+                rate = (bits - self._rate_mark[1]) / (now - self._rate_mark[0])
+                self.delivered_rate.labels(self.link).set(rate)
+            self._rate_mark = (now, bits)
+        for role, kme in kmes:
             if self._stop.is_set():
                 return
             try:
