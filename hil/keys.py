@@ -256,3 +256,38 @@ class AuditedKME:
 
     def __repr__(self) -> str:
         return f"AuditedKME({self.role}: {self.client!r})"
+
+
+def event_counts(folder: Path) -> dict | None:
+    """What the run folder's audit trail holds, counted (for summary.json): events per kind,
+    keys and bits delivered, refusals per HTTP status; None when there is no trail."""
+    path = Path(folder) / AUDIT_FILE
+    if not path.is_file():
+        return None
+    counts: Counter = Counter()
+    refusals: Counter = Counter()
+    keys = bits = bad = 0
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                bad += 1  # a line cut short (a killed worker): counted, not trusted
+                continue
+            kind = rec.get("kind", "?")
+            counts[kind] += 1
+            if kind == "key_delivery":
+                keys += int(rec.get("number", 0))
+                bits += sum(
+                    int(rec.get("number", 0)) * s for s in rec.get("sizes", [])[:1]
+                )  # one size per delivery: enc_keys asks one size
+            elif kind == "key_refusal":
+                refusals[str(rec.get("status"))] += 1
+    return {
+        "file": AUDIT_FILE,
+        "counts": dict(counts),
+        "keys_delivered": keys,
+        "bits_delivered": bits,
+        "refusals_by_status": dict(refusals),
+        "unreadable_lines": bad,
+    }

@@ -396,6 +396,7 @@ class Run:
                 "criteria_errors": self.criteria_errors,
                 "verdicts": [v.to_dict() for v in self.verdicts],
                 "series": [asdict(s) for s in self.series],
+                "key_events": _key_events(self._dir),
             }
         )
 
@@ -410,6 +411,13 @@ class Run:
         close_logs_in(self.dir)  # the event log is complete before the manifest hashes it
         write_manifest(self.dir)
         return out
+
+
+def _key_events(folder: Path) -> dict | None:
+    """Counts of the run's key events (hil.keys audit trail), or None without a key plane."""
+    from .keys import event_counts
+
+    return event_counts(folder)
 
 
 def _clean(obj: Any) -> Any:
@@ -842,6 +850,17 @@ def render_html(summary: dict) -> str:
     elif not error:
         parts.append("<p>No bench was opened in this run.</p>")
 
+    keys = summary.get("key_events")
+    if keys:  # the key plane's audit trail (hil.keys): counts only, never a key
+        parts.append("<h2>Key events</h2><table><tr><th>event</th><th>count</th></tr>")
+        for kind, n in sorted(keys.get("counts", {}).items()):
+            parts.append(f"<tr><td>{_e(kind)}</td><td>{n}</td></tr>")
+        parts.append(
+            f"</table><p>{keys.get('keys_delivered', 0)} keys delivered, "
+            f"{keys.get('bits_delivered', 0)} bits; refusals by HTTP status: "
+            f"{_e(keys.get('refusals_by_status', {}))}; audit trail "
+            f"<code>{_e(keys.get('file'))}</code></p>"
+        )
     parts.append("<h2>Plots</h2>")
     figures = plots(summary)
     for title, png in figures:
