@@ -282,7 +282,7 @@ def verify(path: str | Path) -> tuple[bool, str]:
             if rec.get("prev") != prev:
                 return False, (
                     f"{where}: chain broken (prev does not match line {n - 1}'s hash): "
-                    "a record before it was deleted, inserted or moved"
+                    "a record was deleted, inserted or moved here"
                     if n > 1
                     else f"{where}: chain broken (the first record's prev is not the genesis)"
                 )
