@@ -188,6 +188,166 @@ def _wait_link_pending(dev: LinkDevice, timeout_s: float = 600.0) -> None:
 # ----------------------------------------------------------------------------- source
 
 
+P61 = (1 << 61) - 1  # the field of the polynomial hashes: GF(2^61 - 1)
+MAX_SHUFFLES = 16  # per frame (Cascade's schedules use at most 15)
+
+
+class _SourceDistiller:
+    """The source's side of distillation, written for the emulator from the README's protocol
+    (not shared with the receiver's code, so one misreading cannot cancel on both sides).
+
+    Holds the frame key (its bits never leave), the public shuffles, the transcript of the
+    frame's messages, the authentication pool and the amplified key."""
+
+    def __init__(self):
+        self.key = np.zeros(0, np.uint8)
+        self.final = b""
+        self.shuffles: list[np.ndarray] = []
+        self._prefix: dict[tuple[int, int, int], np.ndarray] = {}
+        self._transcript: list[bytes] = []
+        self._pool = bytearray()
+        self._r = 0
+
+    def _log(self, direction: bytes, payload: bytes) -> None:
+        self._transcript.append(direction + len(payload).to_bytes(8, "little") + payload)
+
+    def new_frame(self, bits: np.ndarray, payload: bytes) -> None:
+        self.key, self.final, self._transcript, self._prefix = bits, b"", [], {}
+        self.shuffles = []  # each frame sends its (public) shuffles after DIST:FRAM
+        self._log(b"B", payload)
+
+    def _need_frame(self) -> int:
+        if not len(self.key):
+            raise ScpiError(-200, "no frame: send DIST:FRAM first")
+        return len(self.key)
+
+    def shuffle(self, payload: bytes) -> None:
+        n = self._need_frame()
+        if len(self.shuffles) >= MAX_SHUFFLES:
+            raise ScpiError(-225, f"at most {MAX_SHUFFLES} shuffles per frame")
+        perm = np.frombuffer(payload, dtype="<i4")
+        if len(payload) != 4 * n or not np.array_equal(np.sort(perm), np.arange(n)):
+            raise ScpiError(-222, f"shuffle: a permutation of 0..{n - 1} as int32 expected")
+        self.shuffles.append(perm.astype(np.int64))
+        self._log(b"B", payload)
+
+    def parities(self, payload: bytes) -> bytes:
+        """Records (shuffle, offset, multiplier, lo, hi) int64: parity of the key bits at
+        shuffle[(multiplier t + offset) mod n] for lo <= t < hi."""
+        n = self._need_frame()
+        if len(payload) % 40:
+            raise ScpiError(-224, "parity block: records of 5 int64")
+        rec = np.frombuffer(payload, dtype="<i8").reshape(-1, 5)
+        out = np.empty(len(rec), np.uint8)
+        for i, (row, off, mul, lo, hi) in enumerate(rec.tolist()):
+            if not (0 <= row < len(self.shuffles) and 0 <= off < n and 0 < mul < max(n, 2)):
+                raise ScpiError(-222, f"parity record {i}: shuffle, offset or multiplier")
+            if not 0 <= lo < hi <= n:
+                raise ScpiError(-222, f"parity record {i}: range {lo}..{hi} not in 0..{n}")
+            pre = self._prefix.get((row, off, mul))
+            if pre is None:
+                order = self.shuffles[row][(mul * np.arange(n, dtype=np.int64) + off) % n]
+                pre = np.concatenate([[0], np.cumsum(self.key[order], dtype=np.int64)]) & 1
+                self._prefix[(row, off, mul)] = pre
+            out[i] = pre[hi] ^ pre[lo]
+        self._log(b"B", payload)
+        self._log(b"A", out.tobytes())
+        return out.tobytes()
+
+    @staticmethod
+    def _poly(data: bytes, length: int, r: int) -> int:
+        """Horner over GF(2^61 - 1): 7-byte little-endian coefficients, then the length."""
+        h = 0
+        for i in range(0, len(data), 7):
+            h = (h * r + int.from_bytes(data[i : i + 7], "little")) % P61
+        return (h * r + length) % P61
+
+    def hash(self, payload: bytes) -> bytes:
+        """Verification: the frame key's polynomial hash at each uint64 point the receiver
+        sent (points in 1..2^61-2)."""
+        n = self._need_frame()
+        if len(payload) % 8 or not payload:
+            raise ScpiError(-224, "hash block: uint64 points")
+        pts = np.frombuffer(payload, dtype="<u8").tolist()
+        if any(not 0 < r < P61 for r in pts):
+            raise ScpiError(-222, "hash point outside 1..2^61-2")
+        packed = np.packbits(self.key, bitorder="little").tobytes()
+        out = b"".join(self._poly(packed, n, r).to_bytes(8, "little") for r in pts)
+        self._log(b"B", payload)
+        self._log(b"A", out)
+        return out
+
+    def amplify(self, payload: bytes) -> None:
+        """Privacy amplification: 8-byte m, then the n + m - 1 seed bits (packed, little-endian
+        bit order). The m-bit Toeplitz hash out[i] = sum_j key[j] g[i - j + n - 1] mod 2 with
+        g = seed[m:] + seed[:m] (cryptomite's convention), kept as the final key."""
+        n = self._need_frame()
+        if len(payload) < 8:
+            raise ScpiError(-224, "amplification block: 8-byte m then the seed bits")
+        m = int.from_bytes(payload[:8], "little")
+        seed = np.unpackbits(np.frombuffer(payload[8:], np.uint8), bitorder="little")
+        if not 0 < m <= n or len(seed) < n + m - 1:
+            raise ScpiError(-222, f"amplification: m={m} for a frame of {n} bits")
+        seed = seed[: n + m - 1].astype(np.float64)
+        size = 1 << (n + m - 1).bit_length()
+        g = np.zeros(size)
+        g[: n - 1] = seed[m:]
+        g[n - 1 : n + m - 1] = seed[:m]
+        x = np.zeros(size)
+        x[:n] = self.key
+        conv = np.fft.irfft(np.fft.rfft(x) * np.fft.rfft(g), size)[n - 1 : n + m - 1]
+        exact = np.rint(conv)
+        if np.abs(conv - exact).max() > 0.25:
+            raise ScpiError(-200, "amplification: FFT rounding too large")
+        self.final = np.packbits(exact.astype(np.int64) & 1, bitorder="little").tobytes()
+        self.final = self.final[: m // 8]  # whole bytes only: the key's unit downstream
+        self._log(b"B", payload)
+
+    def load_pool(self, payload: bytes) -> None:
+        """Write-only pre-shared key: 8 bytes hash key, then pads (never read back)."""
+        if len(payload) < 16:
+            raise ScpiError(-222, "authentication pool: at least 16 bytes")
+        self._r = int.from_bytes(payload[:8], "little") % P61 or 1
+        self._pool = bytearray(payload[8:])
+
+    def pool_bits(self) -> int:
+        return 8 * len(self._pool)
+
+    def _pad(self) -> int:
+        while True:
+            if len(self._pool) < 8:
+                raise ScpiError(-200, "authentication pool exhausted")
+            chunk, self._pool = bytes(self._pool[:8]), self._pool[8:]
+            s = int.from_bytes(chunk, "little") & P61
+            if s != P61:
+                return s
+
+    def tag(self, payload: bytes) -> bytes:
+        """Ends the frame's transcript: checks the receiver's Wegman-Carter tag (first pad),
+        answers 1 byte (1 accepted, 0 refused: frame discarded) and its own tag (second
+        pad). Both pads are consumed either way, so the two pools stay in step."""
+        if len(payload) != 8:
+            raise ScpiError(-224, "tag block: 8 bytes")
+        if self._r == 0:
+            raise ScpiError(-200, "no authentication pool: send DIST:AUTH:POOL first")
+        data = b"".join(self._transcript)
+        h = self._poly(data, len(data), self._r)
+        want, pad2 = (h + self._pad()) % P61, self._pad()
+        ok = int.from_bytes(payload, "little") == want
+        if not ok:
+            self.key, self.final, self.shuffles, self._prefix = np.zeros(0, np.uint8), b"", [], {}
+        self._transcript = []
+        return bytes([ok]) + (((h + pad2) % P61) if ok else 0).to_bytes(8, "little")
+
+    def replenish(self, payload: bytes) -> None:
+        """Moves the first k bytes (8-byte LE count) of the final key into the pool."""
+        k = int.from_bytes(payload, "little")
+        if not 0 < k <= len(self.final):
+            raise ScpiError(-222, f"replenish: {k} bytes of a {len(self.final)}-byte key")
+        self._pool.extend(self.final[:k])
+        self.final = self.final[k:]
+
+
 class Source(LinkDevice):
     """Pulsed decoy-state BB84 transmitter (command set of this project; see README).
 
@@ -244,6 +404,24 @@ class Source(LinkDevice):
         c("SIFT:DISClose:FRACtion?", lambda s: float(self.link.get("disclose_fraction")))
         c("SIFT:BLOCk[:STATe]?", lambda s: self.block_open)
         c("SIFT:QUERy?", self._sift, Block(max_bytes=8 * MAX_SIFT_INDICES))
+        # distillation exchange (see README "Distillation exchange"): parities and hashes of
+        # the source's frame key, never its bits
+        self._dist = _SourceDistiller()
+        c("DIST:FRAMe", self._dist_frame, Block(max_bytes=8 * MAX_SIFT_INDICES))
+        c("DIST:FRAMe?", lambda s: len(self._dist.key))
+        c("DIST:SHUFfle", lambda s, v: self._dist.shuffle(v), Block(max_bytes=4 * MAX_SIFT_INDICES))
+        c(
+            "DIST:PARity?",
+            lambda s, v: self._answer(self._dist.parities, v),
+            Block(max_bytes=40 * 65536),
+        )
+        c("DIST:HASH?", lambda s, v: self._answer(self._dist.hash, v), Block(max_bytes=8 * 16))
+        c("DIST:PA", lambda s, v: self._dist.amplify(v), Block(max_bytes=8 + 2 * MAX_SIFT_INDICES))
+        c("DIST:KEY:LENGth?", lambda s: len(self._dist.final) * 8 if self._dist.final else 0)
+        c("DIST:AUTH:POOL", lambda s, v: self._dist.load_pool(v), Block(max_bytes=1 << 20))
+        c("DIST:AUTH:POOL?", lambda s: self._dist.pool_bits())
+        c("DIST:AUTH:TAG?", lambda s, v: self._answer(self._dist.tag, v), Block(max_bytes=8))
+        c("DIST:AUTH:REPLenish", lambda s, v: self._dist.replenish(v), Block(max_bytes=8))
 
     def _set(self, name, v) -> None:
         if self.link.get("output_on") and name in ("sync_divider", "clock_hz"):
@@ -276,6 +454,31 @@ class Source(LinkDevice):
                 raise ScpiError(-221, "intensities must satisfy mu1 > mu2 + mu3, mu2 > mu3 >= 0")
         self.block_open = bool(on)
         self.link.set("output_on", bool(on))
+
+    def _answer(self, fn, payload: bytes) -> bytes:
+        """A refused DIST query still answers (an empty block), so the client need not wait
+        for its timeout; the error is in the queue."""
+        try:
+            return block(fn(payload))
+        except ScpiError as e:
+            self.error(e.code, e.detail)
+            return block(b"")
+
+    def _dist_frame(self, s, payload: bytes) -> None:
+        """A frame of the key: the receiver's sifted pulse indices (int64 LE); each must be an
+        emitted Z-basis pulse outside its block's disclosed sample (else -222)."""
+        if len(payload) % 8 or not payload:
+            raise ScpiError(-224, "frame block: a non-empty list of int64 pulse indices")
+        idx = np.frombuffer(payload, dtype="<i8")
+        if idx.min() < 0:
+            raise ScpiError(-222, "negative pulse index")
+        basis, _, bit, disclosed, emitted = self.link.generator.source_answers(idx)
+        bad = np.flatnonzero(~emitted | (basis != 0) | disclosed)
+        if len(bad):
+            raise ScpiError(
+                -222, f"pulse {int(idx[bad[0]])} is not an undisclosed Z-basis pulse emitted"
+            )
+        self._dist.new_frame(np.asarray(bit, np.uint8), payload)
 
     def _sift(self, s, payload: bytes) -> bytes:
         """Sifting exchange: int64 little-endian pulse indices in; out a block of

@@ -437,6 +437,10 @@ def scan_message(buf: bytes | bytearray, start: int = 0) -> tuple[int, int]:
 _BLOCK_START = re.compile(rb"#[1-9]")
 
 
+class BlockEnded(bytes):
+    """A framed message whose last byte is a block's (a final ``\r`` is data, not CRLF)."""
+
+
 class MessageFramer:
     """Frames the program messages of one connection's byte stream with bounded memory and
     work, so that no client can stall the others.
@@ -466,6 +470,7 @@ class MessageFramer:
         self.h0 = 0  # start of the header being read
         self.header = ""  # header of the unit whose parameters are being read
         self.block_end = 0  # inside a definite-length block: the index after it
+        self.last_block_end = -1  # the index after the message's last block so far
         self.exempt = 0  # bytes of blocks that do not count against max_text
         self.nl_at = -1  # the next '\n' found at or after i (-1: none up to nl_checked)
         self.nl_checked = 0  # buf[:nl_checked] has been searched for '\n'
@@ -505,7 +510,7 @@ class MessageFramer:
             if self.block_end:
                 if n < self.block_end:
                     return None  # the block's bytes are still coming (bounded by its limit)
-                self.i = self.seen = self.block_end
+                self.i = self.seen = self.last_block_end = self.block_end
                 self.block_end = 0
             start = max(self.i, self.seen)
             if self.nl_at < start:  # search only bytes not searched before (a run of '#'s)
@@ -518,7 +523,9 @@ class MessageFramer:
                 if nl >= 0:
                     if nl - self.exempt > self.max_text:
                         return self._refuse(nl, self._too_long())
-                    message = bytes(buf[:nl])
+                    # a '\r' that is a block's last byte is data, not half of a CRLF
+                    kind = BlockEnded if self.last_block_end == nl else bytes
+                    message = kind(buf[:nl])
                     del buf[: nl + 1]
                     self._new_message()
                     return message

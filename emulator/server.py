@@ -23,7 +23,7 @@ from .devices import Attenuator, Control, Detectors, PowerMeter, Source, Switch,
 from .kme import LinkFedPair
 from .link import Link
 from .physics import LinkGenerator, LinkParams
-from .scpi import MessageFramer, Session
+from .scpi import BlockEnded, MessageFramer, Session
 from .vendors import start_vendors, stop_vendors
 
 SCPI_ROLES = {
@@ -68,7 +68,7 @@ class _ScpiHandler(socketserver.BaseRequestHandler):
                 if isinstance(message, Exception):
                     device.error(message.code, message.detail)
                     continue
-                if message.endswith(b"\r"):
+                if message.endswith(b"\r") and not isinstance(message, BlockEnded):
                     message = message[:-1]
                 if not message.strip(b" \t"):
                     continue

@@ -133,6 +133,78 @@ class QKDSource(Instrument):
         out = np.concatenate(parts, axis=1)
         return out[0].copy(), out[1].copy(), out[2].copy()
 
+    # -- distillation exchange (emulator/README.md "Distillation exchange") -------------------
+    # Each call is one exchange under the instrument lock; ``log`` (optional) receives every
+    # payload sent ("B") and answered ("A") in the order the source records its transcript.
+
+    def _dist_write(self, command: str, payload: bytes, log=None) -> None:
+        with self.exchange(command):
+            self.write_block(command, payload)
+            if self.check_errors:
+                self.raise_errors(command)
+        if log is not None:
+            log("B", payload)
+
+    def _dist_query(self, command: str, payload: bytes, log=None) -> bytes:
+        with self.exchange(command):
+            self.write_block(command, payload)
+            raw = self.read_block(command)
+            if not raw:  # the source refused it: its error says why
+                errs = self.errors()
+                raise ValueError(f"{self.name}: {command} refused: {errs[0] if errs else '?'}")
+        if log is not None:
+            log("B", payload)
+            log("A", raw)
+        return raw
+
+    def dist_frame(self, indices: np.ndarray, log=None) -> None:
+        """Open a key frame: the sifted Z-basis pulse indices whose bits form the source's key."""
+        idx = np.ascontiguousarray(indices, dtype="<i8")
+        if not 0 < len(idx) <= MAX_SIFT_INDICES:
+            raise ValueError(f"{self.name}.dist_frame: 1..{MAX_SIFT_INDICES} indices")
+        self._dist_write("DIST:FRAM", idx.tobytes(), log)
+
+    def dist_shuffle(self, perm: np.ndarray, log=None) -> None:
+        self._dist_write("DIST:SHUF", np.ascontiguousarray(perm, dtype="<i4").tobytes(), log)
+
+    def dist_parities(self, records: np.ndarray, log=None) -> np.ndarray:
+        """Parities of ranges of the source's shuffled key: records (shuffle, offset,
+        multiplier, lo, hi) int64, answered in one message."""
+        rec = np.ascontiguousarray(records, dtype="<i8").reshape(-1, 5)
+        raw = self._dist_query("DIST:PAR?", rec.tobytes(), log)
+        if len(raw) != len(rec):
+            raise ValueError(f"{self.name}: DIST:PAR? answered {len(raw)} for {len(rec)} ranges")
+        return np.frombuffer(raw, np.uint8).copy()
+
+    def dist_hash(self, points, log=None) -> np.ndarray:
+        pts = np.ascontiguousarray(points, dtype="<u8")
+        raw = self._dist_query("DIST:HASH?", pts.tobytes(), log)
+        if len(raw) != 8 * len(pts):
+            raise ValueError(f"{self.name}: DIST:HASH? answered {len(raw)} bytes")
+        return np.frombuffer(raw, "<u8").astype(np.uint64)
+
+    def dist_amplify(self, m: int, seed_bits: np.ndarray, log=None) -> None:
+        payload = (
+            int(m).to_bytes(8, "little")
+            + np.packbits(np.asarray(seed_bits, np.uint8), bitorder="little").tobytes()
+        )
+        self._dist_write("DIST:PA", payload, log)
+
+    def dist_tag(self, tag: int) -> tuple[bool, int]:
+        """Send the receiver's transcript tag; get (accepted, the source's tag)."""
+        raw = self._dist_query("DIST:AUTH:TAG?", int(tag).to_bytes(8, "little"))
+        if len(raw) != 9:
+            raise ValueError(f"{self.name}: DIST:AUTH:TAG? answered {len(raw)} bytes, not 9")
+        return bool(raw[0]), int.from_bytes(raw[1:], "little")
+
+    def dist_replenish(self, n_bytes: int) -> None:
+        self._dist_write("DIST:AUTH:REPL", int(n_bytes).to_bytes(8, "little"))
+
+    def load_auth_pool(self, key: bytes) -> None:
+        """Give the source the pre-shared authentication key (write-only, never recorded)."""
+        # write_block does not pass through on_action, so the key reaches no bench log
+        self._dist_write("DIST:AUTH:POOL", bytes(key))
+
     def safe_state(self) -> None:
         """Switch the optical output off."""
         self.output_enabled = False
