@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from numba import njit
 
 from hil.roles import MARKER_CHANNEL
 
@@ -71,17 +72,41 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@njit(cache=True, nogil=True)
+def _merge2(ta, ca, tb, cb):  # pragma: no cover - compiled
+    """Two-pointer merge of two time-sorted (ts, ch) runs; ties keep ``a`` first. Branch-free
+    in the loop (selects, not jumps): which run a tag comes from is a coin flip for the CPU's
+    branch predictor when two detectors count alike."""
+    na, nb = len(ta), len(tb)
+    n = na + nb
+    out_t = np.empty(n, np.int64)
+    out_c = np.empty(n, np.uint8)
+    top = np.iinfo(np.int64).max
+    i = j = 0
+    for k in range(n):
+        a = ta[min(i, na - 1)] if i < na else top
+        b = tb[min(j, nb - 1)] if j < nb else top
+        take_b = b < a
+        out_t[k] = b if take_b else a
+        out_c[k] = cb[min(j, nb - 1)] if take_b else ca[min(i, na - 1)]
+        j += take_b
+        i += 1 - take_b
+    return out_t, out_c
+
+
 def merge_blocks(parts: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
     """Merge time-sorted (timestamps, channel) runs into one time-ordered block (stable: at
-    equal times, the order of ``parts``)."""
+    equal times, the order of ``parts``): two-way merges of neighbouring runs, level by level
+    (each tag is moved about log2(k) times, ~2 ns each)."""
     if not parts:
         return np.empty(0, np.int64), np.empty(0, np.uint8)
-    ts = np.concatenate([p[0] for p in parts])
-    ch = np.concatenate([np.full(len(p[0]), p[1], np.uint8) for p in parts])
-    if len(parts) > 1:
-        order = np.argsort(ts, kind="stable")  # timsort: linear-ish on a few sorted runs
-        ts, ch = ts[order], ch[order]
-    return ts, ch
+    runs = [(np.ascontiguousarray(ts, np.int64), np.full(len(ts), c, np.uint8)) for ts, c in parts]
+    while len(runs) > 1:
+        nxt = [_merge2(*runs[i], *runs[i + 1]) for i in range(0, len(runs) - 1, 2)]
+        if len(runs) % 2:
+            nxt.append(runs[-1])
+        runs = nxt
+    return runs[0]
 
 
 class _ChannelQueue:
