@@ -190,6 +190,7 @@ def _wait_link_pending(dev: LinkDevice, timeout_s: float = 600.0) -> None:
 
 P61 = (1 << 61) - 1  # the field of the polynomial hashes: GF(2^61 - 1)
 MAX_SHUFFLES = 16  # per frame (Cascade's schedules use at most 15)
+MAX_DIST_BITS = 1 << 21  # key bits per distillation frame
 
 
 class _SourceDistiller:
@@ -407,16 +408,16 @@ class Source(LinkDevice):
         # distillation exchange (see README "Distillation exchange"): parities and hashes of
         # the source's frame key, never its bits
         self._dist = _SourceDistiller()
-        c("DIST:FRAMe", self._dist_frame, Block(max_bytes=8 * MAX_SIFT_INDICES))
+        c("DIST:FRAMe", self._dist_frame, Block(max_bytes=8 * MAX_DIST_BITS))
         c("DIST:FRAMe?", lambda s: len(self._dist.key))
-        c("DIST:SHUFfle", lambda s, v: self._dist.shuffle(v), Block(max_bytes=4 * MAX_SIFT_INDICES))
+        c("DIST:SHUFfle", lambda s, v: self._dist.shuffle(v), Block(max_bytes=4 * MAX_DIST_BITS))
         c(
             "DIST:PARity?",
             lambda s, v: self._answer(self._dist.parities, v),
             Block(max_bytes=40 * 65536),
         )
         c("DIST:HASH?", lambda s, v: self._answer(self._dist.hash, v), Block(max_bytes=8 * 16))
-        c("DIST:PA", lambda s, v: self._dist.amplify(v), Block(max_bytes=8 + 2 * MAX_SIFT_INDICES))
+        c("DIST:PA", lambda s, v: self._dist.amplify(v), Block(max_bytes=8 + MAX_DIST_BITS // 4))
         c("DIST:KEY:LENGth?", lambda s: len(self._dist.final) * 8 if self._dist.final else 0)
         c("DIST:AUTH:POOL", lambda s, v: self._dist.load_pool(v), Block(max_bytes=1 << 20))
         c("DIST:AUTH:POOL?", lambda s: self._dist.pool_bits())

@@ -14,6 +14,8 @@ from .base import Instrument, control, strict_bool, strict_range, to_bool
 
 UNDISCLOSED = 255
 MAX_SIFT_INDICES = 1_000_000
+MAX_DIST_BITS = 1 << 21  # key bits per distillation frame (the source's DIST:FRAM bound)
+MAX_PARITY_RECORDS = 65536  # ranges per DIST:PAR? message
 
 
 class QKDSource(Instrument):
@@ -160,8 +162,8 @@ class QKDSource(Instrument):
     def dist_frame(self, indices: np.ndarray, log=None) -> None:
         """Open a key frame: the sifted Z-basis pulse indices whose bits form the source's key."""
         idx = np.ascontiguousarray(indices, dtype="<i8")
-        if not 0 < len(idx) <= MAX_SIFT_INDICES:
-            raise ValueError(f"{self.name}.dist_frame: 1..{MAX_SIFT_INDICES} indices")
+        if not 0 < len(idx) <= MAX_DIST_BITS:
+            raise ValueError(f"{self.name}.dist_frame: 1..{MAX_DIST_BITS} indices")
         self._dist_write("DIST:FRAM", idx.tobytes(), log)
 
     def dist_shuffle(self, perm: np.ndarray, log=None) -> None:
@@ -171,10 +173,16 @@ class QKDSource(Instrument):
         """Parities of ranges of the source's shuffled key: records (shuffle, offset,
         multiplier, lo, hi) int64, answered in one message."""
         rec = np.ascontiguousarray(records, dtype="<i8").reshape(-1, 5)
-        raw = self._dist_query("DIST:PAR?", rec.tobytes(), log)
-        if len(raw) != len(rec):
-            raise ValueError(f"{self.name}: DIST:PAR? answered {len(raw)} for {len(rec)} ranges")
-        return np.frombuffer(raw, np.uint8).copy()
+        parts = []
+        for a in range(0, len(rec), MAX_PARITY_RECORDS):  # a large round: a few messages
+            chunk = rec[a : a + MAX_PARITY_RECORDS]
+            raw = self._dist_query("DIST:PAR?", chunk.tobytes(), log)
+            if len(raw) != len(chunk):
+                raise ValueError(
+                    f"{self.name}: DIST:PAR? answered {len(raw)} for {len(chunk)} ranges"
+                )
+            parts.append(np.frombuffer(raw, np.uint8))
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
 
     def dist_hash(self, points, log=None) -> np.ndarray:
         pts = np.ascontiguousarray(points, dtype="<u8")
