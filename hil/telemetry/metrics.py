@@ -294,6 +294,7 @@ class LinkTelemetry:
             self.rtt.labels(self.link, role).set(s)
         self._bench = bench
         self._stop = threading.Event()
+        self._rate_mark = (time.monotonic(), self._delivered_bits)  # the first poll has a rate
 
         def loop() -> None:
             while not self._stop.is_set():
