@@ -18,6 +18,7 @@ import time
 from collections import deque
 
 import numpy as np
+from numba import njit
 
 from .link import LONG_CHUNK_PS, PS, Link
 from .physics import dark_count_rate_hz, validate
@@ -193,6 +194,37 @@ MAX_SHUFFLES = 16  # per frame (Cascade's schedules use at most 15)
 MAX_DIST_BITS = 1 << 21  # key bits per distillation frame
 
 
+@njit(cache=True)
+def _horner61(data, length, r):
+    """sum_i c_i r^(d-i) + length mod 2^61 - 1, c_i the 7-byte little-endian words of data.
+
+    Products of 61-bit numbers in 32-bit halves; 2^64 = 2^3 and 2^61 = 1 modulo p."""
+    p = np.uint64(P61)
+    m32 = np.uint64(0xFFFFFFFF)
+    r_lo, r_hi = r & m32, r >> np.uint64(32)
+    h = np.uint64(0)
+    nw = (len(data) + 6) // 7
+    for w in range(nw + 1):
+        if w < nw:
+            c = np.uint64(0)
+            for t in range(min(7, len(data) - 7 * w) - 1, -1, -1):
+                c = (c << np.uint64(8)) | np.uint64(data[7 * w + t])
+        else:
+            c = np.uint64(length)
+        h_lo, h_hi = h & m32, h >> np.uint64(32)
+        cross = h_lo * r_hi + h_hi * r_lo  # < 2^62
+        low = h_lo * r_lo  # < 2^64
+        # h r = h_hi r_hi 2^64 + cross 2^32 + low
+        v = (h_hi * r_hi) << np.uint64(3)
+        v += (cross >> np.uint64(29)) + ((cross << np.uint64(32)) & p)
+        v += (low >> np.uint64(61)) + (low & p)
+        v = (v >> np.uint64(61)) + (v & p)
+        v += c
+        v = (v >> np.uint64(61)) + (v & p)
+        h = v - p if v >= p else v
+    return h
+
+
 class _SourceDistiller:
     """The source's side of distillation, written for the emulator from the README's protocol
     (not shared with the receiver's code, so one misreading cannot cancel on both sides).
@@ -258,10 +290,7 @@ class _SourceDistiller:
     @staticmethod
     def _poly(data: bytes, length: int, r: int) -> int:
         """Horner over GF(2^61 - 1): 7-byte little-endian coefficients, then the length."""
-        h = 0
-        for i in range(0, len(data), 7):
-            h = (h * r + int.from_bytes(data[i : i + 7], "little")) % P61
-        return (h * r + length) % P61
+        return int(_horner61(np.frombuffer(data, np.uint8), length, np.uint64(r)))
 
     def hash(self, payload: bytes) -> bytes:
         """Verification: the frame key's polynomial hash at each uint64 point the receiver
