@@ -1,6 +1,7 @@
 """The vendor personalities the emulator serves beside its own command sets (same link, same
 physics): the ID Quantique Time Controller over ZeroMQ (emulator/idq.py) and four ID120
-detectors over raw SCPI sockets (emulator/id120.py). Each publishes its
+detectors over raw SCPI sockets (emulator/id120.py), a Single Quantum SNSPD system over
+JSON/TCP (emulator/snspd.py). Each publishes its
 resources as ``"<role>:<driver>"`` keys of the ready file, which a bench file picks by naming
 that driver with ``resource: emulator``."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import threading
 
 from .id120 import ID120
+from .snspd import SnspdServices
 
 
 def start_vendors(emu) -> dict[str, str]:
@@ -21,6 +23,9 @@ def start_vendors(emu) -> dict[str, str]:
     out.update(idq.start())
     emu.vendor_services.append(idq)
     out["detectors:ID120"] = ",".join(_serve_scpi(emu, ID120(emu.link, j)) for j in range(4))
+    sq = SnspdServices(emu.link, emu.devices["tagger"], emu.host)
+    out.update(sq.start())
+    emu.vendor_services.append(sq)
     return out
 
 

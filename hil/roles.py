@@ -200,6 +200,7 @@ _BUILTIN: dict[str, str] = {
     # vendor instruments (each class says which roles it serves in its ``roles`` attribute)
     "IDQTimeController": "hil.instruments.idq_tc:IDQTimeController",
     "ID120": "hil.instruments.id120:ID120Detectors",
+    "SingleQuantum": "hil.instruments.singlequantum:SingleQuantum",
     # any SCPI instrument: *IDN?, SYST:ERR?, raw write/query (for a role with no special driver)
     "Instrument": "hil.instruments.base:Instrument",
 }
