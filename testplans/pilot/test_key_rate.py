@@ -10,7 +10,7 @@ import json
 import pytest
 
 from hil.fixtures.procedures import KeyMeasurement, measure_key
-from hil.postprocess import KeyParameters
+from hil.postprocess import DistilOptions, KeyParameters
 
 BASES = {"Z": 0, "X": 1}
 CLASSES = {"signal": 0, "decoy": 1, "vacuum": 2}
@@ -28,24 +28,43 @@ def key_at(bench, run):
             if (att, dur) == (attenuation_db, duration_s) and key_params in (None, m.key_params):
                 return m
         name = f"nominal_loss_{len(done)}" if done else "nominal_loss"
-        m = measure_key(bench, run, attenuation_db, duration_s, name, key_params=key_params)
+        # the key is distilled with the source (Cascade, verification, privacy amplification,
+        # authenticated transcript): the key-rate criterion is judged on a key that exists
+        m = measure_key(
+            bench, run, attenuation_db, duration_s, name, key_params=key_params,
+            distil=DistilOptions(),
+        )  # fmt: skip
         done.append((attenuation_db, duration_s, m))
         return m
 
     return measure
 
 
-def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, conditions, judge_value):
+def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, run, conditions, judge_value):
     cond = conditions("PIL-SKR-001")
     kp = KeyParameters.from_conditions(cond)
     m = key_at(cond["attenuation_db"], cond["duration_s"], kp)
     total = m.analysis.total
     assert total.key.key_length > 0, f"no key: {total.key.abort_reason}"
+    d = m.analysis.distilled
+    assert d is not None and d["outcome"] == "key", f"no distilled key: {d and d['outcome']}"
+    # the distilled rate beside the bound with the assumed f (lengths and counts, no key)
+    record = run.path("distillation_nominal_loss.json")
+    record.write_text(
+        json.dumps(
+            {
+                "distilled_key_rate_bps": m.secure_key_rate_bps,
+                "bound_key_rate_assumed_f_bps": m.bound_key_rate_bps,
+                **d,
+            },
+            indent=1,
+        )
+    )
     judge_value(
         "PIL-SKR-001",
         m.secure_key_rate_bps,
         uncertainty=m.secure_key_rate_uncertainty_bps,
-        evidence=[m.evidence],
+        evidence=[m.evidence, record],
         conditions=kp.as_conditions(),
     )
 
