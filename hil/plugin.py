@@ -147,8 +147,12 @@ def _start_metrics(config: pytest.Config, link: str) -> None:
 def pytest_fixture_setup(fixturedef, request):
     """Around the ``bench`` fixture: open the run's event log first (the bench's errors are
     events), and once the bench is open let the metrics poll it until its teardown."""
-    if fixturedef.argname != "bench" or not hasattr(request.config, "_hil_run"):
-        yield
+    if (
+        fixturedef.argname != "bench"
+        or getattr(fixturedef.func, "__module__", "") != "hil.fixtures.plugin_fixtures"
+        or not hasattr(request.config, "_hil_run")
+    ):
+        yield  # a test module's own bench fixture opens no run folder
         return
     from .telemetry import events
 
@@ -164,6 +168,8 @@ def pytest_fixture_setup(fixturedef, request):
         events.emit("bench_error", error=config._hil_state.get("bench_error") or "bench")
         return
     bench = fixturedef.cached_result[0]
+    if not hasattr(bench, "instruments"):
+        return
     events.watch_instruments(bench)
     events.emit(
         "bench_open",
