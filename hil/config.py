@@ -48,6 +48,8 @@ _RESOURCE = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Swabian Time Tagger through its vendor API: swabian:<serial> or swabian:<host>:<port>
+_SWABIAN_RESOURCE = re.compile(r"^swabian:(?:[A-Za-z0-9]*|[A-Za-z0-9_.\-]+:(?P<port>\d{1,5}))$")
 # ZeroMQ instruments (ID Quantique Time Controller): tcp://host:port[?dlt=host:port]
 _ZMQ_RESOURCE = re.compile(
     r"^tcp://[A-Za-z0-9_.\-]+:(?P<port>\d{1,5})(?:\?dlt=[A-Za-z0-9_.\-]+:\d{1,5})?$"
@@ -108,12 +110,12 @@ class InstrumentSpec(BaseModel):
             for part in v.split(","):
                 cls._resource(part.strip())
             return v
-        m = _RESOURCE.match(v) or _ZMQ_RESOURCE.match(v)
+        m = _RESOURCE.match(v) or _ZMQ_RESOURCE.match(v) or _SWABIAN_RESOURCE.match(v)
         if v != EMULATOR and not m:
             raise ValueError(
                 f"{v!r} is not a VISA resource string (e.g. "
                 "TCPIP::10.0.0.5::5025::SOCKET, ASRL/dev/ttyUSB0::INSTR), a ZeroMQ endpoint "
-                "(tcp://10.0.0.5:5555[?dlt=host:6060]) nor 'emulator'"
+                "(tcp://10.0.0.5:5555[?dlt=host:6060]), swabian:<serial> nor 'emulator'"
             )
         if m and m.group("port") and not 0 < int(m.group("port")) < 65536:
             raise ValueError(f"{v!r}: port {int(m.group('port'))} is not in 1..65535")
@@ -235,6 +237,12 @@ class BenchFile(BaseModel):
         default_factory=dict, description="key management entities by role: kme_a, kme_b"
     )
     safe_state: bool = Field(True, description="source off, attenuator at maximum at the end")
+    auth_key_file: str | None = Field(
+        None,
+        max_length=4096,
+        description="file of the pre-shared authentication key pool for distillation (raw "
+        "bytes, 16 to 1 MiB; relative to the bench file); none: the emulated bench draws one",
+    )
 
     @field_validator("name")
     @classmethod

@@ -201,6 +201,7 @@ _BUILTIN: dict[str, str] = {
     "IDQTimeController": "hil.instruments.idq_tc:IDQTimeController",
     "ID120": "hil.instruments.id120:ID120Detectors",
     "SingleQuantum": "hil.instruments.singlequantum:SingleQuantum",
+    "SwabianTimeTagger": "hil.instruments.swabian:SwabianTimeTagger",
     # any SCPI instrument: *IDN?, SYST:ERR?, raw write/query (for a role with no special driver)
     "Instrument": "hil.instruments.base:Instrument",
 }
