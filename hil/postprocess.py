@@ -452,6 +452,28 @@ class DistilOptions:
     key_sink: Callable[[bytes], None] | None = None
     max_frame_bits: int = 1 << 21  # the source's DIST:FRAM bound
 
+    @classmethod
+    def for_bench(cls, bench, **kw) -> DistilOptions:
+        """Options with the bench file's pre-shared pool (``auth_key_file``), loaded into an
+        emulated source (a real source holds its copy already); none given: drawn later."""
+        from pathlib import Path
+
+        from .analysis.distill.hashing import KeyPool
+
+        name = getattr(bench.spec, "auth_key_file", None)
+        if not name:
+            return cls(**kw)
+        path = Path(name) if Path(name).is_absolute() else Path(bench.path).parent / name
+        try:
+            key = path.read_bytes()[: 1 << 20]
+        except OSError as e:
+            raise ValueError(f"{bench.path}: auth_key_file: {path}: {e.strerror}") from None
+        pool = KeyPool(key)  # raises on a pool shorter than 16 bytes
+        if bench.spec.emulator is not None:
+            bench.source.load_auth_pool(key)
+        del key
+        return cls(pool=pool, **kw)
+
 
 def _distil(source, frame, counts: SiftCounts, link: LinkSettings, kp: KeyParameters, opts):
     """One block's distillation: its summary (counts, lengths, fingerprint; no key bits)."""

@@ -32,7 +32,7 @@ def key_at(bench, run):
         # authenticated transcript): the key-rate criterion is judged on a key that exists
         m = measure_key(
             bench, run, attenuation_db, duration_s, name, key_params=key_params,
-            distil=DistilOptions(),
+            distil=DistilOptions.for_bench(bench),
         )  # fmt: skip
         done.append((attenuation_db, duration_s, m))
         return m

@@ -40,10 +40,17 @@ def test_the_capture_key_is_distilled_and_charged_with_what_was_disclosed(distil
     cap = _capture(bench, tmp_path / "k.h5", duration_s=2.0)
     keys = []
     kp = KeyParameters(eps_sec=1e-10, eps_cor=1e-12, f_ec=1.16)
-    a = analyse_capture(
-        cap.path, bench.source, key_params=kp, distil=DistilOptions(key_sink=keys.append)
-    )
+    # the bench file's pre-shared pool (a file beside it), loaded into the emulated source
+    (tmp_path / "pool.bin").write_bytes(bytes(range(256)) * 8)
+    bench.spec.auth_key_file = str(tmp_path / "pool.bin")
+    try:
+        opts = DistilOptions.for_bench(bench, key_sink=keys.append)
+    finally:
+        bench.spec.auth_key_file = None
+    assert opts.pool.available_bits == 8 * (2048 - 8)
+    a = analyse_capture(cap.path, bench.source, key_params=kp, distil=opts)
     d = a.distilled
+    assert d["auth_pool_bits_left"] == 8 * (2048 - 8)  # 128 bits used, 128 replenished
     assert d["outcome"] == "key" and d["verified"] and d["authenticated"], d
     assert d["bits_in"] > 10_000 and 1.0 < d["efficiency"] < 1.16
     assert d["key_bits"] > 0 and len(keys) == 1 and 8 * len(keys[0]) == d["key_bits"]
