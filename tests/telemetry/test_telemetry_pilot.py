@@ -1,7 +1,8 @@
 """`pytest testplans/pilot --metrics HOST:PORT`: the endpoint parses with prometheus_client's own
 parsers (OpenMetrics and text 0.0.4) and carries every family of the issue while the plan runs;
 the run folder holds the event log of actions, commands, monitor states and verdicts, which
-`hil audit verify` passes and the manifest covers."""
+`hil audit verify` passes and the manifest covers, and --syslog sends each record to a local
+UDP collector."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -51,11 +53,16 @@ def _free_port() -> int:
 def test_pilot_serves_every_family_and_logs_its_events(tmp_path):
     port = _free_port()
     results = tmp_path / "results"
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the syslog collector
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(0.2)
+    datagrams: list[bytes] = []
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "pytest", "testplans/pilot", "-q", "-p", "no:cacheprovider",
             "-k", "fiber_cut or dark_count_rate or control_plane_latency",
             "--metrics", f"127.0.0.1:{port}", "--results", str(results),
+            "--syslog", f"udp://127.0.0.1:{rx.getsockname()[1]}",
         ],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -95,16 +102,28 @@ def test_pilot_serves_every_family_and_logs_its_events(tmp_path):
                 errors.append(f"{type(exc).__name__}: {exc}")
             stop.wait(0.2)
 
+    def collect() -> None:
+        while not stop.is_set():
+            try:
+                datagrams.append(rx.recv(65536))
+            except TimeoutError:
+                pass
+
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
     try:
         out, _ = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
+        time.sleep(0.5)  # the last datagrams
         stop.set()
         scraper.join(10)
+        collector.join(10)
+        rx.close()
     assert proc.returncode == 0, out[-3000:]
     assert not errors, errors[:3]
     missing = {f: what for f, what in FAMILIES.items() if f not in seen}
@@ -130,6 +149,10 @@ def test_pilot_serves_every_family_and_logs_its_events(tmp_path):
     down = [s for s in kinds["state"] if s["new"] == "DOWN"]
     assert down and all(s["link_time_s"] is not None for s in down)
     assert not any("SYST:AUTH" in c["command"] for c in kinds["command"])
+    lines = log.read_text().splitlines()
+    assert len(datagrams) == len(lines)  # every record also went to the syslog collector
+    for datagram, line in zip(datagrams, lines, strict=True):
+        assert datagram.startswith(b"<1") and datagram.decode().endswith("\ufeff" + line)
     digest = hashlib.sha256(log.read_bytes()).hexdigest()
     assert f"{digest}  events.jsonl" in (run / "manifest.sha256").read_text().splitlines()
     rc = subprocess.run(
