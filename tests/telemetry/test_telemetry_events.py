@@ -247,3 +247,16 @@ def test_the_manifest_covers_the_closed_log(tmp_path):
     digest = hashlib.sha256(log.read_bytes()).hexdigest()
     assert f"{digest}  events.jsonl" in manifest
     assert len(log.read_text().splitlines()) == 1
+
+
+def test_a_reopened_log_continues_its_chain(tmp_path):
+    path = tmp_path / "e.jsonl"
+    events.open_log(path)
+    events.emit("action", what="first session")
+    events.close_log()
+    events.open_log(path)
+    events.emit("action", what="second session")
+    events.close_log()
+    ok, text = events.verify(path)
+    assert ok and "2 records" in text, text
+    assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [0, 1]
