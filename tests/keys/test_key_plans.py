@@ -117,3 +117,30 @@ def test_etsi014_plan_on_a_vendor_style_bench(tmp_path, profile):
     # the failure's message names the clause (pytest's report of the failed test)
     said = re.findall(rf"E014-\S+: ETSI GS QKD 014 V1\.1\.1 {clause} not met: [^\n]*", out)
     assert said, out[-3000:]
+
+
+LINK_CRITERIA = {"KEY-INT-001", "KEY-FO-001", "KEY-FO-002", "KEY-FO-003", "KEY-DRAIN-001"}
+LINK_CRITERIA |= {"KEY-SUP-001"}
+
+
+def test_keys_plan_on_a_bench_of_kmes_only(tmp_path):
+    """The keys plan unchanged on two KMEs alone: the key-plane criteria judged, the link-layer
+    ones NOT MEASURED, each skipped test saying why."""
+    proc, info = _start_pair(tmp_path, "")
+    try:
+        bench = _vendor_bench(tmp_path, info)
+        result = _run_plan(tmp_path, bench, "testplans/keys")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    summary = json.loads(next((tmp_path / "results").glob("*/summary.json")).read_text())
+    status = {c["id"]: c["status"] for c in summary["criteria"]}
+    assert {k for k, v in status.items() if v == "NOT MEASURED"} == LINK_CRITERIA, status
+    assert all(v == "PASS" for k, v in status.items() if k not in LINK_CRITERIA), status
+    skipped = [t for t in summary["tests"] if t["outcome"] == "skipped"]
+    assert skipped and all(
+        "needs" in t["message"] or "not measured" in t["message"] for t in skipped
+    ), skipped
+    assert summary["key_events"]["keys_delivered"] > 0, summary["key_events"]
