@@ -43,6 +43,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_STREAMS = 16
 SEND_STALL_S = 5.0  # a stream whose reader stops this long loses what could not be sent
 MAX_MESSAGE_TAGS = 1 << 20  # per stream message (8 MiB)
+# tags taken from the tagger per pushing round: every input's share of a round is sent before
+# the next round's, so a reader merging the streams waits for little (and holds little)
+ROUND_TAGS = 1 << 18
 
 
 class Word:
@@ -78,6 +81,7 @@ class TimeController(LinkDevice):
     def __init__(self, link: Link, tagger):
         self.tagger = tagger
         self.seq = 0  # acquisitions started (the stream pusher ends each one once)
+        self.play_buf = None  # the tagger buffer of the last REC:PLAY
         self.t0_ps = 0  # link time of the last REC:PLAY
         super().__init__(link)
         c = self.command
@@ -173,6 +177,9 @@ class TimeController(LinkDevice):
             self.t0_ps = self.link.now_ps
             self.seq += 1
             t.start_acquisition()
+            # the buffer of this acquisition: the streams carry only the Time Controller's own
+            # recordings, never an acquisition a client of the default tagger started
+            self.play_buf = t._buf
 
     def _stop(self) -> None:
         with self.tagger.lock:
@@ -385,8 +392,8 @@ class IdqServices:
             # FETC:TAGS? (taking it here dropped its tags, a silent loss in every capture)
             return False
         with tagger._room:
-            if tagger._buffered:
-                ts_parts, ch_parts, _ = tagger._take(tagger._buffered)
+            if tagger._buffered and tagger._buf is tc.play_buf:
+                ts_parts, ch_parts, _ = tagger._take(min(tagger._buffered, ROUND_TAGS))
             else:
                 ts_parts = ch_parts = []
             tagger._unsorted = False

@@ -514,9 +514,9 @@ class IDQTimeController:
                     q.n += len(ts)
                     q.last = int(ts[-1])
                     self._last_ps = max(self._last_ps, q.last)
-            if sum(q.n for q in self._queues.values()) > MAX_PENDING_TAGS:
-                break
             events = dict(poller.poll(0))
+            if events and sum(q.n for q in self._queues.values()) > MAX_PENDING_TAGS:
+                break  # give out what waits before reading more
         return got
 
     def _give_out(self, upto: int | None) -> tuple[np.ndarray, np.ndarray] | None:

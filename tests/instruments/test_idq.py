@@ -221,6 +221,34 @@ def test_emulated_stream_and_self_test(emulator):
         tc.close()
 
 
+def test_full_rate_loses_nothing(emulator):
+    """At the highest rate (source on, 0 dB, unpaced) every tag arrives: as many as the
+    SCPI-block tagger gets from the same link, nothing late, nothing counted lost."""
+    emu, res = emulator
+    from hil.instruments.tagger import TimeTagger
+
+    emu.link.set("attenuation_db", 0.0)
+    emu.link.set("attenuator_shutter_open", True)
+    emu.link.set("output_on", True)
+    tc = IDQTimeController(res["tagger:IDQTimeController"], timeout_s=20)
+    scpi = TimeTagger(res["tagger"], timeout_s=20)
+    try:
+        counts = []
+        for tagger in (tc, scpi):
+            tagger.start(0.3, pace=0)
+            counts.append(sum(len(b[0]) for b in tagger.stream()))
+            assert not tagger.data_lost()
+        assert tc.loss_counts() == {"missed_events": 0, "out_of_order": 0}
+        # the same physics over 0.3 s each: Poisson counts agree within 5 sigma
+        assert abs(counts[0] - counts[1]) < 5 * (counts[0] + counts[1]) ** 0.5, counts
+        assert counts[0] > 3_000_000
+    finally:
+        emu.link.set("attenuation_db", 10.0)
+        emu.link.set("attenuator_shutter_open", False)
+        tc.close()
+        scpi.close()
+
+
 def test_emulated_hold_gives_every_earlier_tag_first(emulator):
     _, res = emulator
     tc = IDQTimeController(res["tagger:IDQTimeController"], timeout_s=10)
