@@ -84,6 +84,27 @@ class EmulatorControl(Instrument):
     def sync_loss(self, lost: bool = True, at_s=None) -> None:
         self._do(f"FAUL:SYNC:LOSS {int(lost)}", at_s)
 
+    # -- the emulated KME pair (ETSI GS QKD 014; hil.emulator.kme)
+
+    def kme_deviations(self, names: str | list[str] = "") -> None:
+        """Select the KME pair's deviation profiles (hil.emulator.kme.DEVIATIONS; none: the
+        spec-exact behaviour)."""
+        text = names if isinstance(names, str) else ",".join(names)
+        self._do(f'KME:DEV "{text}"')
+
+    def kme_max_keys(self, keys: int) -> None:
+        """Set the pair's max_key_count (stock beyond it is dropped)."""
+        strict_range(keys, (1, 10_000_000))
+        self._do(f"KME:STOR:MAX {int(keys)}")
+
+    def kme_clear_store(self) -> None:
+        """Empty the pair's stock (keys already issued to masters stay fetchable)."""
+        self._do("KME:STOR:CLE")
+
+    def kme_supply_bps(self) -> float:
+        """The secure key rate (bit/s) the link's current state supplies to the pair."""
+        return float(self.query("KME:RATE?"))
+
     def parameter(self, name: str) -> str:
         """Get one link-model parameter (its Python repr)."""
         return self.query(f'LINK:PAR? "{name}"')

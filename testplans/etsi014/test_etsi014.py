@@ -160,8 +160,7 @@ def test_clause_5_3_store_that_cannot_serve(bench, kme_a, judge_value):
     """A store that cannot serve answers 503 with an Error: never 200 with fewer keys."""
     if bench.has("control"):
         bench.control.laser_off(True)  # no supply; then the stock emptied
-        bench.control.write("KME:STOR:CLE")
-        bench.control.raise_errors("KME:STOR:CLE")
+        bench.control.kme_clear_store()
         try:
             problems = refused(lambda: kme_a.enc_keys(number=2, size=256), 503)
         finally:

@@ -36,8 +36,7 @@ def keys_link(bench, keys_calibration):
     def apply() -> bool:
         if bench.has("control"):
             set_deviations(bench, "")
-            bench.control.write(f"KME:STOR:MAX {EMULATED_STOCK_KEYS}")
-            bench.control.raise_errors("KME:STOR:MAX")
+            bench.control.kme_max_keys(EMULATED_STOCK_KEYS)
         # on, and left on: the KMEs' supply restarts a block after every source off
         return link_supplying(bench)
 

@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pytest
 
-from hil.fixtures.keyplane import Demand, has_link, kme_query, raw_request, wait_for_stock
+from hil.fixtures.keyplane import Demand, has_link, raw_request, wait_for_stock
 from hil.fixtures.procedures import link_up, measure_key
 from hil.instruments.kme import KMEError
 
@@ -88,8 +88,7 @@ def test_integration_time(bench, kme_a, judge_value, conditions):
     _need_link(bench, "integration time")
     _need_control(bench, "integration time (an empty store to start from)")
     bench.source.output_enabled = False
-    bench.control.write("KME:STOR:CLE")
-    bench.control.raise_errors("KME:STOR:CLE")
+    bench.control.kme_clear_store()
     t0 = time.monotonic()
     link_up(bench, conditions("KEY-INT-001")["attenuation_db"])
     deadline = t0 + 10.0
@@ -165,7 +164,7 @@ def test_failover_fiber_cut(bench, kme_a, kme_b, judge_value, conditions, run):
         pytest.skip("failover needs the optical switch to cut the fiber")
     c = conditions("KEY-FO-001")
     stock = 200
-    bench.control.write(f"KME:STOR:MAX {stock}")
+    bench.control.kme_max_keys(stock)
     held = wait_for_stock(kme_a, stock, STOCK_TIMEOUT_S)
     assert held >= stock, f"the store holds {held} keys after {STOCK_TIMEOUT_S:g} s, not {stock}"
     per = int(c["keys_per_request"])
@@ -211,11 +210,11 @@ def test_failover_fiber_cut(bench, kme_a, kme_b, judge_value, conditions, run):
 def test_demand_above_supply(bench, kme_a, kme_b, judge_value, conditions):
     _need_link(bench, "demand above supply")
     _need_control(bench, "demand above supply (the supply rate)")
-    supply_bps = float(kme_query(bench, "KME:RATE?"))
+    supply_bps = bench.control.kme_supply_bps()
     assert supply_bps > 0, "the link supplies no key at the nominal loss"
     per = 8
     demand_keys_s = 2 * supply_bps / 256  # twice the supply
-    bench.control.write("KME:STOR:MAX 100")  # drained within a second
+    bench.control.kme_max_keys(100)  # drained within a second
     duration_s = conditions("KEY-DRAIN-001")["duration_s"]
     d = Demand(kme_a, kme_b, demand_keys_s / per, per).run(duration_s)
     settled = d.delivered_bps(t_from=1.0)  # after the stock is drained
@@ -238,9 +237,9 @@ def test_delivered_against_tag_analysis(bench, kme_a, kme_b, run, judge_value, c
     supported = m.secure_key_rate_bps
     t = m.analysis.total
     assert supported > 0, f"the tag analysis supports no key: {t.key.abort_reason}"
-    bench.control.write("KME:STOR:MAX 100")
+    bench.control.kme_max_keys(100)
     per = 8
-    demand = 2 * float(kme_query(bench, "KME:RATE?")) / 256  # above the supply: all of it
+    demand = 2 * bench.control.kme_supply_bps() / 256  # above the supply: all of it
     d = Demand(kme_a, kme_b, demand / per, per).run(3.0)
     delivered = d.delivered_bps(t_from=1.0)  # the stock drained: what the supply gives
     judge_value(
