@@ -198,7 +198,8 @@ class Emulator:
         tty.setraw(slave)  # no echo, no line discipline: bytes pass as on a serial line
         self._pty = (master, slave)
         self.resources["switch"] = f"ASRL{os.ttyname(slave)}::INSTR"
-        self.resources.update(start_vendors(self))  # IDQ, ... (emulator/vendors.py)
+        # vendor personalities by "role:driver" (emulator/vendors.py), apart from the roles
+        self.vendor_resources = start_vendors(self)
         threading.Thread(target=self._serve_switch, name="serial-switch", daemon=True).start()
         self.kme.start()
         return self.resources
@@ -272,6 +273,7 @@ def serve(
             "resources": resources,
             "control_token": emu.control_token,
             "kme": emu.kme.pair.ready_info(),
+            "vendor_resources": emu.vendor_resources,
         },
         indent=2,
     )

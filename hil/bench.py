@@ -73,6 +73,7 @@ class EmulatorProcess:
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self.resources: dict[str, str] = {}
+        self.vendor_resources: dict[str, str] = {}
         self.control_token: str | None = None  # the control port's SYST:AUTH token (I2)
         self.kme: dict | None = None  # the emulated KME pair's ready_info (URLs, IDs, PEM paths)
 
@@ -113,6 +114,7 @@ class EmulatorProcess:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         self.resources = info["resources"]
+        self.vendor_resources = info.get("vendor_resources", {})  # "role:driver" -> resource
         self.control_token = info.get("control_token")
         self.kme = info.get("kme")
         return self.resources
@@ -255,10 +257,10 @@ class Bench:
             resource = ispec.resource
             if resource == EMULATOR:
                 # a vendor personality (emulator/vendors.py) is published as "role:driver"
-                vendor = f"{role}:{ispec.driver}"
-                if role not in emulated and vendor not in emulated:
+                vendor = self.emulator.vendor_resources.get(f"{role}:{ispec.driver}")
+                if role not in emulated and vendor is None:
                     raise BenchError(f"{self.path}: the emulator has no instrument {role!r}")
-                resource = emulated.get(vendor) or emulated[role]
+                resource = vendor or emulated[role]
             klass = driver_class(ispec.driver or DEFAULT_DRIVERS[role])  # registered names only
             kwargs = dict(
                 timeout_s=ispec.timeout_s,

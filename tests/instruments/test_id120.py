@@ -89,8 +89,8 @@ def emulator():
 
 
 def test_emulated_id120s_drive_the_link(emulator):
-    emu, res = emulator
-    dets = ID120Detectors(res["detectors:ID120"], timeout_s=10)
+    emu, _ = emulator
+    dets = ID120Detectors(emu.vendor_resources["detectors:ID120"], timeout_s=10)
     try:
         for i, ch in enumerate(dets.channels):
             ch.efficiency = 0.1 + 0.05 * i
@@ -109,10 +109,12 @@ def test_emulated_id120s_drive_the_link(emulator):
 
 def test_plain_pyvisa_client(emulator):
     """Done when: a plain pyvisa client sees the ID120's SCPI answers."""
-    _, res = emulator
+    emu, _ = emulator
     rm = pyvisa.ResourceManager("@py")
     inst = rm.open_resource(
-        res["detectors:ID120"].split(",")[0], read_termination="\n", write_termination="\n"
+        emu.vendor_resources["detectors:ID120"].split(",")[0],
+        read_termination="\n",
+        write_termination="\n",
     )
     try:
         inst.timeout = 5000

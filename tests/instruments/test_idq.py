@@ -201,8 +201,8 @@ def emulator():
 
 
 def test_emulated_stream_and_self_test(emulator):
-    _, res = emulator
-    tc = IDQTimeController(res["tagger:IDQTimeController"], timeout_s=10)
+    emu, _ = emulator
+    tc = IDQTimeController(emu.vendor_resources["tagger:IDQTimeController"], timeout_s=10)
     try:
         assert tc.emulated
         t0 = tc.link_time_ps()
@@ -224,14 +224,14 @@ def test_emulated_stream_and_self_test(emulator):
 def test_full_rate_loses_nothing(emulator):
     """At the highest rate (source on, 0 dB, unpaced) every tag arrives: as many as the
     SCPI-block tagger gets from the same link, nothing late, nothing counted lost."""
-    emu, res = emulator
+    emu, _ = emulator
     from hil.instruments.tagger import TimeTagger
 
     emu.link.set("attenuation_db", 0.0)
     emu.link.set("attenuator_shutter_open", True)
     emu.link.set("output_on", True)
-    tc = IDQTimeController(res["tagger:IDQTimeController"], timeout_s=20)
-    scpi = TimeTagger(res["tagger"], timeout_s=20)
+    tc = IDQTimeController(emu.vendor_resources["tagger:IDQTimeController"], timeout_s=20)
+    scpi = TimeTagger(emu.resources["tagger"], timeout_s=20)
     try:
         counts = []
         for tagger in (tc, scpi):
@@ -250,8 +250,8 @@ def test_full_rate_loses_nothing(emulator):
 
 
 def test_emulated_hold_gives_every_earlier_tag_first(emulator):
-    _, res = emulator
-    tc = IDQTimeController(res["tagger:IDQTimeController"], timeout_s=10)
+    emu, _ = emulator
+    tc = IDQTimeController(emu.vendor_resources["tagger:IDQTimeController"], timeout_s=10)
     try:
         t0 = tc.link_time_ps()
         tc.set_holds([0.02], timeout_s=10)
@@ -280,8 +280,8 @@ def test_emulated_hold_gives_every_earlier_tag_first(emulator):
 def test_plain_pyzmq_client(emulator):
     """Done when: a plain ZeroMQ client gets an IDQ-style *IDN? answer and, after start-stream
     to the DataLinkTargetService, little-endian int64 time stamps on the channel's PAIR."""
-    _, res = emulator
-    endpoint, _, rest = res["tagger:IDQTimeController"].partition("?dlt=")
+    emu, _ = emulator
+    endpoint, _, rest = emu.vendor_resources["tagger:IDQTimeController"].partition("?dlt=")
     ctx = zmq.Context()
     try:
         tc = ctx.socket(zmq.REQ)

@@ -112,8 +112,8 @@ def emulator():
 
 
 def test_emulated_system(emulator):
-    emu, res = emulator
-    sq = SingleQuantum(res["detectors:SingleQuantum"], timeout_s=5)
+    emu, _ = emulator
+    sq = SingleQuantum(emu.vendor_resources["detectors:SingleQuantum"], timeout_s=5)
     try:
         for i, ch in enumerate(sq.channels):
             ch.efficiency = 0.1 + 0.05 * i
@@ -132,8 +132,8 @@ def test_emulated_system(emulator):
 
 def test_plain_tcp_label_props(emulator):
     """Done when: a plain TCP client gets the Single Quantum labelProps answer."""
-    _, res = emulator
-    host, port = res["detectors:SingleQuantum"].split(",")[0].split("::")[1:3]
+    emu, _ = emulator
+    host, port = emu.vendor_resources["detectors:SingleQuantum"].split(",")[0].split("::")[1:3]
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.sendall(json.dumps({"request": "labelProps", "value": "None"}).encode())
         buf = b""
