@@ -233,6 +233,11 @@ def acquire(
             raise BenchTimingError(what, offset, None, detail)
         lost = tagger.data_lost()
         t_stop = tagger.link_time_ps()
+        loss_counts = getattr(tagger, "loss_counts", None)  # optional in the tagger interface
+        if lost and loss_counts is not None:  # what was lost, in the file's data-loss record
+            detail = ", ".join(f"{k} {v}" for k, v in loss_counts().items())
+            events.append((t_stop, "data-loss", detail))
+            writer.add_event(*events[-1])
         ok = True
     except BaseException as exc:
         error = exc

@@ -105,3 +105,31 @@ def test_real_package_without_hardware_is_one_line():
         SwabianTimeTagger("swabian:", timeout_s=2)
     text = str(err.value)
     assert "\n" not in text and "no Swabian Time Tagger opened (swabian:)" in text, text
+
+
+class _OneTaggerBench:
+    """What acquire() asks of a bench, around the adapter alone (a lab bench with only this
+    tagger; not emulated, so actions follow the tagger's clock)."""
+
+    emulated = False
+
+    def __init__(self, tagger):
+        self.tagger = tagger
+
+    def snapshot(self) -> dict:
+        return {"instruments": {"tagger": {"idn": self.tagger.idn}}}
+
+
+def test_capture_records_the_loss_counts(standin, tmp_path):
+    from hil.capture import acquire
+
+    tt = SwabianTimeTagger("swabian:", timeout_s=2)
+    try:
+        standin.TimeTagStream.inject = [(2, 0), (3, 0), (4, 17)]
+        cap = acquire(_OneTaggerBench(tt), tmp_path / "cap.h5", 1e-3, progress=False)
+        assert cap.data_lost and cap.n_tags == 35
+        assert [e[1:] for e in cap.events] == [
+            ("data-loss", "overflows 1, missed_events 17, errors 0")
+        ]
+    finally:
+        tt.close()
