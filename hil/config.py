@@ -660,8 +660,6 @@ def load_bench(name_or_path: str | Path) -> tuple[BenchFile, Path]:
                     "'emulator' needs an 'emulator:' section",
                 )
             )
-    if not bench.instruments and not bench.kmes:
-        raise ConfigError(error_line(path, lines, ("instruments",), "the bench has no instrument"))
     for role, kspec in bench.kmes.items():
         if kspec.resource == EMULATOR and bench.emulator is None:
             raise ConfigError(
