@@ -168,7 +168,7 @@ def test_failover_fiber_cut(bench, kme_a, kme_b, judge_value, conditions, run):
     held = wait_for_stock(kme_a, stock, STOCK_TIMEOUT_S)
     assert held >= stock, f"the store holds {held} keys after {STOCK_TIMEOUT_S:g} s, not {stock}"
     per = int(c["keys_per_request"])
-    d = Demand(kme_a, kme_b, c["demand_keys_per_s"] / per, per)
+    d = Demand(kme_a, kme_b, c["demand_keys_per_s"] / per, per, stock=True)
     marks: dict[str, float] = {}
 
     def cut():
@@ -192,13 +192,39 @@ def test_failover_fiber_cut(bench, kme_a, kme_b, judge_value, conditions, run):
         (r["t_s"] for r in recs if r["t_s"] >= marks["restore"] and r["status"] == 200), None
     )
     assert back is not None, "no key served after the fiber was restored"
+    # store level and delivered rate over the soak, the fiber's state drawn on the same plot
+    plot = "failover: store level, delivered rate, fiber (cut and restored)"
+    level = [(r["t_s"], r["stored"]) for r in recs if r.get("stored") is not None]
     run.add_series(
-        "failover: keys delivered per request (fiber cut, restored)",
-        [r["t_s"] for r in recs],
-        [r["keys"] for r in recs],
+        "store level (keys)",
+        [t for t, _ in level],
+        [v for _, v in level],
         x_label="time (s)",
-        y_label="keys delivered",
+        y_label="keys / kbit/s",
+        plot=plot,
+        y_unit="",
+    )
+    xs, ys = d.rate_series(0.25)
+    run.add_series(
+        "delivered (kbit/s)",
+        xs,
+        [y / 1e3 for y in ys],
+        x_label="time (s)",
+        y_label="keys / kbit/s",
+        plot=plot,
+        y_unit="",
         style="points",
+    )
+    t_end = recs[-1]["t_s"]
+    fiber_x = [0.0, marks["cut"], marks["cut"], marks["restore"], marks["restore"], t_end]
+    run.add_series(
+        f"fiber connected (at {stock})",
+        fiber_x,
+        [stock, stock, 0, 0, stock, stock],
+        x_label="time (s)",
+        y_label="keys / kbit/s",
+        plot=plot,
+        y_unit="",
     )
     ev = [f"cut at {marks['cut']:.3f} s, restored at {marks['restore']:.3f} s, stock {stock}"]
     judge_value("KEY-FO-001", first_503 - marks["cut"], evidence=ev)
