@@ -495,7 +495,10 @@ def _distil(source, frame, counts: SiftCounts, link: LinkSettings, kp: KeyParame
         return {**out, "key_bits": 0, "outcome": f"frame of {n} bits outside "
                 f"1..{opts.max_frame_bits}: not distilled"}  # fmt: skip
     qber = counts.qber_z if np.isfinite(counts.qber_z) else 0.5
-    n_z = np.bincount(cls, minlength=3)[:3]
+    # the bound is evaluated on the block's key counts (as the assumed-f bound is); the frame
+    # leaves multi-click pulses out, and removing k bits removes at most k bits of min-entropy
+    n_z = counts.n[0] - counts.d[0]
+    omitted = max(0, int(n_z.sum()) - n)
     if opts.pool is None:
         key = os.urandom(4096)
         source.load_auth_pool(key)
@@ -510,7 +513,7 @@ def _distil(source, frame, counts: SiftCounts, link: LinkSettings, kp: KeyParame
             n_z, counts.n_x, counts.m_x, qber, link.mu, link.p_mu,
             eps_sec=kp.eps_sec, eps_cor=kp.eps_cor, f_ec=kp.f_ec, lambda_ec=lam,
         )  # fmt: skip
-        return r.key_length
+        return r.key_length - omitted
 
     res, final = distil_frame(
         source, idx, bob, qber, opts.pool, length, schedule=opts.schedule, eps_cor=kp.eps_cor
@@ -518,7 +521,7 @@ def _distil(source, frame, counts: SiftCounts, link: LinkSettings, kp: KeyParame
     if final and opts.key_sink is not None:
         opts.key_sink(final)
     del final
-    out["n_z_frame"] = n_z.tolist()
+    out["bits_left_out"] = omitted
     return {**out, **res.as_dict(), "auth_pool_bits_left": opts.pool.available_bits}
 
 

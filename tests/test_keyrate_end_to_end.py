@@ -239,9 +239,21 @@ def test_f_ec_in_the_criteria_file_changes_the_judged_key_rate(tmp_path):
         kp = KeyParameters(eps_sec=1e-9, eps_cor=1e-15, f_ec=f_ec)
         return _key(counts, link, kp).key_length / seconds
 
-    assert v["value"] * 1e3 == pytest.approx(rate(1.3), rel=1e-12)
     # the leak grows with f_ec: f_ec 1.1 on the same counts keeps more key, by exactly the leak
     n_z = counts.n[0].sum() - counts.d[0].sum()
     leak = (1.3 - 1.1) * n_z * float(entropy_of_upper_bound(counts.qber_z)) / seconds
     assert rate(1.1) - rate(1.3) == pytest.approx(leak, abs=2 / seconds)  # two floors of 1 bit
     assert leak > 0.05 * rate(1.3) and math.isfinite(leak)
+    # issue 18: judged on the distilled key, whose length is the bound with the measured leak
+    # (plus the verification tag beyond log2(2/eps_cor) and the authentication key); it differs
+    # from the f_ec 1.3 bound stored beside it by the leak the measured f saved
+    d = stored["distilled"]
+    assert d["outcome"] == "key" and d["bound_key_bits_assumed_f"] == rate(1.3) * seconds
+    assert v["value"] * 1e3 == pytest.approx(d["key_bits"] / seconds, rel=1e-12)
+    charged = d["leak_ec_bits"] + d["auth_bits"]
+    charged += max(0.0, d["verification_bits"] - math.log2(2 / 1e-15))
+    assumed = 1.3 * n_z * float(entropy_of_upper_bound(counts.qber_z))
+    gained = d["key_bits"] + d["replenished_bits"] - d["bound_key_bits_assumed_f"]
+    # two floors of 1 bit and the cut to whole bytes
+    assert gained == pytest.approx(assumed - charged - d["bits_left_out"], abs=2 + 8)
+    assert d["efficiency"] < 1.3 and gained > 0

@@ -40,7 +40,7 @@ def key_at(bench, run):
     return measure
 
 
-def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, run, conditions, judge_value):
+def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, conditions, judge_value):
     cond = conditions("PIL-SKR-001")
     kp = KeyParameters.from_conditions(cond)
     m = key_at(cond["attenuation_db"], cond["duration_s"], kp)
@@ -48,23 +48,13 @@ def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, run, conditions, 
     assert total.key.key_length > 0, f"no key: {total.key.abort_reason}"
     d = m.analysis.distilled
     assert d is not None and d["outcome"] == "key", f"no distilled key: {d and d['outcome']}"
-    # the distilled rate beside the bound with the assumed f (lengths and counts, no key)
-    record = run.path("distillation_nominal_loss.json")
-    record.write_text(
-        json.dumps(
-            {
-                "distilled_key_rate_bps": m.secure_key_rate_bps,
-                "bound_key_rate_assumed_f_bps": m.bound_key_rate_bps,
-                **d,
-            },
-            indent=1,
-        )
-    )
+    # judged on the distilled key; the capture's /user/qkd holds the distillation (lengths,
+    # counts, measured f, leak) beside the bound with the criterion's assumed f_ec
     judge_value(
         "PIL-SKR-001",
         m.secure_key_rate_bps,
         uncertainty=m.secure_key_rate_uncertainty_bps,
-        evidence=[m.evidence, record],
+        evidence=[m.evidence],
         conditions=kp.as_conditions(),
     )
 
