@@ -257,3 +257,7 @@ def test_f_ec_in_the_criteria_file_changes_the_judged_key_rate(tmp_path):
     # two floors of 1 bit and the cut to whole bytes
     assert gained == pytest.approx(assumed - charged - d["bits_left_out"], abs=2 + 8)
     assert d["efficiency"] < 1.3 and gained > 0
+    # both rates in summary.json, against the inefficiency each stands for
+    (ser,) = [x for x in json.loads(summary.read_text())["series"] if x["criterion_id"]]
+    assert ser["x"] == [1.3, d["efficiency"]]
+    assert ser["y"] == pytest.approx([rate(1.3) / 1e3, v["value"]], rel=1e-12)

@@ -40,7 +40,7 @@ def key_at(bench, run):
     return measure
 
 
-def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, conditions, judge_value):
+def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, run, conditions, judge_value):
     cond = conditions("PIL-SKR-001")
     kp = KeyParameters.from_conditions(cond)
     m = key_at(cond["attenuation_db"], cond["duration_s"], kp)
@@ -49,7 +49,17 @@ def test_secure_key_rate_at_nominal_loss(pilot_source, key_at, conditions, judge
     d = m.analysis.distilled
     assert d is not None and d["outcome"] == "key", f"no distilled key: {d and d['outcome']}"
     # judged on the distilled key; the capture's /user/qkd holds the distillation (lengths,
-    # counts, measured f, leak) beside the bound with the criterion's assumed f_ec
+    # counts, measured f, leak) beside the bound with the criterion's assumed f_ec, and
+    # summary.json both rates against the inefficiency each stands for
+    run.add_series(
+        "distilled key and the finite-key bound with the assumed f",
+        [kp.f_ec, d["efficiency"]],
+        [m.bound_key_rate_bps / 1e3, m.secure_key_rate_bps / 1e3],
+        x_label="error-correction inefficiency f (assumed, measured)",
+        y_label="secure key rate (kbit/s)",
+        criterion_id="PIL-SKR-001",
+        style="points",
+    )
     judge_value(
         "PIL-SKR-001",
         m.secure_key_rate_bps,
