@@ -8,6 +8,7 @@ lives in wall time, sees the outage last as long as the link does.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import socket
 import subprocess
@@ -142,8 +143,14 @@ def test_prometheus_fires_link_down_on_fiber_cut_and_resolves(prometheus, tmp_pa
         link_up(bench, ATTENUATION_DB)
         link = LinkSettings.from_source(bench.source)
         LinkMonitor.warm(link)
-        mon = LinkMonitor(link, bench.source.sift, window_s=WINDOW_S)
         wall: dict[str, float] = {}
+
+        def note_down(monitor, w, ch):  # when the exporter's gauge first read DOWN (wall time)
+            if w.state.value == "DOWN" and "cut" in wall:
+                wall.setdefault("gauge_down", time.monotonic())
+
+        mon = LinkMonitor(link, bench.source.sift, window_s=WINDOW_S, on_window=None)
+        monitor_mod.WINDOW_OBSERVERS.append(note_down)
 
         def cut():
             bench.switch.cut()
@@ -181,7 +188,7 @@ def test_prometheus_fires_link_down_on_fiber_cut_and_resolves(prometheus, tmp_pa
 
         runner = threading.Thread(target=capture, daemon=True)
         runner.start()
-        fired = resolved = None
+        fired = resolved = active_at = None
         up_seen = False
         deadline = time.monotonic() + DURATION_S + 15
         while time.monotonic() < deadline and not failure:
@@ -194,21 +201,28 @@ def test_prometheus_fires_link_down_on_fiber_cut_and_resolves(prometheus, tmp_pa
             elif fired is None:
                 if any(a["state"] == "firing" for a in alerts):
                     fired = now
+                    active_at = alerts[0]["activeAt"]  # Prometheus's first evaluation saw it
             elif "restore" in wall and not alerts:
                 resolved = now
                 break
             time.sleep(POLL_S)
         runner.join(DURATION_S + 30)
         worker.join(30)
+        monitor_mod.WINDOW_OBSERVERS.remove(note_down)
         if failure:
             raise failure[0]
     assert up_seen, "Prometheus never saw the link up before the cut"
     assert fired is not None, "QKDLinkDown never fired after the fiber cut"
     latency = fired - wall["cut"]
-    print(f"link-down alert firing {latency:.2f} s after the cut (bound {bound_s:.2f} s)")
+    gauge_s = wall.get("gauge_down", math.nan) - wall["cut"]
+    detail = (
+        f"monitor window DOWN {gauge_s:.2f} s after the cut, pending since {active_at}, "
+        f"firing seen {latency:.2f} s after the cut (bound {bound_s:.2f} s)"
+    )
+    print(detail)
     assert latency <= bound_s, (
         f"QKDLinkDown fired {latency:.2f} s after the cut, later than scrape {SCRAPE_S} + "
-        f"evaluation {EVAL_S} + for {for_s} + window {WINDOW_S} + poll {POLL_S} s"
+        f"evaluation {EVAL_S} + for {for_s} + window {WINDOW_S} + poll {POLL_S} s ({detail})"
     )
     assert fired < wall["restore"], "the alert fired only after the restore"
     assert resolved is not None, "QKDLinkDown still active after the restore"
