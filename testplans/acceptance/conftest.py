@@ -4,7 +4,7 @@ so that no requirement's value depends on which test ran before it (see
 
 import pytest
 
-from hil.fixtures.settings import NominalSettings, apply_settings, read_calibration
+from hil.fixtures.settings import NominalSettings, apply_settings
 
 VENDOR = NominalSettings(
     clock_hz=1e9,
@@ -17,12 +17,6 @@ VENDOR = NominalSettings(
     dead_time_s=10e-9,
     temperature_setpoint_c=-30.0,
 )
-
-
-@pytest.fixture(scope="session")
-def bench_calibration(bench):
-    """The bench's own settings, read when the session opened it, restored before each test."""
-    return read_calibration(bench)
 
 
 @pytest.fixture(autouse=True)

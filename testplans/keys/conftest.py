@@ -5,31 +5,13 @@ control), and the emulated KME pair spec-exact with its default stock before eac
 import pytest
 
 from hil.fixtures.keyplane import has_link, link_supplying, set_deviations
-from hil.fixtures.settings import NominalSettings, apply_settings, read_calibration
+from hil.fixtures.settings import PILOT, apply_settings
 
 EMULATED_STOCK_KEYS = 2000  # hil.emulator.server.KME_MAX_KEYS
 
-# the pilot's operating point (testplans/pilot/conftest.py): the link the KMEs are fed by
-NOMINAL = NominalSettings(
-    clock_hz=1e9,
-    intensities=(0.6, 0.2, 2e-4),
-    probabilities=(0.7, 0.2, 0.1),
-    z_probability=0.6,
-    wavelength_m=1550e-9,
-    attenuation_db=10.0,
-    efficiency=0.2,
-    dead_time_s=10e-9,
-    temperature_setpoint_c=-30.0,
-)
-
-
-@pytest.fixture(scope="session")
-def keys_calibration(bench):
-    return read_calibration(bench)
-
 
 @pytest.fixture(scope="module")
-def keys_link(bench, keys_calibration):
+def keys_link(bench, bench_calibration):
     """The operating point once, then the link up; ``keys_link()`` puts the link and the KME
     pair back to that state (each test calls it)."""
 
@@ -41,7 +23,7 @@ def keys_link(bench, keys_calibration):
         return link_supplying(bench)
 
     if has_link(bench):
-        apply_settings(bench, NOMINAL, keys_calibration)
+        apply_settings(bench, PILOT, bench_calibration)
     apply()
     return apply
 
