@@ -30,9 +30,9 @@ from hil.telemetry.metrics import LinkTelemetry
 from hil.telemetry.rules import RULES_FILE
 
 SCRAPE_S = 0.5
-EVAL_S = 0.1  # Prometheus fires only at a rule evaluation: part of the bound below
+EVAL_S = 0.02  # Prometheus fires only at a rule evaluation: part of the bound below
 WINDOW_S = 0.1  # link monitor window (link time = wall time at pace 1)
-POLL_S = 0.05  # how often this test asks Prometheus
+POLL_S = 0.02  # how often this test asks Prometheus
 # 20 dB: ~0.2 MHz of detections, so the emulator keeps its pace and the monitor its windows on
 # a loaded 2-core machine (at 10 dB, 1.9 MHz, both lag behind the wall clock)
 ATTENUATION_DB = 20.0
