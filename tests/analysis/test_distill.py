@@ -18,6 +18,7 @@ from hil.analysis.distill.cascade import (
     cascade_local,
 )
 from hil.analysis.distill.hashing import (
+    CLMUL,
     P61,
     KeyPool,
     Transcript,
@@ -25,6 +26,7 @@ from hil.analysis.distill.hashing import (
     poly_collision_bound,
     poly_hash,
     toeplitz,
+    toeplitz_clmul,
     toeplitz_fft,
     toeplitz_ntt,
     toeplitz_reference,
@@ -170,7 +172,12 @@ def test_verification_detects_one_flipped_bit_and_charges_its_cost():
 # ---------------------------------------------------------------------------------- Toeplitz
 
 
-@pytest.mark.parametrize("n,m", [(1, 1), (2, 1), (17, 5), (300, 300), (1000, 377)])
+# (64, 64), (65, 2): word edges; (9000, 1), (20_000, 7001): several Karatsuba levels in clmul
+@pytest.mark.parametrize(
+    "n,m",
+    [(1, 1), (2, 1), (17, 5), (64, 64), (65, 2), (300, 300), (1000, 377), (9000, 1),
+     (20_000, 7001)],
+)  # fmt: skip
 def test_toeplitz_methods_match_the_row_by_row_reference(n, m):
     rng = np.random.default_rng(n * 1000 + m)
     x = rng.integers(0, 2, n, dtype=np.uint8)
@@ -178,6 +185,8 @@ def test_toeplitz_methods_match_the_row_by_row_reference(n, m):
     ref = toeplitz_reference(x, seed, m)
     assert np.array_equal(toeplitz_fft(x, seed, m), ref)
     assert np.array_equal(toeplitz_ntt(x, seed, m), ref)
+    if CLMUL:
+        assert np.array_equal(toeplitz_clmul(x, seed, m), ref)
 
 
 @pytest.mark.parametrize("n,m", [(64, 10), (1000, 999), (50_000, 20_000)])
@@ -187,8 +196,11 @@ def test_toeplitz_is_bit_exact_with_cryptomite(n, m):
     x = rng.integers(0, 2, n, dtype=np.uint8)
     seed = rng.integers(0, 2, n + m - 1, dtype=np.uint8)
     want = np.array(cryptomite.Toeplitz(n, m).extract(x.tolist(), seed.tolist()), np.uint8)
+    assert np.array_equal(toeplitz(x, seed, m), want)  # the default: clmul where the CPU has it
     assert np.array_equal(toeplitz(x, seed, m, "fft"), want)
     assert np.array_equal(toeplitz(x, seed, m, "ntt"), want)
+    if CLMUL:
+        assert np.array_equal(toeplitz(x, seed, m, "clmul"), want)
 
 
 def test_toeplitz_rejects_bad_sizes_and_the_fft_bound_is_small():

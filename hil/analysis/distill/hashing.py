@@ -14,15 +14,22 @@
   Hayashi and Tsurumaru, IEEE TIT 62 (2016); Tang et al., Sci. Rep. 9, 15733 (2019)). The seed
   convention is cryptomite's (Foreman et al. 2024), so outputs are bit-exact with
   ``cryptomite.Toeplitz(n, m).extract(x, seed)``: out[i] = sum_j x[j] g[i - j + n - 1] mod 2
-  with g = seed[m:] followed by seed[:m].
+  with g = seed[m:] followed by seed[:m]. That is the coefficient n - 1 + i of the product
+  x(z) g(z) in GF(2)[z]; ``toeplitz_clmul`` computes it exactly with the carry-less multiply,
+  ``toeplitz_fft`` and ``toeplitz_ntt`` as an integer convolution taken mod 2.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 P61 = np.uint64((1 << 61) - 1)
 _M32 = np.uint64(0xFFFFFFFF)
@@ -368,12 +375,155 @@ def toeplitz_ntt(x: np.ndarray, seed: np.ndarray, m: int) -> np.ndarray:
     )
 
 
-def toeplitz(x: np.ndarray, seed: np.ndarray, m: int, method: str = "fft") -> np.ndarray:
+# Carry-less multiplication: the Toeplitz hash is the slice [n - 1, n + m - 1) of the product
+# x(z) g(z) in GF(2)[z], so multiplying bit-packed 64-bit words with the CPU's carry-less
+# multiply (PCLMULQDQ) and Karatsuba (Karatsuba and Ofman 1962; for GF(2)[z]: Bernstein,
+# "Batch binary Edwards", CRYPTO 2009, and the gf2x library of Brent, Gaudry, Thome and
+# Zimmermann, ANTS 2008) is exact by construction: there is no rounding to bound or check.
+_SCHOOL_MAX = 63  # Karatsuba stops at <= 63 words (measured: 4- to 16-word bases were slower)
+
+
+def _clmul_supported() -> bool:
+    import llvmlite.binding as llvm
+
+    return "+pclmul" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+CLMUL = _clmul_supported()
+
+
+@intrinsic
+def _clmul64(typingctx, a, b):
+    """(lo, hi) 64-bit halves of the carry-less product of two uint64 (llvm.x86.pclmulqdq)."""
+    sig = types.UniTuple(types.uint64, 2)(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        v2 = ir.VectorType(i64, 2)
+        undef = ir.Constant(v2, ir.Undefined)
+        va = builder.insert_element(undef, args[0], ir.Constant(i32, 0))
+        vb = builder.insert_element(undef, args[1], ir.Constant(i32, 0))
+        fnty = ir.FunctionType(v2, [v2, v2, ir.IntType(8)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.pclmulqdq")
+        r = builder.call(fn, [va, vb, ir.Constant(ir.IntType(8), 0)])
+        lo = builder.extract_element(r, ir.Constant(i32, 0))
+        hi = builder.extract_element(r, ir.Constant(i32, 1))
+        return context.make_tuple(builder, signature.return_type, [lo, hi])
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _clmul_school(a, b, out, n):
+    for i in range(2 * n):
+        out[i] = 0
+    for i in range(n):
+        ai = a[i]
+        prev = np.uint64(0)  # high half of the previous word's product (one store per word)
+        for j in range(n):
+            lo, hi = _clmul64(ai, b[j])
+            out[i + j] ^= lo ^ prev
+            prev = hi
+        out[i + n] ^= prev
+
+
+@njit(cache=True, nogil=True)
+def _clmul_kara(a, b, out, n, scratch):
+    """out[:2n] = a[:n] b[:n] in GF(2)[z]; n = c 2^k with c <= _SCHOOL_MAX; scratch >= 4n."""
+    if n <= _SCHOOL_MAX:
+        _clmul_school(a, b, out, n)
+        return
+    h = n // 2
+    _clmul_kara(a[:h], b[:h], out[:n], h, scratch)
+    _clmul_kara(a[h:], b[h:], out[n:], h, scratch)
+    sa = scratch[:h]
+    sb = scratch[h:n]
+    mid = scratch[n : 2 * n]
+    for i in range(h):
+        sa[i] = a[i] ^ a[h + i]
+        sb[i] = b[i] ^ b[h + i]
+    _clmul_kara(sa, sb, mid, h, scratch[2 * n :])
+    for i in range(n):
+        mid[i] ^= out[i] ^ out[n + i]
+    for i in range(n):
+        out[h + i] ^= mid[i]
+
+
+def _padded_words(w: int) -> int:
+    """Smallest c 2^k >= w with c <= _SCHOOL_MAX (so every Karatsuba level halves evenly)."""
+    k = 0
+    while -(-w // (1 << k)) > _SCHOOL_MAX:
+        k += 1
+    return -(-w // (1 << k)) << k
+
+
+def _words64(bits: np.ndarray, nw: int) -> np.ndarray:
+    packed = np.packbits(bits, bitorder="little")
+    out = np.zeros(nw, np.uint64)
+    out.view(np.uint8)[: len(packed)] = packed
+    return out
+
+
+_POOL = None
+
+
+def _chunk_product(xw, gw, a, b, w, p):
+    xa = np.zeros(p, np.uint64)
+    gb = np.zeros(p, np.uint64)
+    seg = xw[a * w : (a + 1) * w]
+    xa[: len(seg)] = seg
+    seg = gw[b * w : (b + 1) * w]
+    gb[: len(seg)] = seg
+    out = np.empty(2 * p, np.uint64)
+    _clmul_kara(xa, gb, out, p, np.empty(4 * p, np.uint64))
+    return out
+
+
+def toeplitz_clmul(x: np.ndarray, seed: np.ndarray, m: int) -> np.ndarray:
+    """Toeplitz hash as a GF(2)[z] product of bit-packed words (carry-less multiply, Karatsuba).
+    x and g are cut into chunks of w words; only the chunk pairs whose product reaches output
+    bits [n - 1, n + m - 1) are multiplied, on one thread per core (the kernels drop the GIL)."""
+    global _POOL
+    _check_sizes(x, seed, m)
+    if not CLMUL:
+        raise RuntimeError("Toeplitz clmul: this CPU has no carry-less multiply; use 'fft'")
+    n = len(x)
+    g = np.concatenate([seed[m:], seed[:m]])
+    nxw, ngw = -(-n // 64), -(-(n + m - 1) // 64)
+    w = max(1, -(-nxw // 2))  # two chunks of x: balanced products, few of them (measured)
+    p = _padded_words(w)
+    xw, gw = _words64(np.asarray(x, np.uint8), nxw), _words64(np.asarray(g, np.uint8), ngw)
+    lo_word, hi_word = (n - 1) // 64, (n + m - 2) // 64 + 1  # words holding the output bits
+    bw, ng = 64 * w, n + m - 1  # chunk width in bits
+    pairs = [  # degrees of chunk a times chunk b: [bw (a + b), top of x chunk + top of g chunk]
+        (a, b)
+        for a in range(-(-n // bw))
+        for b in range(-(-ng // bw))
+        if bw * (a + b) <= ng - 1 and min(n, bw * (a + 1)) + min(ng, bw * (b + 1)) - 2 >= n - 1
+    ]
+    if _POOL is None or _POOL[0] != os.getpid():  # a forked child has no pool threads
+        _POOL = (os.getpid(), ThreadPoolExecutor(os.cpu_count() or 1, "toeplitz"))
+    prods = _POOL[1].map(lambda ab: (ab, _chunk_product(xw, gw, ab[0], ab[1], w, p)), pairs)
+    acc = np.zeros(hi_word - lo_word, np.uint64)
+    for (a, b), prod in prods:
+        off = (a + b) * w  # product word index of prod[0]
+        s, e = max(lo_word, off), min(hi_word, off + 2 * p)
+        acc[s - lo_word : e - lo_word] ^= prod[s - off : e - off]
+    bits = np.unpackbits(acc.view(np.uint8), bitorder="little")
+    start = n - 1 - 64 * lo_word
+    return bits[start : start + m].copy()
+
+
+def toeplitz(x: np.ndarray, seed: np.ndarray, m: int, method: str | None = None) -> np.ndarray:
     """Privacy amplification: the m-bit Toeplitz hash of x under seed (cryptomite convention).
-    ``method`` "fft" (float64, rounding proven and checked; the faster here, see
-    benchmarks/bench_distill.py) or "ntt" (exact by construction)."""
+    ``method`` "clmul" (carry-less multiply, exact; the default where the CPU has it and the
+    fastest here, see benchmarks/bench_distill.py), "fft" (float64, rounding proven and
+    checked) or "ntt" (exact by construction)."""
+    method = method or ("clmul" if CLMUL else "fft")
+    if method == "clmul":
+        return toeplitz_clmul(x, seed, m)
     if method == "fft":
         return toeplitz_fft(x, seed, m)
     if method == "ntt":
         return toeplitz_ntt(x, seed, m)
-    raise ValueError(f"Toeplitz method {method!r}: 'fft' or 'ntt'")
+    raise ValueError(f"Toeplitz method {method!r}: 'clmul', 'fft' or 'ntt'")
