@@ -175,11 +175,14 @@ class TimeController(LinkDevice):
         with t.lock:
             t.duration_s = 86400.0 if self.rec_number == "INF" else self.rec_duration_ps / PS
             self.t0_ps = self.link.now_ps
-            self.seq += 1
             t.start_acquisition()
             # the buffer of this acquisition: the streams carry only the Time Controller's own
             # recordings, never an acquisition a client of the default tagger started
             self.play_buf = t._buf
+            # last: the pusher reads seq and the tagger's state without the tagger's lock; a new
+            # seq seen beside the previous acquisition's DONE state would end the new stream at
+            # once (no time stamps, only the end)
+            self.seq += 1
 
     def _stop(self) -> None:
         with self.tagger.lock:
