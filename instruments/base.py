@@ -393,7 +393,34 @@ def _run_bounded(fn: Callable[[], Any], seconds: float, name: str) -> bool:
 # ----------------------------------------------------------------------------- instrument
 
 
-class Instrument:
+class ThreadDeadlines:
+    """A per-thread deadline for a driver's waits, shared by every driver whatever its
+    transport: ``deadline(s)`` shortens the waits of this thread's operations (the safe state
+    has a budget); ``_until(end)`` is the end of one wait under it. A subclass sets
+    ``self._local = threading.local()`` in its constructor."""
+
+    _local: threading.local
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Let every wait of this thread's operations on the instrument end within ``seconds``
+        from now (shorter than the timeout where the caller has a budget: the safe state);
+        an operation that reaches it raises InstrumentTimeout."""
+        end = time.monotonic() + seconds
+        old = getattr(self._local, "deadline", None)
+        self._local.deadline = end if old is None else min(old, end)
+        try:
+            yield
+        finally:
+            self._local.deadline = old
+
+    def _until(self, end: float) -> float:
+        """``end`` (monotonic s), or this thread's deadline where it comes first."""
+        d = getattr(self._local, "deadline", None)
+        return end if d is None else min(end, d)
+
+
+class Instrument(ThreadDeadlines):
     """A SCPI instrument on any VISA resource (TCPIP SOCKET, INSTR, ASRL, USB, GPIB).
 
     ``timeout_s`` bounds every wait: opening, each answer (each piece of a block), the clear
@@ -491,27 +518,13 @@ class Instrument:
         t = self.session.timeout
         return None if t is None or t == float("inf") else t / 1000
 
-    @contextlib.contextmanager
-    def deadline(self, seconds: float) -> Iterator[None]:
-        """Let every wait of this thread's operations on the instrument end within ``seconds``
-        from now (shorter than the timeout where the caller has a budget: the safe state);
-        an operation that reaches it raises InstrumentTimeout."""
-        end = time.monotonic() + seconds
-        old = getattr(self._local, "deadline", None)
-        self._local.deadline = end if old is None else min(old, end)
-        try:
-            yield
-        finally:
-            self._local.deadline = old
-
     def _step(self) -> tuple[float, float]:
         """(start, end) on the monotonic clock of the next wait: one timeout, or less where
         this thread's deadline comes first."""
         now = time.monotonic()
         t = self._timeout_s()
         end = now + t if t is not None else float("inf")
-        d = getattr(self._local, "deadline", None)
-        return now, end if d is None else min(end, d)
+        return now, self._until(end)
 
     @contextlib.contextmanager
     def exchange(self, command: str = "(exchange)") -> Iterator[None]:
@@ -520,7 +533,7 @@ class Instrument:
         Re-entrant. Waits at most twice the timeout for another thread's exchange to end."""
         start, end = self._step()
         if end != float("inf"):
-            end = min(end + (end - start), getattr(self._local, "deadline", None) or float("inf"))
+            end = self._until(end + (end - start))
         wait_s = max(0.0, end - start)
         if not self._lock.acquire(timeout=-1 if wait_s == float("inf") else wait_s):
             cause = f"connection busy: another exchange did not end within {wait_s:.3g} s"

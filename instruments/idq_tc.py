@@ -41,7 +41,13 @@ from numba import njit
 
 from hil.roles import MARKER_CHANNEL
 
-from .base import InstrumentError, InstrumentTimeout, InstrumentUnreachable, strict_range
+from .base import (
+    InstrumentError,
+    InstrumentTimeout,
+    InstrumentUnreachable,
+    ThreadDeadlines,
+    strict_range,
+)
 from .tagger import parse_link_time_ps
 
 _RESOURCE = re.compile(
@@ -132,7 +138,7 @@ class _ChannelQueue:
         return out
 
 
-class IDQTimeController:
+class IDQTimeController(ThreadDeadlines):
     """ID900/ID1000 Time Controller: tagger role over ZeroMQ (see the module docstring)."""
 
     roles = ("tagger",)
@@ -186,20 +192,7 @@ class IDQTimeController:
         return s
 
     def _end(self) -> float:
-        end = time.monotonic() + self._timeout_s
-        d = getattr(self._local, "deadline", None)
-        return end if d is None else min(end, d)
-
-    @contextlib.contextmanager
-    def deadline(self, seconds: float) -> Iterator[None]:
-        """Let this thread's waits on the instrument end within ``seconds`` from now."""
-        end = time.monotonic() + seconds
-        old = getattr(self._local, "deadline", None)
-        self._local.deadline = end if old is None else min(old, end)
-        try:
-            yield
-        finally:
-            self._local.deadline = old
+        return self._until(time.monotonic() + self._timeout_s)
 
     def _request(self, which: str, command: str, payload: bytes) -> bytes:
         """One REQ/REP exchange within the timeout; a REQ socket that timed out is replaced

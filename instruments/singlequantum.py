@@ -24,9 +24,14 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
-from .base import InstrumentError, InstrumentTimeout, InstrumentUnreachable, strict_range
+from .base import (
+    InstrumentError,
+    InstrumentTimeout,
+    InstrumentUnreachable,
+    ThreadDeadlines,
+    strict_range,
+)
 
 END = b"\x17"
 WAIT_SLICE_S = 0.2
@@ -101,7 +106,7 @@ class _Detector:
         self.system.command("DetectorEnable", "DetectorEnable", bool(on))
 
 
-class SingleQuantum:
+class SingleQuantum(ThreadDeadlines):
     """Single Quantum SNSPD system (see the module docstring)."""
 
     roles = ("detectors",)
@@ -142,19 +147,7 @@ class SingleQuantum:
             raise InstrumentUnreachable(self.name, what, cause, cause) from None
 
     def _end(self) -> float:
-        end = time.monotonic() + self._timeout_s
-        d = getattr(self._local, "deadline", None)
-        return end if d is None else min(end, d)
-
-    @contextlib.contextmanager
-    def deadline(self, seconds: float) -> Iterator[None]:
-        end = time.monotonic() + seconds
-        old = getattr(self._local, "deadline", None)
-        self._local.deadline = end if old is None else min(old, end)
-        try:
-            yield
-        finally:
-            self._local.deadline = old
+        return self._until(time.monotonic() + self._timeout_s)
 
     def _send(self, msg: dict, what: str) -> None:
         if self._lost:
